@@ -12,6 +12,8 @@ seed API documents, so both ``except quill.QuillError`` and ``except ValueError`
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -25,6 +27,15 @@ __all__ = [
     "QuillConnectionError",
     "QuillTimeoutError",
     "RpcError",
+    "BadRequestError",
+    "UnauthorizedError",
+    "PermissionDeniedError",
+    "NotFoundError",
+    "ConflictError",
+    "RateLimitedError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "rpc_error_for_status",
     "ProblemDetails",
 ]
 
@@ -143,6 +154,21 @@ class ProblemDetails:
             raise DecodeError(f"problem details body is not valid JSON: {exc}") from None
         return cls.from_dict(obj)
 
+    @property
+    def proto_detail(self) -> bytes | None:
+        """The typed proto detail (``quill_proto_detail_base64``) decoded to bytes; its type is
+        ``quill_proto_type``. None when absent; :class:`DecodeError` when it is not valid base64.
+
+        >>> ProblemDetails(400, "Bad", quill_proto_detail_base64="CAE=").proto_detail
+        b'\\x08\\x01'
+        """
+        if self.quill_proto_detail_base64 is None:
+            return None
+        try:
+            return base64.b64decode(self.quill_proto_detail_base64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DecodeError(f"problem details quill_proto_detail_base64 is not valid base64: {exc}") from None
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extensions)
         for key in self._KNOWN:
@@ -167,19 +193,95 @@ class RpcError(QuillError, RuntimeError):
 
     ``status`` is the HTTP status, ``problem`` the parsed :class:`ProblemDetails`
     (None when the body was not problem+json), ``body`` the raw body text.
+    ``call`` ("service/method") and ``url`` say which request failed, when known.
+    Use :func:`rpc_error_for_status` to get the subclass that matches a status.
+
+    >>> str(RpcError(502, body="<html>Bad gateway</html>", call="a.B/C", url="http://h/a.B/C"))
+    'a.B/C at http://h/a.B/C: HTTP 502: <html>Bad gateway</html>'
     """
 
-    def __init__(self, status: int, problem: ProblemDetails | None = None, body: str = ""):
+    def __init__(
+        self,
+        status: int,
+        problem: ProblemDetails | None = None,
+        body: str = "",
+        *,
+        call: str | None = None,
+        url: str | None = None,
+        retry_after: float | None = None,
+    ):
         self.status = status
         self.problem = problem
         self.body = body
+        self.call = call
+        self.url = url
+        self.retry_after = retry_after
         if problem is not None:
             text = f"{status} {problem.title}"
             if problem.detail:
                 text += f": {problem.detail}"
         else:
             text = f"HTTP {status}: {body[:200]}" if body else f"HTTP {status}"
-        super().__init__(text)
+        where = " at ".join(part for part in (call, url) if part)
+        super().__init__(f"{where}: {text}" if where else text)
 
     def __reduce__(self):
-        return (type(self), (self.status, self.problem, self.body))
+        kwargs = {"call": self.call, "url": self.url, "retry_after": self.retry_after}
+        return (_rebuild_rpc_error, (type(self), (self.status, self.problem, self.body), kwargs))
+
+
+def _rebuild_rpc_error(cls, args, kwargs):
+    return cls(*args, **kwargs)
+
+
+class BadRequestError(RpcError):
+    """400: the server could not use the request."""
+
+
+class UnauthorizedError(RpcError):
+    """401: missing or invalid credentials (bearer token, API key)."""
+
+
+class PermissionDeniedError(RpcError):
+    """403: the credentials do not allow this call."""
+
+
+class NotFoundError(RpcError):
+    """404: unknown service or method (or resource)."""
+
+
+class ConflictError(RpcError):
+    """409: the request conflicts with the server's state."""
+
+
+class RateLimitedError(RpcError):
+    """429: too many requests; ``retry_after`` holds the seconds from ``Retry-After`` (or None)."""
+
+
+class ServerError(RpcError):
+    """5xx: the server failed."""
+
+
+class ServiceUnavailableError(ServerError):
+    """503: the server is overloaded or not ready; ``retry_after`` as for :class:`RateLimitedError`."""
+
+
+_ERROR_BY_STATUS = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    429: RateLimitedError,
+    503: ServiceUnavailableError,
+}
+
+
+def rpc_error_for_status(status: int, problem: ProblemDetails | None = None, body: str = "", **kwargs) -> RpcError:
+    """The :class:`RpcError` subclass that matches ``status`` (plain RpcError for the rest).
+
+    >>> type(rpc_error_for_status(404)).__name__, type(rpc_error_for_status(502)).__name__
+    ('NotFoundError', 'ServerError')
+    """
+    cls = _ERROR_BY_STATUS.get(status) or (ServerError if 500 <= status <= 599 else RpcError)
+    return cls(status, problem, body, **kwargs)
