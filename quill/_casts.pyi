@@ -1,0 +1,27 @@
+"""Type stub for the compiled module quill._casts."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from quill.dtypes import DType
+
+DTypeLike = DType | npt.DTypeLike | str
+
+def cast(
+    src: np.ndarray | np.generic,
+    dtype: DTypeLike,
+    *,
+    out: np.ndarray | None = None,
+    src_dtype: DTypeLike | None = None,
+) -> np.ndarray[Any, np.dtype[Any]]: ...
+def _available_paths() -> tuple[str, ...]: ...
+def _cast_using(
+    path: str,
+    src: np.ndarray | np.generic,
+    dtype: DTypeLike,
+    *,
+    out: np.ndarray | None = None,
+    src_dtype: DTypeLike | None = None,
+) -> np.ndarray[Any, np.dtype[Any]]: ...
