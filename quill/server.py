@@ -232,15 +232,16 @@ def _problem_for(exc: BaseException, method_path: str) -> tuple[ProblemDetails, 
     ), []
 
 
-def _cancel_reason(exc: BaseException, method_path: str) -> str:
-    """The text of the CANCEL frame that ends a stream whose handler failed."""
+def _cancel_reason(exc: BaseException, method_path: str, max_chars: int = 2000) -> str:
+    """The text of the CANCEL frame that ends a stream whose handler failed:
+    ``"<status> <title>: <detail> (trace_id ...)"``, valid UTF-8, at most ``max_chars``."""
     problem, _ = _problem_for(exc, method_path)
     reason = f"{problem.status} {problem.title}"
     if problem.detail:
         reason += f": {problem.detail}"
     if problem.trace_id:
         reason += f" (trace_id {problem.trace_id})"
-    return reason
+    return reason.encode("utf-8", "replace").decode("utf-8")[:max_chars]
 
 
 # --------------------------------------------------------------------------------------
