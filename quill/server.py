@@ -943,6 +943,7 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
+    sock.listen(2048)  # connectable right away; the server accepts the backlog once it runs
     sock.set_inheritable(True)
     return sock
 
