@@ -1,0 +1,529 @@
+"""Tensors and their metadata, with zero-copy NumPy, buffer, DLPack and pickle interop.
+
+A :class:`Tensor` is a :class:`TensorMeta` (shape, dtype, name, device label) plus the tensor's
+element bytes exactly as they travel on the wire (PROTOCOL.md section 4): little-endian,
+row-major, densely packed, bool as one byte 0/1.
+
+Memory sharing (as with ``torch.from_numpy``)
+---------------------------------------------
+``Tensor.from_numpy(a)`` shares memory with ``a`` when ``a`` is C-contiguous and little-endian:
+writes to ``a`` show up in the tensor and in every array ``to_numpy()`` returned, and the tensor
+keeps ``a``'s memory alive. Any other array (non-contiguous, big-endian) is copied once.
+``Tensor.from_bytes`` likewise wraps any buffer without copying; a tensor over a bytearray or
+mmap keeps it exported, so it cannot be resized or closed while the tensor (or a view) lives.
+
+Views of the same memory: ``to_numpy()``, ``np.asarray(t)``, ``np.from_dlpack(t)``, ``.data``
+and pickles made with protocol 5 and a ``buffer_callback``. Copies: ``tobytes()``, ``astype()``
+and ``to_numpy(dtype=...)`` to another dtype, and pickles with older protocols. Arrays are
+writable when the memory is (a writable numpy array, a bytearray, ``Tensor.zeros``) and
+read-only over ``bytes``; ``.data`` is always read-only.
+
+>>> import numpy as np
+>>> a = np.arange(6, dtype=np.float32).reshape(2, 3)
+>>> t = Tensor.from_numpy(a, name="x")
+>>> t
+Tensor(shape=(2, 3), dtype=float32, name='x', data=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+>>> np.shares_memory(t.to_numpy(), a)
+True
+>>> TensorMeta.decode(t.meta.encode()) == t.meta
+True
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import pickle
+import sys
+
+import numpy as np
+
+from quill._casts import cast
+from quill._tensor import buffers_equal, decode_meta, encode_meta, export_dlpack
+from quill.dtypes import DType
+
+__all__ = ["Tensor", "TensorMeta"]
+
+_U64_MAX = 2**64 - 1
+_DEVICE_CODES = {"cpu": 0, "cuda": 1}  # PROTOCOL.md section 1
+_DEVICE_NAMES = tuple(_DEVICE_CODES)
+_KDL_CPU = 1  # DLPack's DLDeviceType for host memory
+_REPR_VALUES = 6
+
+_HALF_FLOATS = (DType.float16(), DType.bfloat16())
+_WIDE_FLOATS = (DType.float32(), DType.float64())
+
+# numpy dtype -> quill DType, filled on first use of each numpy dtype (at most a few dozen).
+_FROM_NUMPY: dict[np.dtype, DType] = {}
+
+
+def _as_dtype(dtype) -> DType:
+    """A DType from a DType, a quill name ("bfloat16"), or anything ``np.dtype`` accepts."""
+    if isinstance(dtype, DType):
+        return dtype
+    if dtype is None:
+        raise TypeError("dtype is required (a quill DType, a name such as 'float32', or a numpy dtype)")
+    if isinstance(dtype, str):
+        try:
+            return DType.from_name(dtype)
+        except ValueError:
+            pass  # maybe a numpy spelling such as "f4" or "<i8"
+    try:
+        return DType.from_numpy(dtype)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"unknown dtype {dtype!r}; use a quill DType, a numpy dtype, or one of the names "
+            "float32, float64, float16, bfloat16, int8, int32, int64, uint8, bool"
+        ) from None
+
+
+def _as_shape(shape) -> tuple[int, ...]:
+    """A tuple of ints in 0..2**64-1 from any sequence of integers (or a single integer)."""
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of non-negative integers, got {shape!r}") from None
+    checked = []
+    for axis, dim in enumerate(dims):
+        try:
+            if isinstance(dim, (bool, np.bool_)):
+                raise TypeError
+            dim = operator.index(dim)
+        except TypeError:
+            raise TypeError(f"dimension {axis} of shape {dims!r} is not an integer: {dim!r}") from None
+        if dim < 0:
+            raise ValueError(f"dimension {axis} of shape {dims!r} is negative")
+        if dim > _U64_MAX:
+            raise ValueError(f"dimension {axis} of shape {dims!r} does not fit the wire's u64")
+        checked.append(dim)
+    return tuple(checked)
+
+
+def _dtype_of_array(array: np.ndarray) -> DType:
+    try:
+        return _FROM_NUMPY[array.dtype]
+    except KeyError:
+        pass
+    try:
+        dtype = DType.from_numpy(array.dtype)
+    except ValueError:
+        raise TypeError(
+            f"cannot make a tensor from a numpy array of dtype {array.dtype}; supported dtypes are "
+            "float32, float64, float16, bfloat16 (ml_dtypes), int8, int32, int64, uint8 and bool"
+        ) from None
+    _FROM_NUMPY[array.dtype] = dtype
+    return dtype
+
+
+def _is_big_endian(npdtype: np.dtype) -> bool:
+    order = npdtype.byteorder
+    return order == ">" or (order == "=" and sys.byteorder == "big")
+
+
+def _byte_view(data) -> memoryview:
+    """A 1-D unsigned-byte memoryview over ``data``'s memory, without copying."""
+    if isinstance(data, np.ndarray):
+        if data.dtype.hasobject:
+            raise TypeError("an object array holds Python references, not tensor element bytes")
+        if not data.flags.c_contiguous:
+            raise ValueError("data is a non-contiguous numpy array; pass np.ascontiguousarray(data)")
+        data = data.reshape(-1).view(np.uint8)  # also covers dtypes memoryview cannot describe (bfloat16)
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(
+            "data must be a bytes-like object (bytes, bytearray, memoryview, mmap, numpy array), "
+            f"got {type(data).__name__}"
+        ) from None
+    if not view.c_contiguous:
+        raise ValueError("data must be a C-contiguous buffer; copy it first (e.g. bytes(data))")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _numpy_dtype(dtype: DType) -> np.dtype:
+    try:
+        return dtype.numpy_dtype
+    except TypeError:
+        raise TypeError(
+            "this tensor is bfloat16, which numpy cannot represent without ml_dtypes: install it "
+            "(pip install 'quill[bf16]'), or use to_numpy(dtype='float32') for a float32 copy, "
+            "or .data for the raw little-endian bfloat16 bytes"
+        ) from None
+
+
+class TensorMeta:
+    """A tensor's shape, dtype, optional name and device label: everything but its data.
+
+    ``shape`` is any sequence of integers (stored as a tuple), ``dtype`` a :class:`DType`, a name
+    such as ``"float32"`` or a numpy dtype, ``device`` ``"cpu"`` or ``"cuda"`` (a label carried on
+    the wire; quill itself keeps data in host memory). An empty name means no name, because the
+    wire cannot tell them apart. The byte size must fit u64; TensorMeta is immutable and hashable.
+
+    >>> meta = TensorMeta([2, 3], "float32", name="w")
+    >>> meta.shape, meta.ndim, meta.num_elements, meta.size_bytes
+    ((2, 3), 2, 6, 24)
+    >>> meta.encode().hex()
+    '020200000000000000030000000000000001001800000000000000010077'
+    """
+
+    __slots__ = ("_shape", "_dtype", "_name", "_device", "_num_elements", "_size_bytes")
+
+    def __init__(self, shape, dtype, name: str | None = None, device: str = "cpu"):
+        shape = _as_shape(shape)
+        dtype = _as_dtype(dtype)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {type(name).__name__}")
+        if device not in _DEVICE_CODES:
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        num_elements = math.prod(shape)
+        size_bytes = num_elements * dtype.element_size
+        if size_bytes > _U64_MAX:
+            raise ValueError(
+                f"shape {shape} of {dtype} holds {size_bytes} bytes, more than the 2**64-1 "
+                "a tensor meta can describe"
+            )
+        self._init(shape, dtype, name or None, device, num_elements, size_bytes)
+
+    def _init(self, shape, dtype, name, device, num_elements, size_bytes):
+        self._shape = shape
+        self._dtype = dtype
+        self._name = name
+        self._device = device
+        self._num_elements = num_elements
+        self._size_bytes = size_bytes
+
+    @classmethod
+    def decode(cls, buf, max_bytes: int | None = None) -> "TensorMeta":
+        """Decode a TENSOR_META payload; ``buf`` (any bytes-like object) must hold exactly one meta.
+
+        Raises :class:`~quill.errors.LimitExceededError` if the tensor is larger than ``max_bytes``
+        (checked before anything is allocated) and :class:`~quill.errors.DecodeError`, with the
+        offset, for truncation, unknown dtype/device codes, a shape whose size overflows u64, a
+        ``byte_size`` that disagrees with the shape, a name running past the end, or trailing
+        bytes (the last three are accepted by the reference; PROTOCOL.md section 4, **Ours**).
+        Invalid UTF-8 in the name becomes U+FFFD, as in the reference.
+
+        >>> TensorMeta.decode(bytes.fromhex("00010004000000000000000000"))
+        TensorMeta(shape=(), dtype=float32)
+        """
+        shape, code, device_code, num_elements, size_bytes, name = decode_meta(buf, max_bytes)
+        meta = object.__new__(cls)
+        meta._init(shape, DType.from_code(code), name, _DEVICE_NAMES[device_code], num_elements, size_bytes)
+        return meta
+
+    def encode(self) -> bytes:
+        """The TENSOR_META payload; :class:`~quill.errors.EncodeError` for more than 255 dimensions
+        or a name over 65,535 UTF-8 bytes (the reference would silently wrap those fields).
+
+        >>> TensorMeta((), "uint8").encode().hex()
+        '00080001000000000000000000'
+        """
+        return encode_meta(self._shape, self._dtype, self._name, _DEVICE_CODES[self._device])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> DType:
+        return self._dtype
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def ndim(self) -> int:
+        return len(self._shape)
+
+    @property
+    def num_elements(self) -> int:
+        return self._num_elements
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size_bytes
+
+    def _key(self):
+        return (self._shape, self._dtype, self._name, self._device)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, TensorMeta):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        name = f", name={self._name!r}" if self._name is not None else ""
+        device = f", device={self._device!r}" if self._device != "cpu" else ""
+        return f"TensorMeta(shape={self._shape}, dtype={self._dtype}{name}{device})"
+
+    def __reduce__(self):
+        return (TensorMeta, self._key())
+
+
+class Tensor:
+    """A tensor: a :class:`TensorMeta` plus its little-endian element bytes (see the module doc
+    for when memory is shared).
+
+    ``Tensor(meta, data)`` wraps ``data`` (any C-contiguous buffer of exactly ``meta.size_bytes``
+    bytes) without copying; the class methods are the usual way in. Tensors compare equal when
+    their metas and bytes are equal (bitwise: a NaN equals itself, 0.0 differs from -0.0). They
+    are not hashable, since their memory may be writable.
+
+    >>> t = Tensor.from_bytes(bytes(8), [2], "float32", name="z")
+    >>> t.shape, t.dtype, t.name, t.size_bytes, len(t)
+    ((2,), DType.float32, 'z', 8, 2)
+    >>> t.to_numpy()
+    array([0., 0.], dtype=float32)
+    """
+
+    __slots__ = ("_meta", "_data")
+
+    def __init__(self, meta: TensorMeta, data):
+        if not isinstance(meta, TensorMeta):
+            raise TypeError(f"meta must be a TensorMeta, got {type(meta).__name__}")
+        view = _byte_view(data)
+        if view.nbytes != meta.size_bytes:
+            raise ValueError(
+                f"shape {meta.shape} of {meta.dtype} needs {meta.size_bytes} bytes, "
+                f"but the data has {view.nbytes} bytes"
+            )
+        self._meta = meta
+        self._data = view
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_numpy(cls, array: np.ndarray, name: str | None = None) -> "Tensor":
+        """A tensor sharing ``array``'s memory when it is C-contiguous and little-endian (else a copy).
+
+        Accepts the nine quill dtypes, bfloat16 as an ``ml_dtypes.bfloat16`` array; other dtypes
+        (object, complex, uint16, ...) raise TypeError.
+
+        >>> import numpy as np
+        >>> a = np.zeros(3, np.int32)
+        >>> t = Tensor.from_numpy(a)
+        >>> a[0] = 7
+        >>> t.to_numpy()
+        array([7, 0, 0], dtype=int32)
+        """
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(array).__name__}; "
+                            "wrap it with np.asarray(...) first")
+        dtype = _dtype_of_array(array)
+        shape = array.shape
+        if _is_big_endian(array.dtype):
+            width = dtype.element_size
+            array = np.ascontiguousarray(array.view(f">u{width}"), dtype=f"<u{width}")
+        elif not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)
+        meta = TensorMeta(shape, dtype, name)
+        tensor = object.__new__(cls)
+        tensor._meta = meta
+        tensor._data = memoryview(array.reshape(-1).view(np.uint8))
+        return tensor
+
+    @classmethod
+    def from_bytes(cls, data, shape, dtype, name: str | None = None, *, device: str = "cpu") -> "Tensor":
+        """A tensor over ``data`` (bytes, bytearray, memoryview, mmap, numpy array...) without copying.
+
+        ``data`` must be C-contiguous and exactly as long as the shape needs (ValueError naming
+        both sizes otherwise).
+
+        >>> Tensor.from_bytes(bytearray(b"\\x01\\x00"), [2], "bool").to_numpy()
+        array([ True, False])
+        """
+        return cls(TensorMeta(shape, dtype, name, device), data)
+
+    @classmethod
+    def zeros(cls, shape, dtype, name: str | None = None, *, device: str = "cpu") -> "Tensor":
+        """A new, writable tensor of zeros.
+
+        >>> Tensor.zeros([2, 2], "int8").to_numpy()
+        array([[0, 0],
+               [0, 0]], dtype=int8)
+        """
+        meta = TensorMeta(shape, dtype, name, device)
+        if meta.size_bytes > sys.maxsize:
+            raise MemoryError(f"a tensor of {meta.size_bytes} bytes is larger than this machine can address")
+        return cls(meta, np.zeros(meta.size_bytes, np.uint8))
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def meta(self) -> TensorMeta:
+        return self._meta
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._meta.shape
+
+    @property
+    def dtype(self) -> DType:
+        return self._meta.dtype
+
+    @property
+    def name(self) -> str | None:
+        return self._meta.name
+
+    @property
+    def device(self) -> str:
+        """The device label from the meta; the data itself is always in host memory."""
+        return self._meta.device
+
+    @property
+    def ndim(self) -> int:
+        return self._meta.ndim
+
+    @property
+    def num_elements(self) -> int:
+        return self._meta.num_elements
+
+    @property
+    def size_bytes(self) -> int:
+        return self._meta.size_bytes
+
+    @property
+    def data(self) -> memoryview:
+        """The raw little-endian element bytes: 1-D, format ``"B"``, read-only, zero copy."""
+        return self._data.toreadonly()
+
+    def __len__(self) -> int:
+        if not self._meta.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self._meta.shape[0]
+
+    # -- conversion ---------------------------------------------------------------------------
+    def to_numpy(self, dtype=None) -> np.ndarray:
+        """A numpy view of the tensor (zero copy), or with ``dtype``, a converted copy.
+
+        bfloat16 comes back as an ``ml_dtypes.bfloat16`` array; without ml_dtypes that raises a
+        TypeError naming the alternatives (``to_numpy(dtype="float32")``, ``.data``).
+
+        >>> t = Tensor.from_bytes(bytes.fromhex("803f0040"), [2], "bfloat16")
+        >>> t.to_numpy(dtype="float32")
+        array([1., 2.], dtype=float32)
+        """
+        if dtype is not None and _as_dtype(dtype) is not self._meta.dtype:
+            return self.astype(dtype).to_numpy()
+        return self._elements(_numpy_dtype(self._meta.dtype))
+
+    def tobytes(self) -> bytes:
+        """A copy of the raw little-endian element bytes.
+
+        >>> Tensor.from_numpy(np.array([1, 2], np.int32)).tobytes().hex()
+        '0100000002000000'
+        """
+        return self._data.tobytes()
+
+    def astype(self, dtype) -> "Tensor":
+        """A new tensor converted to ``dtype`` (the same tensor if the dtype is unchanged).
+
+        float32/float64 <-> float16/bfloat16 use quill's compiled kernels (round to nearest even,
+        rounding float64 once; bit-exact with numpy / ml_dtypes from float32). Other pairs
+        through a half go via float32 (from a half, exact) or float64 (to a half: exact for the
+        8/32-bit integers and bool, int64 is rounded to float64 first). All other casts are
+        numpy's ``astype`` (out-of-range floats to integers give what numpy gives).
+
+        >>> Tensor.from_numpy(np.array([1.0, 2.5], np.float32)).astype("bfloat16").tobytes().hex()
+        '803f2040'
+        """
+        target = _as_dtype(dtype)
+        if target is self._meta.dtype:
+            return self
+        meta = TensorMeta(self._meta.shape, target, self._meta.name, self._meta.device)
+        return Tensor(meta, self._converted(target))
+
+    def _elements(self, npdtype: np.dtype) -> np.ndarray:
+        """The data as an array of ``npdtype`` elements in the tensor's shape (a view)."""
+        return np.frombuffer(self._data, dtype=npdtype).reshape(self._meta.shape)
+
+    def _converted(self, target: DType) -> np.ndarray:
+        """A new C-contiguous array whose bytes are this tensor's elements converted to ``target``."""
+        source = self._meta.dtype
+        if source in _HALF_FLOATS:
+            bits = self._elements(np.dtype("<u2"))
+            if target in _WIDE_FLOATS:
+                return cast(bits, target, src_dtype=source)
+            wide = cast(bits, DType.float32(), src_dtype=source)  # exact: every half is a float32
+            if target in _HALF_FLOATS:
+                return cast(wide, target, out=np.empty(self._meta.shape, np.uint16))
+            return wide.astype(target.numpy_dtype)
+        elements = self._elements(source.numpy_dtype)
+        if target in _HALF_FLOATS:
+            if source not in _WIDE_FLOATS:
+                elements = elements.astype(np.float64)
+            return cast(elements, target, out=np.empty(self._meta.shape, np.uint16))
+        return elements.astype(target.numpy_dtype)
+
+    # -- interop protocols --------------------------------------------------------------------
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """``np.asarray(t)`` is a view; a ``dtype`` other than the tensor's means a converted copy."""
+        if dtype is not None:
+            wanted = np.dtype(dtype)
+            try:
+                target = DType.from_numpy(wanted)
+            except ValueError:
+                target = None
+            if target is not self._meta.dtype:
+                if copy is False:
+                    raise ValueError(f"converting a {self._meta.dtype} tensor to {wanted} needs a copy, "
+                                     "but copy=False was given")
+                if target is not None:
+                    return self.to_numpy(target)
+                return self.to_numpy().astype(wanted)
+        array = self.to_numpy()
+        return array.copy() if copy else array
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """Export as a DLPack capsule (zero copy unless ``copy=True``); see :func:`quill._tensor.export_dlpack`.
+
+        >>> np.from_dlpack(Tensor.from_numpy(np.arange(3, dtype=np.int64)))
+        array([0, 1, 2])
+        """
+        return export_dlpack(self._data, self._meta.shape, self._meta.dtype, stream=stream,
+                             max_version=max_version, dl_device=dl_device, copy=copy)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """(kDLCPU, 0): quill keeps tensor data in host memory whatever the meta's device label."""
+        return (_KDL_CPU, 0)
+
+    def __reduce_ex__(self, protocol):
+        """Protocol 5 hands the data to pickle as a PickleBuffer (out-of-band with a
+        ``buffer_callback``, so nothing is copied); older protocols embed a bytes copy."""
+        if protocol >= 5:
+            return (Tensor, (self._meta, pickle.PickleBuffer(self._data)))
+        return (Tensor, (self._meta, self._data.tobytes()))
+
+    # -- comparison and display ---------------------------------------------------------------
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Tensor):
+            return NotImplemented
+        return self._meta == other._meta and buffers_equal(self._data, other._data)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        meta = self._meta
+        name = f", name={meta.name!r}" if meta.name is not None else ""
+        device = f", device={meta.device!r}" if meta.device != "cpu" else ""
+        return f"Tensor(shape={meta.shape}, dtype={meta.dtype}{name}{device}, data={self._repr_values()})"
+
+    def _repr_values(self) -> str:
+        count = min(self._meta.num_elements, _REPR_VALUES)
+        width = self._meta.dtype.element_size
+        head = Tensor.from_bytes(self._data[: count * width], [count], self._meta.dtype)
+        if head.dtype is DType.bfloat16():  # shown as exact float32 values, with or without ml_dtypes
+            head = head.astype(DType.float32())
+        values = ", ".join(str(value) for value in head.to_numpy())
+        more = ", ..." if self._meta.num_elements > count else ""
+        return f"[{values}{more}]"
