@@ -289,3 +289,334 @@ def test_retry_after_header_from_rpc_error():
         r = urllib3.PoolManager(retries=False).request("POST", f"{url}/a.v1.S/Busy", body=b"")
     assert r.status == 503 and r.headers["retry-after"] == "2"
     assert problem_of(r)["detail"] == "warming up"
+
+
+# ----------------------------------------------------------------------------------------
+# Streaming kinds: frames checked with the frame codecs of quill.frames
+# ----------------------------------------------------------------------------------------
+from quill._tokens import Token, TokenBatch  # noqa: E402
+from quill.errors import BadRequestError, StreamCancelledError  # noqa: E402
+from quill.frames import (  # noqa: E402
+    MessageStreamDecoder,
+    TokenStreamDecoder,
+    encode_end_stream,
+    encode_stream_frame,
+)
+
+finished = {}  # stream name -> threading.Event set by the handler's finally block
+
+
+def finally_event(name: str) -> threading.Event:
+    return finished.setdefault(name, threading.Event())
+
+
+def build_stream_app(**options) -> QuillApp:
+    app = QuillApp(**options)
+
+    @app.server_stream("s.v1.Stream/Count")
+    def count(request, context):
+        try:
+            for i in range(int(request)):
+                yield b"%d" % i
+        finally:
+            finally_event("sync").set()
+
+    @app.server_stream("s.v1.Stream/AsyncCount")
+    async def async_count(request, context):
+        try:
+            for i in range(int(request)):
+                await asyncio.sleep(0.001)
+                yield b"%d" % i
+        finally:
+            finally_event("async").set()
+
+    @app.server_stream("s.v1.Stream/List")
+    def as_list(request, context):
+        return [b"a", b"", b"c"]
+
+    @app.server_stream("s.v1.Stream/FailLater")
+    def fail_later(request, context):
+        yield b"first"
+        raise RuntimeError("secret detail that must not leak")
+
+    @app.server_stream("s.v1.Stream/FailFirst")
+    async def fail_first(request, context):
+        raise BadRequestError(400, ProblemDetails(400, "Invalid request", detail="n must be positive"))
+        yield b"never"
+
+    @app.server_stream("s.v1.Stream/BadItem")
+    def bad_item(request, context):
+        yield b"ok"
+        yield "a str is not bytes"
+
+    @app.client_stream("s.v1.Stream/Sum")
+    async def total(messages, context):
+        n = 0
+        async for message in messages:
+            n += int(message)
+        return b"%d" % n
+
+    @app.token_stream("s.v1.Stream/Tokens")
+    async def tokens(request, context):
+        for b in range(3):
+            batch = TokenBatch(sequence_id=9)
+            for i in range(b * 4, b * 4 + 4):
+                batch.add(Token(i, i, text=f"w{i}", logprob=-0.25 * i))
+            batch.is_final = b == 2
+            yield batch
+
+    @app.token_stream("s.v1.Stream/SyncTokens")
+    def sync_tokens(request, context):
+        yield TokenBatch.from_tokens([Token(7, 0, text="x")])
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def stream_server():
+    app = build_stream_app(max_request_bytes=50_000)
+    with serve_in_thread(app) as base_url:
+        yield app, base_url
+
+
+def messages_of(data: bytes) -> list[bytes]:
+    decoder = MessageStreamDecoder()
+    out = decoder.feed(data)
+    decoder.finish()  # raises unless END_STREAM arrived
+    return out
+
+
+@pytest.mark.parametrize("method", ["Count", "AsyncCount"])
+def test_server_stream(stream_server, http, method):
+    _, url = stream_server
+    r = http.request("POST", f"{url}/s.v1.Stream/{method}", body=b"25")
+    assert r.status == 200 and r.headers["content-type"] == "application/proto"
+    assert r.headers["transfer-encoding"] == "chunked"
+    assert messages_of(r.data) == [b"%d" % i for i in range(25)]
+    assert messages_of(http.request("POST", f"{url}/s.v1.Stream/{method}", body=b"0").data) == []
+
+
+def test_server_stream_from_list(stream_server, http):
+    _, url = stream_server
+    assert messages_of(http.request("POST", f"{url}/s.v1.Stream/List", body=b"").data) == [b"a", b"", b"c"]
+
+
+def test_server_stream_failure_mid_stream_is_cancel(stream_server, http):
+    _, url = stream_server
+    r = http.request("POST", f"{url}/s.v1.Stream/FailLater", body=b"")
+    assert r.status == 200  # the status went out with the first message
+    assert b"secret detail" not in r.data and b"Traceback" not in r.data
+    decoder = MessageStreamDecoder()
+    with pytest.raises(StreamCancelledError) as info:
+        assert decoder.feed(r.data) == [b"first"]
+        decoder.feed(b"")
+    assert info.value.reason.startswith("500 Internal server error") and "trace_id" in info.value.reason
+    r = http.request("POST", f"{url}/s.v1.Stream/BadItem", body=b"")
+    decoder = MessageStreamDecoder()
+    with pytest.raises(StreamCancelledError, match="500"):
+        decoder.feed(r.data)
+        decoder.finish()
+
+
+def test_server_stream_failure_before_first_message_is_problem(stream_server, http):
+    _, url = stream_server
+    r = http.request("POST", f"{url}/s.v1.Stream/FailFirst", body=b"")
+    assert r.status == 400 and problem_of(r)["detail"] == "n must be positive"
+
+
+def test_client_stream(stream_server, http):
+    _, url = stream_server
+    frames = [encode_stream_frame(b"%d" % i) for i in range(100)] + [encode_end_stream()]
+    r = http.request("POST", f"{url}/s.v1.Stream/Sum", body=iter(frames), chunked=True)
+    assert (r.status, r.data) == (200, b"4950")
+    # the same stream, zstd-compressed
+    r = http.request("POST", f"{url}/s.v1.Stream/Sum", body=zstd.compress(b"".join(frames)),
+                     headers={"Content-Encoding": "zstd"})
+    assert (r.status, r.data) == (200, b"4950")
+
+
+def test_client_stream_errors(stream_server, http):
+    _, url = stream_server
+    truncated = encode_stream_frame(b"1") + encode_stream_frame(b"2")  # no END_STREAM
+    r = http.request("POST", f"{url}/s.v1.Stream/Sum", body=truncated)
+    assert r.status == 400 and "END_STREAM" in problem_of(r)["detail"]
+    r = http.request("POST", f"{url}/s.v1.Stream/Sum", body=b"\xff" * 11)  # an 11-byte varint
+    assert r.status == 400
+    big = [encode_stream_frame(b"1" * 1000) for _ in range(60)] + [encode_end_stream()]  # 60 kB > 50 kB
+    r = http.request("POST", f"{url}/s.v1.Stream/Sum", body=iter(big), chunked=True)
+    assert r.status == 413
+
+
+def test_token_stream_frames(stream_server, http):
+    _, url = stream_server
+    r = http.request("POST", f"{url}/s.v1.Stream/Tokens", body=b"")
+    decoder = TokenStreamDecoder()
+    batches = decoder.feed(r.data)
+    decoder.finish()
+    assert [b.token_ids() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert [b.is_final for b in batches] == [False, False, True]
+    assert all(b.sequence_id == 9 for b in batches)
+    assert [t.logprob for t in batches[2]] == [-2.0, -2.25, -2.5, -2.75]
+    assert "".join(b.text() for b in batches) == "".join(f"w{i}" for i in range(12))
+    r = http.request("POST", f"{url}/s.v1.Stream/SyncTokens", body=b"")
+    assert [b.token_ids() for b in TokenStreamDecoder().feed(r.data)] == [[7]]
+
+
+def test_token_stream_as_json_when_asked(stream_server, http):
+    _, url = stream_server
+    r = http.request("POST", f"{url}/s.v1.Stream/Tokens", body=b"", headers={"Accept": "application/json"})
+    assert r.headers["content-type"] == "application/json"
+    answer = json.loads(r.data)
+    assert answer["text"] == "".join(f"w{i}" for i in range(12))
+    assert [t["id"] for t in answer["tokens"]] == list(range(12))
+    assert answer["tokens"][4] == {"id": 4, "text": "w4", "logprob": -1.0, "position": 4, "is_special": False}
+
+
+@pytest.mark.parametrize("method, name", [("Count", "sync"), ("AsyncCount", "async")])
+def test_client_disconnect_stops_the_generator(stream_server, method, name):
+    """A client that leaves mid-stream makes the server close the handler's generator."""
+    _, url = stream_server
+    event = finally_event(name)
+    event.clear()
+    host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /s.v1.Stream/{method} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n1000000000".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # the stream is flowing
+    assert event.wait(10), "the generator was not closed after the client left"
+
+
+def test_metrics_after_known_traffic():
+    app = build_stream_app()
+    pool = urllib3.PoolManager(retries=False)
+    with serve_in_thread(app) as url:
+        for _ in range(3):
+            pool.request("POST", f"{url}/s.v1.Stream/Count", body=b"4")
+        pool.request("POST", f"{url}/s.v1.Stream/FailLater", body=b"")
+        pool.request("POST", f"{url}/s.v1.Stream/FailFirst", body=b"")
+        pool.request("POST", f"{url}/no.v1.Such/Thing", body=b"")
+        r = pool.request("GET", f"{url}/metrics")
+    assert r.status == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for line in r.data.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    count = 's.v1.Stream/Count'
+    assert samples[f'quill_requests_total{{method="{count}",code="200"}}'] == 3
+    assert samples[f'quill_request_errors_total{{method="{count}"}}'] == 0
+    assert samples[f'quill_request_duration_seconds_count{{method="{count}"}}'] == 3
+    assert samples[f'quill_request_duration_seconds_bucket{{method="{count}",le="+Inf"}}'] == 3
+    assert 0 < samples[f'quill_request_duration_seconds_sum{{method="{count}"}}'] < 30
+    assert samples[f'quill_request_bytes_total{{method="{count}"}}'] == 3
+    # four messages of one byte plus END_STREAM, each frame with a 2-byte header: 3 x 14 bytes
+    assert samples[f'quill_response_bytes_total{{method="{count}"}}'] == 3 * (4 * 3 + 2)
+    # a stream cut by a CANCEL frame is an error even though its status was 200
+    assert samples['quill_requests_total{method="s.v1.Stream/FailLater",code="200"}'] == 1
+    assert samples['quill_request_errors_total{method="s.v1.Stream/FailLater"}'] == 1
+    assert samples['quill_requests_total{method="s.v1.Stream/FailFirst",code="400"}'] == 1
+    assert samples['quill_requests_total{method="<unmatched>",code="404"}'] == 1
+    assert samples["quill_requests_in_flight"] == 0
+    buckets = [v for k, v in samples.items() if k.startswith(f'quill_request_duration_seconds_bucket{{method="{count}"')]
+    assert buckets == sorted(buckets)  # cumulative
+
+
+# ----------------------------------------------------------------------------------------
+# The same server driven by QuillClient (and the demo service)
+# ----------------------------------------------------------------------------------------
+import numpy as np  # noqa: E402
+
+from quill.client import QuillClient  # noqa: E402
+from quill.demo import SERVICE, create_demo_app, embed_texts  # noqa: E402
+from quill.errors import NotFoundError  # noqa: E402
+from quill.tensor import Tensor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def combined_server():
+    """The stream test methods and the demo service on one app."""
+    app = build_stream_app()
+    demo = create_demo_app()
+    for path, kind in demo.methods().items():
+        app.add_method(path, demo._routes[path].function, kind)
+
+    @app.tensor("t.v1.Tensors/Double")
+    def double(request, context):
+        return Tensor.from_numpy(request.to_numpy() * 2, name=request.name)
+
+    with serve_in_thread(app) as base_url:
+        yield app, base_url
+
+
+@pytest.fixture
+def client(combined_server):
+    with QuillClient(combined_server[1]) as c:
+        yield c
+
+
+def test_client_unary_and_json(client):
+    assert client.call(SERVICE, "Echo", b"\x00bytes\xff") == b"\x00bytes\xff"
+    answer = client.call_json(SERVICE, "Generate", {"prompt": "Hello", "max_tokens": 100})
+    assert len(answer["tokens"]) == 100 and answer["text"] == "".join(t["text"] for t in answer["tokens"])
+    assert client.health_check()
+
+
+def test_client_sees_404_as_not_found(client):
+    with pytest.raises(NotFoundError) as info:
+        client.call("nope.v1.Missing", "Call", b"")
+    assert info.value.problem.title == "Method not found"
+
+
+def test_client_token_stream_matches_json_answer(client):
+    request = b'{"prompt": "Hello", "max_tokens": 37, "batch_size": 5, "sequence_id": 3}'
+    batches = list(client.stream_tokens(SERVICE, "Generate", request))
+    assert [len(b) for b in batches] == [5] * 7 + [2]
+    assert [b.is_final for b in batches] == [False] * 7 + [True]
+    assert all(b.sequence_id == 3 for b in batches)
+    as_json = client.call_json(SERVICE, "Generate", {"prompt": "Hello", "max_tokens": 37})
+    tokens = [t for b in batches for t in b]
+    assert [t.id for t in tokens] == [t["id"] for t in as_json["tokens"]]
+    assert [t.position for t in tokens] == list(range(37))
+    assert np.allclose([t.logprob for t in tokens], [t["logprob"] for t in as_json["tokens"]])
+    assert all(t.logprob < 0 for t in tokens)
+
+
+def test_client_tensor_calls(client):
+    embedding = client.call_tensor(SERVICE, "Embed", b'{"input": ["a", "bc"], "dim": 96}')
+    assert embedding.shape == (2, 96) and embedding.name == "embedding"
+    assert np.array_equal(embedding.to_numpy(), embed_texts([b"a", b"bc"], 96))
+    half = client.call_tensor(SERVICE, "Embed", b'{"input": ["a", "bc"], "dim": 96, "dtype": "bfloat16"}')
+    assert half.dtype.name == "bfloat16"
+    assert np.abs(half.to_numpy(dtype="float32") - embedding.to_numpy()).max() < 1e-2
+    big = Tensor.from_numpy(np.arange(300_000, dtype=np.float32).reshape(600, 500), name="x")
+    assert client.call_tensor(SERVICE, "Echo", big) == big  # several 64 KiB payload frames each way
+    doubled = client.call_tensor("t.v1.Tensors", "Double", big)
+    assert np.array_equal(doubled.to_numpy(), big.to_numpy() * 2) and doubled.name == "x"
+    empty = Tensor.from_numpy(np.zeros((0, 3), dtype=np.int64))
+    assert client.call_tensor(SERVICE, "Echo", empty) == empty
+
+
+def test_client_streams(client):
+    assert list(client.call_stream("s.v1.Stream", "Count", b"7")) == [b"%d" % i for i in range(7)]
+    assert client.call_client_stream("s.v1.Stream", "Sum", (b"%d" % i for i in range(1000))) == b"499500"
+    with pytest.raises(StreamCancelledError, match="500 Internal server error"):
+        list(client.call_stream("s.v1.Stream", "FailLater", b""))
+
+
+def test_client_with_compression(combined_server):
+    with QuillClient(combined_server[1], enable_compression=True) as c:
+        payload = b"compressible " * 10_000
+        assert c.call(SERVICE, "Echo", payload) == payload
+        answer = c.call_json(SERVICE, "Generate", {"prompt": "Hello", "max_tokens": 500})
+        assert len(answer["tokens"]) == 500
+        assert c.call_client_stream("s.v1.Stream", "Sum", (b"1" for _ in range(5000))) == b"5000"
+
+
+def test_client_cancelling_a_stream_stops_the_generator(combined_server):
+    app, url = combined_server
+    event = finally_event("async")
+    event.clear()
+    with QuillClient(url) as c:
+        stream = c.call_stream("s.v1.Stream", "AsyncCount", b"100000000")
+        assert next(iter(stream)) == b"0"
+        stream.cancel()
+    assert event.wait(10), "the generator was not closed after the client cancelled"

@@ -1,0 +1,452 @@
+"""The demo inference service, ``inference.v1.LLMService``, and the ``quill demo`` routine.
+
+Nothing is downloaded: ``Generate`` samples from a tiny deterministic bigram model over
+a built-in vocabulary, ``Embed`` derives unit-length vectors from a hash of each input.
+The same request always gives the same answer.
+
+Methods and request layouts (JSON bodies; ``call_json`` works, as in the seed examples):
+
+``Generate`` (token_stream: TOKEN_BATCH frames, or one JSON answer with ``Accept: application/json``)
+    ``{"prompt": "Hello", "max_tokens": 16, "batch_size": 1, "seed": 0, "token_delay_ms": 0,
+    "sequence_id": 7}`` -- every member optional. ``max_tokens`` (alias ``max_new_tokens``,
+    0..100000) tokens are generated, ``batch_size`` (1..4096) per TokenBatch; every token
+    has its text and logprob; the last batch has ``is_final`` set. ``token_delay_ms``
+    (0..1000, default: the server's setting) simulates compute per token.
+    A binary body is read as the reference's protobuf ``GenerateRequest``
+    (``input_ids`` = 1, ``max_new_tokens`` = 2; other fields are ignored).
+
+``Embed`` (tensor: tensor frames, or JSON with ``Accept: application/json``)
+    ``{"input": "text" | ["text", ...], "dim": 256, "dtype": "float32" | "bfloat16" | "float16"}``
+    answers a ``(len(input), dim)`` Tensor named ``"embedding"`` of unit-length rows. A
+    tensor-frame body embeds each row of that tensor (its bytes); a binary body is read
+    as the protobuf ``EmbedRequest`` (``input_ids`` = 1).
+
+``Echo`` (tensor)
+    answers its request unchanged: bytes as bytes, a Tensor as tensor frames.
+
+>>> app.methods()["inference.v1.LLMService/Embed"]
+'tensor'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import bisect
+import hashlib
+import json
+import math
+import random
+import statistics
+import sys
+import time
+import zlib
+from typing import Any, AsyncIterator, Iterator, TextIO
+
+import numpy as np
+
+from .errors import BadRequestError, DecodeError, ProblemDetails
+from .server import QuillApp
+
+__all__ = [
+    "SERVICE",
+    "VOCABULARY",
+    "ToyLanguageModel",
+    "GenerateParams",
+    "parse_generate_request",
+    "embed_texts",
+    "create_demo_app",
+    "app",
+    "run_demo",
+]
+
+SERVICE = "inference.v1.LLMService"
+MAX_TOKENS = 100_000
+MAX_BATCH = 4096
+MAX_DELAY_MS = 1000.0
+MAX_EMBED_DIM = 65_536
+MAX_EMBED_ELEMENTS = 16 * 1024 * 1024
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 (Token.is_eos() ids)
+
+# The toy model's "training data": its bigram counts come from these sentences.
+_CORPUS = """
+A quill writes tokens to the wire. The server streams tokens over loopback without copies.
+The client reads each frame as it arrives. Every frame carries a batch of tokens with logprobs.
+A tensor travels as frames of bytes. The model answers with an embedding tensor.
+The server sends tokens as soon as the model writes them. The client prints each token as it arrives.
+Tensors and tokens share the wire. A quill never copies the tensor bytes.
+"""
+_WORDS = tuple(dict.fromkeys(
+    (" " + w if w not in ".," else w) for w in _CORPUS.replace(".", " .").replace(",", " ,").split()
+))
+VOCABULARY = SPECIAL_TOKENS + _WORDS
+_FIRST_WORD = len(SPECIAL_TOKENS)
+BOS = 1
+
+
+def _bad_request(detail: str) -> BadRequestError:
+    return BadRequestError(400, ProblemDetails(400, "Invalid request", type="urn:quill:error:400", detail=detail))
+
+
+class ToyLanguageModel:
+    """A deterministic bigram model estimated from a few built-in sentences (add-``smoothing``).
+
+    >>> model = ToyLanguageModel()
+    >>> steps = list(model.generate("Hello", 3))
+    >>> steps == list(model.generate("Hello", 3)), len(steps), all(lp < 0 for _, lp in steps)
+    (True, 3, True)
+    """
+
+    def __init__(self, smoothing: float = 0.001):
+        index = {word: i for i, word in enumerate(_WORDS)}
+        words = [index[" " + w if w not in ".," else w] for w in _CORPUS.replace(".", " .").replace(",", " ,").split()]
+        counts = [[smoothing] * len(_WORDS) for _ in VOCABULARY]
+        previous = BOS
+        for word in words:
+            counts[previous][word] += 1.0
+            previous = BOS if _WORDS[word] == "." else _FIRST_WORD + word
+        self._cumulative: list[list[float]] = []
+        self._logprobs: list[list[float]] = []
+        for row in counts:
+            total = sum(row)
+            running, cumulative = 0.0, []
+            for count in row:
+                running += count / total
+                cumulative.append(running)
+            cumulative[-1] = 1.0
+            self._cumulative.append(cumulative)
+            self._logprobs.append([math.log(count / total) for count in row])
+
+    def generate(self, prompt: str | list[int], max_tokens: int, seed: int = 0) -> Iterator[tuple[int, float]]:
+        """Yield ``(token_id, logprob)`` for ``max_tokens`` new tokens after ``prompt``."""
+        key = prompt.encode("utf-8", "surrogatepass") if isinstance(prompt, str) else np.asarray(prompt, "<u4").tobytes()
+        rng = random.Random(zlib.crc32(key) ^ (seed * 0x9E3779B1))
+        previous = BOS
+        for _ in range(max_tokens):
+            row = self._cumulative[previous]
+            index = min(bisect.bisect_right(row, rng.random()), len(row) - 1)
+            token_id = _FIRST_WORD + index
+            yield token_id, self._logprobs[previous][index]
+            previous = BOS if _WORDS[index] == "." else token_id
+
+
+class GenerateParams:
+    """A parsed ``Generate`` request (see the module docstring for the layout)."""
+
+    __slots__ = ("prompt", "max_tokens", "batch_size", "seed", "token_delay", "sequence_id")
+
+    def __init__(self, prompt: str | list[int] = "", max_tokens: int = 16, batch_size: int = 1, seed: int = 0,
+                 token_delay: float | None = None, sequence_id: int | None = None):
+        self.prompt = prompt
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.seed = seed
+        self.token_delay = token_delay
+        self.sequence_id = sequence_id
+
+
+def _int_member(obj: dict, names: tuple[str, ...], default: int | None, low: int, high: int) -> int | None:
+    for name in names:
+        if name in obj and obj[name] is not None:
+            value = obj[name]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise _bad_request(f"{name} must be an integer in {low}..{high}, got {value!r}")
+            return value
+    return default
+
+
+def _is_json_body(body: bytes) -> bool:
+    return body.lstrip()[:1] in (b"{", b"[", b'"')
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _bad_request(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _bad_request(f"request must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def parse_generate_request(body: bytes) -> GenerateParams:
+    """Parse a JSON or protobuf ``GenerateRequest`` body; bad input raises a 400 :class:`BadRequestError`.
+
+    >>> p = parse_generate_request(b'{"prompt": "Hello", "max_tokens": 100}')
+    >>> p.prompt, p.max_tokens, p.batch_size
+    ('Hello', 100, 1)
+    >>> parse_generate_request(bytes([0x0a, 0x02, 0x05, 0x06, 0x10, 0x03])).max_tokens  # protobuf
+    3
+    """
+    if not body.strip():
+        return GenerateParams()
+    if not _is_json_body(body):
+        fields = _protobuf_fields(body)
+        ids = fields.get(1, [])
+        max_tokens = fields.get(2, [16])[-1]
+        if max_tokens > MAX_TOKENS:
+            raise _bad_request(f"max_new_tokens must be at most {MAX_TOKENS}, got {max_tokens}")
+        return GenerateParams(prompt=ids, max_tokens=max_tokens)
+    obj = _json_object(body)
+    prompt = obj.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise _bad_request(f"prompt must be a string, got {type(prompt).__name__}")
+    delay = obj.get("token_delay_ms")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                              or not 0 <= delay <= MAX_DELAY_MS):
+        raise _bad_request(f"token_delay_ms must be a number in 0..{MAX_DELAY_MS:g}, got {delay!r}")
+    return GenerateParams(
+        prompt=prompt,
+        max_tokens=_int_member(obj, ("max_tokens", "max_new_tokens"), 16, 0, MAX_TOKENS),
+        batch_size=_int_member(obj, ("batch_size",), 1, 1, MAX_BATCH),
+        seed=_int_member(obj, ("seed",), 0, 0, 2**63 - 1),
+        token_delay=None if delay is None else delay / 1000.0,
+        sequence_id=_int_member(obj, ("sequence_id",), None, 0, 2**32 - 1),
+    )
+
+
+def _protobuf_fields(body: bytes) -> dict[int, list[int]]:
+    """The varint fields of a protobuf message (packed repeated varints unpacked);
+    other wire types are skipped. Malformed input raises a 400 error naming the offset."""
+    fields: dict[int, list[int]] = {}
+
+    def varint(pos: int) -> tuple[int, int]:
+        value = shift = 0
+        start = pos
+        while True:
+            if pos >= len(body):
+                raise _bad_request(f"protobuf body: truncated varint at offset {start}")
+            byte = body[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value & 0xFFFFFFFFFFFFFFFF, pos
+            shift += 7
+            if shift >= 70:
+                raise _bad_request(f"protobuf body: varint longer than 10 bytes at offset {start}")
+
+    pos = 0
+    while pos < len(body):
+        key_at = pos
+        key, pos = varint(pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = varint(pos)
+            fields.setdefault(number, []).append(value)
+        elif wire_type == 2:
+            length, pos = varint(pos)
+            if pos + length > len(body):
+                raise _bad_request(f"protobuf body: field {number} at offset {key_at} runs past the end")
+            end, inner = pos + length, pos
+            if number == 1:  # packed repeated uint32 input_ids
+                while inner < end:
+                    value, inner = varint(inner)
+                    fields.setdefault(1, []).append(value)
+            pos = end
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+            if pos > len(body):
+                raise _bad_request(f"protobuf body: fixed-width field {number} at offset {key_at} runs past the end")
+        else:
+            raise _bad_request(f"protobuf body: unsupported wire type {wire_type} at offset {key_at}")
+    return fields
+
+
+def embed_texts(texts: list[bytes], dim: int) -> np.ndarray:
+    """Deterministic unit-length float32 rows, one per input, seeded by a BLAKE2 hash.
+
+    >>> rows = embed_texts([b"a", b"b", b"a"], 8)
+    >>> rows.shape, bool((rows[0] == rows[2]).all()), round(float(np.linalg.norm(rows[1])), 5)
+    ((3, 8), True, 1.0)
+    """
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    for row, text in enumerate(texts):
+        seed = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+        vector = np.random.default_rng(seed).standard_normal(dim, dtype=np.float32)
+        out[row] = vector / np.float32(np.linalg.norm(vector) or 1.0)
+    return out
+
+
+def _embed_request(request: Any) -> tuple[list[bytes], int, str]:
+    from .tensor import Tensor
+
+    if isinstance(request, Tensor):
+        rows = request.shape[0] if request.ndim >= 1 else 1
+        data = request.tobytes()
+        step = len(data) // rows if rows else 0
+        return [data[i * step:(i + 1) * step] for i in range(rows)], 256, "float32"
+    if not _is_json_body(request):
+        ids = _protobuf_fields(request).get(1, [])
+        return [np.asarray(ids, "<u4").tobytes()], 256, "float32"
+    obj = _json_object(request)
+    inputs = obj.get("input", "")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
+        raise _bad_request("input must be a string or a list of strings")
+    dim = _int_member(obj, ("dim",), 256, 1, MAX_EMBED_DIM)
+    dtype = obj.get("dtype", "float32")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise _bad_request(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if len(inputs) * dim > MAX_EMBED_ELEMENTS:
+        raise _bad_request(f"{len(inputs)} inputs x {dim} dims exceeds {MAX_EMBED_ELEMENTS} elements")
+    return [t.encode("utf-8", "surrogatepass") for t in inputs], dim, dtype
+
+
+def create_demo_app(*, token_delay: float = 0.0, **app_options: Any) -> QuillApp:
+    """A :class:`QuillApp` serving the demo ``inference.v1.LLMService``.
+
+    ``token_delay`` (seconds) is the default simulated compute per generated token;
+    ``app_options`` go to :class:`QuillApp` (``max_request_bytes``, ``auth``).
+
+    >>> create_demo_app(token_delay=0.01).methods()
+    {'inference.v1.LLMService/Generate': 'token_stream', 'inference.v1.LLMService/Embed': 'tensor', 'inference.v1.LLMService/Echo': 'tensor'}
+    """
+    from ._tokens import Token, TokenBatch
+    from .dtypes import DType
+    from .tensor import Tensor
+
+    demo = QuillApp(**app_options)
+    model = ToyLanguageModel()
+
+    @demo.token_stream(f"{SERVICE}/Generate")
+    async def generate(request: bytes, context) -> AsyncIterator[TokenBatch]:
+        params = parse_generate_request(request)
+        delay = token_delay if params.token_delay is None else params.token_delay
+        batch = TokenBatch(sequence_id=params.sequence_id)
+        for position, (token_id, logprob) in enumerate(model.generate(params.prompt, params.max_tokens, params.seed)):
+            if delay:
+                await asyncio.sleep(delay)
+            batch.add(Token(token_id, position, text=VOCABULARY[token_id], logprob=logprob))
+            if len(batch) == params.batch_size and position + 1 < params.max_tokens:
+                yield batch
+                batch = TokenBatch(sequence_id=params.sequence_id)
+                if not delay:
+                    await asyncio.sleep(0)  # let other requests in between batches
+        batch.is_final = True
+        yield batch
+
+    @demo.tensor(f"{SERVICE}/Embed")
+    def embed(request: bytes | Tensor, context) -> Tensor:
+        texts, dim, dtype = _embed_request(request)
+        tensor = Tensor.from_numpy(embed_texts(texts, dim), name="embedding")
+        return tensor if dtype == "float32" else tensor.astype(DType.from_name(dtype))
+
+    @demo.tensor(f"{SERVICE}/Echo")
+    def echo(request: bytes | Tensor, context) -> bytes | Tensor:
+        return request
+
+    return demo
+
+
+#: The demo app, for ``quill serve`` and ``uvicorn quill.demo:app``.
+app = create_demo_app()
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))]
+
+
+def run_demo(
+    *,
+    max_tokens: int = 48,
+    token_delay: float = 0.025,
+    bulk_tokens: int = 50_000,
+    tensor_rows: int = 2048,
+    echo_calls: int = 200,
+    out: TextIO | None = None,
+) -> dict[str, float]:
+    """The ``quill demo`` routine: serve the demo on a free loopback port, call it with
+    :class:`~quill.client.QuillClient`, print what happens, and return the summary numbers.
+
+    Streams a generation to ``out`` token by token (``token_delay`` seconds each), times a
+    bulk generation of ``bulk_tokens`` tokens, round-trips a ``(tensor_rows, 1024)`` float32
+    embedding tensor through ``Echo``, and measures ``echo_calls`` small unary calls.
+
+    >>> summary = run_demo(max_tokens=8, token_delay=0.0, bulk_tokens=1000, tensor_rows=16,
+    ...                    echo_calls=10, out=io.StringIO())  # doctest: +SKIP
+    >>> summary["streamed_tokens"]  # doctest: +SKIP
+    8
+    """
+    from .client import QuillClient
+    from .server import serve_in_thread
+
+    out = sys.stdout if out is None else out
+    perf = time.perf_counter
+
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    summary: dict[str, float] = {}
+    with serve_in_thread(create_demo_app()) as url, QuillClient(url, timeout_ms=60_000) as client:
+        say(f"quill demo: {SERVICE} (Generate, Embed, Echo) on an embedded server at {url}")
+        if not client.health_check():
+            raise RuntimeError(f"the embedded demo server at {url} is not healthy")
+
+        prompt = "Tell me how a quill writes"
+        say(f"\n> Generate  prompt={prompt!r} max_tokens={max_tokens}, streamed as TOKEN_BATCH frames "
+            f"({token_delay * 1000:g} ms per token on the server)")
+        request = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "token_delay_ms": token_delay * 1000})
+        out.write("  ")
+        started, first_token, count, logprob_total = perf(), None, 0, 0.0
+        for batch in client.stream_tokens(SERVICE, "Generate", request.encode()):
+            if first_token is None:
+                first_token = perf() - started
+            out.write(batch.text().replace("\n", "\n  "))
+            out.flush()
+            count += len(batch)
+            logprob_total += float(batch.logprobs_array().sum()) if len(batch) else 0.0
+        stream_seconds = perf() - started
+        say()
+        say(f"  {count} tokens, mean logprob {logprob_total / max(count, 1):.2f}")
+        summary.update(streamed_tokens=count, first_token_ms=(first_token or 0.0) * 1000,
+                       streamed_tokens_per_s=count / stream_seconds)
+
+        request = json.dumps({"prompt": prompt, "max_tokens": bulk_tokens, "batch_size": 64, "token_delay_ms": 0})
+        started = perf()
+        bulk = sum(len(batch) for batch in client.stream_tokens(SERVICE, "Generate", request.encode()))
+        bulk_seconds = perf() - started
+        say(f"\n> Generate  max_tokens={bulk_tokens} batch_size=64 without delay: {bulk} tokens in {bulk_seconds * 1000:.0f} ms")
+        summary.update(bulk_tokens=bulk, bulk_tokens_per_s=bulk / bulk_seconds)
+
+        inputs = [f"document {i}" for i in range(tensor_rows)]
+        started = perf()
+        embedding = client.call_tensor(SERVICE, "Embed", json.dumps({"input": inputs, "dim": 1024}).encode())
+        embed_ms = (perf() - started) * 1000
+        rows = embedding.to_numpy()
+        norms_ok = bool(np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-4))
+        say(f"\n> Embed     {tensor_rows} inputs -> {embedding.dtype} tensor {tuple(embedding.shape)}, "
+            f"{embedding.size_bytes / 2**20:.1f} MiB in {embed_ms:.0f} ms; unit-length rows: {norms_ok}")
+        half = client.call_tensor(SERVICE, "Embed", json.dumps({"input": inputs[:4], "dim": 1024, "dtype": "bfloat16"}).encode())
+        error = float(np.abs(half.to_numpy(dtype="float32") - rows[:4]).max())
+        say(f"  dtype=bfloat16 -> {half.dtype} tensor {tuple(half.shape)}, max |bf16 - f32| = {error:.4f}")
+
+        rounds, moved = 3, 0
+        started = perf()
+        for _ in range(rounds):
+            echoed = client.call_tensor(SERVICE, "Echo", embedding)
+            moved += 2 * embedding.size_bytes
+        echo_seconds = perf() - started
+        identical = echoed == embedding
+        say(f"\n> Echo      the {embedding.size_bytes / 2**20:.1f} MiB tensor there and back x{rounds}: "
+            f"identical: {identical}")
+        summary.update(tensor_mb_per_s=moved / echo_seconds / 1e6, tensor_identical=float(identical))
+
+        payload = b"q" * 64
+        latencies = []
+        for _ in range(echo_calls):
+            started = perf()
+            client.call(SERVICE, "Echo", payload)
+            latencies.append(perf() - started)
+        latencies.sort()
+        summary.update(unary_p50_ms=_percentile(latencies, 0.5) * 1000, unary_p99_ms=_percentile(latencies, 0.99) * 1000)
+        say(f"\n> Echo      {echo_calls} unary calls of {len(payload)} bytes, one after another")
+
+    say("\nSummary")
+    say(f"  streamed generation  {summary['streamed_tokens']:.0f} tokens at {summary['streamed_tokens_per_s']:.1f} tokens/s "
+        f"(server paced at {token_delay * 1000:g} ms/token), first token after {summary['first_token_ms']:.1f} ms")
+    say(f"  bulk generation      {summary['bulk_tokens_per_s']:,.0f} tokens/s")
+    say(f"  tensor round trip    {summary['tensor_mb_per_s']:,.0f} MB/s (bytes sent + received per second)")
+    say(f"  unary Echo latency   p50 {summary['unary_p50_ms']:.2f} ms, p99 {summary['unary_p99_ms']:.2f} ms")
+    return summary
