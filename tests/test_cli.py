@@ -1,5 +1,7 @@
 """The ``quill`` command, run as a subprocess (``python -m quill ...``), output and exit codes checked."""
 
+from __future__ import annotations
+
 import json
 import os
 import signal

@@ -4,6 +4,8 @@ curl drives the same server in test_server_curl.py; QuillClient drives it in the
 client-facing tests below (once the client module is importable).
 """
 
+from __future__ import annotations
+
 import asyncio
 import json
 import socket
@@ -620,3 +622,26 @@ def test_client_cancelling_a_stream_stops_the_generator(combined_server):
         assert next(iter(stream)) == b"0"
         stream.cancel()
     assert event.wait(10), "the generator was not closed after the client cancelled"
+
+
+def test_lifespan_hooks_and_readiness():
+    app = build_app()
+    events = []
+
+    @app.on_startup
+    async def load_model():
+        events.append("startup")
+
+    @app.on_shutdown
+    def release_model():
+        events.append("shutdown")
+
+    pool = urllib3.PoolManager(retries=False)
+    with serve_in_thread(app) as url:
+        assert events == ["startup"]
+        assert pool.request("GET", f"{url}/ready").status == 200
+        app.ready = False  # e.g. while a model reloads
+        r = pool.request("GET", f"{url}/ready")
+        assert r.status == 503 and json.loads(r.data) == {"ready": False}
+        app.ready = True
+    assert events == ["startup", "shutdown"] and app.ready is False

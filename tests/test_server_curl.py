@@ -4,13 +4,20 @@ Every call runs the real curl binary against the server on loopback and parses w
 curl received. CI installs curl when the machine lacks it (.ci/run).
 """
 
+from __future__ import annotations
+
 import json
 import shutil
 import subprocess
 
 import pytest
 
+import numpy as np
+
+from quill.demo import SERVICE, VOCABULARY, ToyLanguageModel, create_demo_app, embed_texts
+from quill.frames import MessageStreamDecoder, TensorReceiver, TokenStreamDecoder, encode_end_stream, encode_stream_frame, encode_tensor_frames
 from quill.server import QuillApp, serve_in_thread
+from quill.tensor import Tensor
 
 CURL = shutil.which("curl")
 if CURL is None:  # .ci/run installs curl; a machine without it cannot run this module
@@ -35,11 +42,19 @@ def curl(*args: str, data: bytes | None = None) -> tuple[int, dict, bytes]:
 
 @pytest.fixture(scope="module")
 def url():
-    app = QuillApp(max_request_bytes=4096)
+    app = QuillApp(max_request_bytes=1_000_000)
 
     @app.unary("echo.v1.EchoService/Echo")
     def echo(request, context):
         return request
+
+    @app.client_stream("echo.v1.EchoService/Concat")
+    async def concat(messages, context):
+        return b"|".join([m async for m in messages])
+
+    demo = create_demo_app()
+    for path, kind in demo.methods().items():
+        app.add_method(path, demo._routes[path].function, kind)
 
     with serve_in_thread(app) as base_url:
         yield base_url
@@ -67,7 +82,7 @@ def test_405_problem_details(url):
 
 
 def test_413_problem_details(url):
-    status, _, body = curl(f"{url}/echo.v1.EchoService/Echo", data=b"z" * 5000)
+    status, _, body = curl(f"{url}/echo.v1.EchoService/Echo", data=b"z" * 1_000_001)
     assert status == 413 and json.loads(body)["status"] == 413
 
 
@@ -85,3 +100,51 @@ def test_health_and_metrics(url):
     status, headers, body = curl(f"{url}/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert b"# TYPE quill_request_duration_seconds histogram" in body
+
+
+def test_streamed_generate_frames(url):
+    status, headers, body = curl("--no-buffer", "-H", "Content-Type: application/json", "-H", "Accept: application/proto",
+                                 f"{url}/{SERVICE}/Generate",
+                                 data=b'{"prompt": "Hello", "max_tokens": 30, "batch_size": 4, "sequence_id": 11}')
+    assert status == 200 and headers["content-type"] == "application/proto"
+    assert headers["transfer-encoding"] == "chunked"
+    decoder = TokenStreamDecoder()
+    batches = decoder.feed(body)
+    decoder.finish()  # the stream ended with END_STREAM
+    assert [len(b) for b in batches] == [4] * 7 + [2] and batches[-1].is_final
+    expected = list(ToyLanguageModel().generate("Hello", 30))
+    tokens = [t for b in batches for t in b]
+    assert [t.id for t in tokens] == [i for i, _ in expected]
+    assert [t.text for t in tokens] == [VOCABULARY[i] for i, _ in expected]
+    assert np.allclose([t.logprob for t in tokens], [lp for _, lp in expected], rtol=1e-6)
+    assert {b.sequence_id for b in batches} == {11}
+
+
+def test_generate_as_json_with_zstd(url):
+    status, headers, body = curl("--compressed", "-H", "Accept: application/json", f"{url}/{SERVICE}/Generate",
+                                 data=b'{"prompt": "Hello", "max_tokens": 300}')
+    assert status == 200 and headers["content-encoding"] == "zstd"  # curl asked, curl decoded
+    answer = json.loads(body)
+    assert [t["id"] for t in answer["tokens"]] == [i for i, _ in ToyLanguageModel().generate("Hello", 300)]
+
+
+def test_embed_tensor_frames_both_ways(url, tmp_path):
+    status, _, body = curl(f"{url}/{SERVICE}/Embed", data=b'{"input": ["x", "y", "z"], "dim": 50}')
+    assert status == 200
+    embedding = TensorReceiver().feed(body)
+    assert embedding.shape == (3, 50) and np.array_equal(embedding.to_numpy(), embed_texts([b"x", b"y", b"z"], 50))
+    # a tensor request body: curl uploads tensor frames, the server decodes them as a Tensor
+    tensor = Tensor.from_numpy(np.arange(70_000, dtype=np.int32).reshape(700, 100), name="ids")
+    frames = tmp_path / "tensor.bin"
+    frames.write_bytes(b"".join(encode_tensor_frames(tensor)))
+    status, _, body = curl("--data-binary", f"@{frames}", "-H", "Content-Type: application/proto",
+                           f"{url}/{SERVICE}/Echo")
+    assert status == 200 and TensorReceiver().feed(body) == tensor
+
+
+def test_client_stream_chunked_upload(url, tmp_path):
+    frames = tmp_path / "frames.bin"
+    frames.write_bytes(b"".join(encode_stream_frame(w) for w in (b"alpha", b"beta", b"gamma")) + encode_end_stream())
+    status, _, body = curl("-H", "Transfer-Encoding: chunked", "--data-binary", f"@{frames}",
+                           f"{url}/echo.v1.EchoService/Concat")
+    assert (status, body) == (200, b"alpha|beta|gamma")

@@ -1,0 +1,147 @@
+"""The demo inference service (quill.demo) on loopback: request layouts, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import urllib3
+
+from quill.demo import SERVICE, VOCABULARY, ToyLanguageModel, create_demo_app, embed_texts, parse_generate_request
+from quill.errors import BadRequestError
+from quill.frames import TensorReceiver, TokenStreamDecoder, encode_tensor_frames
+from quill.server import serve_in_thread
+from quill.tensor import Tensor
+
+
+@pytest.fixture(scope="module")
+def url():
+    with serve_in_thread(create_demo_app()) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def http():
+    return urllib3.PoolManager(retries=False)
+
+
+def post(http, url, method, body, **headers):
+    return http.request("POST", f"{url}/{SERVICE}/{method}", body=body, headers=headers)
+
+
+def tokens_of(response) -> list:
+    decoder = TokenStreamDecoder()
+    batches = decoder.feed(response.data)
+    decoder.finish()
+    return batches
+
+
+def protobuf_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def test_generate_is_deterministic_and_honours_max_tokens(http, url):
+    body = json.dumps({"prompt": "Once", "max_tokens": 50, "batch_size": 8, "seed": 3}).encode()
+    first, second = tokens_of(post(http, url, "Generate", body)), tokens_of(post(http, url, "Generate", body))
+    assert [b.token_ids() for b in first] == [b.token_ids() for b in second]
+    assert sum(len(b) for b in first) == 50 and [b.is_final for b in first].count(True) == 1
+    other_seed = tokens_of(post(http, url, "Generate", body.replace(b'"seed": 3', b'"seed": 4')))
+    assert [b.token_ids() for b in other_seed] != [b.token_ids() for b in first]
+    # every token id is in the built-in vocabulary and carries its text and a logprob
+    for token in (t for b in first for t in b):
+        assert token.text == VOCABULARY[token.id] and token.logprob < 0 and not token.is_special
+
+
+def test_generate_zero_tokens_is_one_empty_final_batch(http, url):
+    batches = tokens_of(post(http, url, "Generate", b'{"max_tokens": 0}'))
+    assert [(len(b), b.is_final) for b in batches] == [(0, True)]
+
+
+def test_generate_protobuf_request(http, url):
+    ids = [5, 300, 7]
+    packed = b"".join(protobuf_varint(i) for i in ids)
+    body = b"\x0a" + protobuf_varint(len(packed)) + packed + b"\x10" + protobuf_varint(9) + b"\x1d\x00\x00\x80\x3f"
+    batches = tokens_of(post(http, url, "Generate", body, **{"Content-Type": "application/proto"}))
+    expected = [i for i, _ in ToyLanguageModel().generate(ids, 9)]
+    assert [t.id for b in batches for t in b] == expected
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b'{"max_tokens": 100001}', "max_tokens"),
+    (b'{"max_tokens": 5, "batch_size": 0}', "batch_size"),
+    (b'{"prompt": 12}', "prompt"),
+    (b'{"token_delay_ms": 5000}', "token_delay_ms"),
+    (b'{"prompt": "x"', "not valid JSON"),
+    (b'[1, 2]', "JSON object"),
+    (b"\x0a\x05\x01", "runs past the end"),
+    (b"\x13", "wire type"),  # field 2 with wire type 3 (groups are not supported)
+])
+def test_generate_bad_requests_are_400(http, url, body, fragment):
+    r = post(http, url, "Generate", body)
+    assert r.status == 400 and r.headers["content-type"] == "application/problem+json"
+    assert fragment in json.loads(r.data)["detail"]
+
+
+def test_parse_generate_request_defaults_and_aliases():
+    params = parse_generate_request(b"")
+    assert (params.prompt, params.max_tokens, params.batch_size, params.token_delay) == ("", 16, 1, None)
+    params = parse_generate_request(b'{"max_new_tokens": 7, "token_delay_ms": 20}')
+    assert (params.max_tokens, params.token_delay) == (7, 0.02)
+    with pytest.raises(BadRequestError):
+        parse_generate_request(b'{"max_tokens": true}')
+
+
+def test_embed_layouts(http, url):
+    r = post(http, url, "Embed", b'{"input": "solo", "dim": 16}')
+    single = TensorReceiver().feed(r.data)
+    assert single.shape == (1, 16) and np.array_equal(single.to_numpy(), embed_texts([b"solo"], 16))
+    r = post(http, url, "Embed", b'{"input": ["a", "b"], "dim": 16, "dtype": "float16"}')
+    half = TensorReceiver().feed(r.data)
+    assert half.dtype.name == "float16"
+    assert np.array_equal(half.to_numpy(), embed_texts([b"a", b"b"], 16).astype(np.float16))
+    r = post(http, url, "Embed", b'{"input": ["a"], "dim": 4}', Accept="application/json")
+    answer = json.loads(r.data)
+    assert answer["shape"] == [1, 4] and answer["dtype"] == "float32"
+    assert np.allclose(answer["data"], embed_texts([b"a"], 4))
+
+
+def test_embed_tensor_and_protobuf_requests(http, url):
+    ids = Tensor.from_numpy(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int32))
+    r = post(http, url, "Embed", b"".join(encode_tensor_frames(ids)))
+    rows = TensorReceiver().feed(r.data).to_numpy()
+    assert rows.shape == (2, 256)
+    assert np.array_equal(rows, embed_texts([ids.to_numpy()[0].tobytes(), ids.to_numpy()[1].tobytes()], 256))
+    r = post(http, url, "Embed", b"\x0a\x02\x07\x08")  # EmbedRequest{input_ids: [7, 8]}
+    assert np.array_equal(TensorReceiver().feed(r.data).to_numpy(),
+                          embed_texts([np.array([7, 8], "<u4").tobytes()], 256))
+
+
+@pytest.mark.parametrize("request_object", [{"input": [1]}, {"dim": 0}, {"dtype": "int8"},
+                                            {"input": ["t"] * 300, "dim": 65536}])  # too many elements
+def test_embed_bad_requests_are_400(http, url, request_object):
+    r = post(http, url, "Embed", json.dumps(request_object).encode())
+    assert r.status == 400 and json.loads(r.data)["title"] == "Invalid request"
+
+
+def test_echo_bytes_and_tensor(http, url):
+    assert post(http, url, "Echo", b"\x00\x01 any bytes").data == b"\x00\x01 any bytes"
+    tensor = Tensor.from_numpy(np.linspace(0, 1, 100_000, dtype=np.float64), name="ramp")
+    r = post(http, url, "Echo", b"".join(encode_tensor_frames(tensor)))
+    assert TensorReceiver().feed(r.data) == tensor
+
+
+def test_server_side_token_delay_paces_the_stream():
+    """With a per-token delay the tokens leave the server one by one (several frames reach the client)."""
+    with serve_in_thread(create_demo_app(token_delay=0.01)) as base_url:
+        r = urllib3.PoolManager(retries=False).request(
+            "POST", f"{base_url}/{SERVICE}/Generate", body=b'{"max_tokens": 5}', preload_content=False)
+        chunks = [c for c in r.read_chunked()]
+    assert len(chunks) >= 5  # five TOKEN_BATCH frames and END_STREAM, sent as they were made
+    decoder = TokenStreamDecoder()
+    assert [len(b) for c in chunks for b in decoder.feed(c)] == [1] * 5
