@@ -24,11 +24,14 @@ Parsers are not thread-safe: feed one parser from one thread at a time.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+cimport numpy as cnp
+import numpy as np
+
+from quill._tokens import TokenBatch
 from quill.errors import (
     DecodeError,
     EncodeError,
@@ -36,6 +39,9 @@ from quill.errors import (
     LimitExceededError,
     StreamCancelledError,
 )
+from quill.tensor import Tensor, TensorMeta
+
+cnp.import_array()
 
 # -- tensor frame types (section 4) -------------------------------------------------------
 cdef enum:
@@ -720,7 +726,7 @@ cdef class TensorReceiver(_TensorFrameReader):
     """Reassembles one tensor from its frames (TENSOR_META, TENSOR_PAYLOAD..., END_STREAM).
 
     The buffer is allocated once, when the META frame arrives, after its size has been
-    checked against ``max_bytes``; payload bytes are copied straight from the fed chunks
+    checked against ``max_bytes`` (None: no limit); payload bytes are copied straight from the fed chunks
     into it. ``feed`` returns the Tensor when END_STREAM arrives (**Ours:** also for an
     empty tensor, which the reference receiver never completes), else None.
     Errors: payload before meta, a second meta, more bytes than the meta's byte_size
@@ -741,14 +747,14 @@ cdef class TensorReceiver(_TensorFrameReader):
 
     cdef object _max_bytes
     cdef object _meta
-    cdef object _buffer        # bytearray of meta.size_bytes, filled in place
+    cdef cnp.ndarray _buffer   # meta.size_bytes uninitialised bytes, filled in place
     cdef Py_ssize_t _expected
     cdef Py_ssize_t _received
     cdef object _tensor
 
     def __init__(self, max_bytes=DEFAULT_MAX_TENSOR_BYTES):
-        if not isinstance(max_bytes, int) or max_bytes < 0:
-            raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}")
+        if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
+            raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
         self._max_bytes = max_bytes
 
     cdef int _start_frame(self) except -1:
@@ -761,7 +767,7 @@ cdef class TensorReceiver(_TensorFrameReader):
                     f"TENSOR_PAYLOAD frame of {self._length} bytes overruns the tensor: "
                     f"{self._received} of {self._expected} bytes already received",
                     offset=self._frame_start)
-            self._dest = PyByteArray_AS_STRING(self._buffer) + self._received
+            self._dest = <char*>cnp.PyArray_DATA(self._buffer) + self._received
         elif frame_type == TENSOR_META:
             if self._meta is not None:
                 raise DecodeError("second TENSOR_META frame in one tensor stream", offset=self._frame_start)
@@ -776,16 +782,13 @@ cdef class TensorReceiver(_TensorFrameReader):
         if frame_type == TENSOR_PAYLOAD:
             self._received += self._length
         elif frame_type == TENSOR_META:
-            from quill.tensor import TensorMeta
             try:
                 meta = TensorMeta.decode(self._payload, max_bytes=self._max_bytes)
-            except DecodeError as exc:
+            except DecodeError as exc:   # LimitExceededError included: checked before allocating
                 raise _relocate(exc, "TENSOR_META frame", payload_start) from exc
-            if meta.size_bytes > self._max_bytes:
-                raise LimitExceededError(
-                    f"tensor of {meta.size_bytes} bytes exceeds the receiver limit of "
-                    f"{self._max_bytes} bytes", offset=payload_start)
-            self._buffer = PyByteArray_FromStringAndSize(NULL, meta.size_bytes)
+            # numpy puts large buffers on transparent huge pages: several times fewer page
+            # faults than a bytearray while the payload is written (see bench_frames.py).
+            self._buffer = np.empty(meta.size_bytes, dtype=np.uint8)
             self._expected = meta.size_bytes
             self._received = 0
             self._meta = meta
@@ -796,9 +799,7 @@ cdef class TensorReceiver(_TensorFrameReader):
                 raise IncompleteStreamError(
                     f"END_STREAM after {self._received} of {self._expected} tensor bytes",
                     offset=self._frame_start)
-            from quill.tensor import Tensor
-            meta = self._meta
-            self._tensor = Tensor.from_bytes(self._buffer, meta.shape, meta.dtype, name=meta.name)
+            self._tensor = Tensor(self._meta, self._buffer)
             self._buffer = None
             self._done = True
         else:
@@ -870,7 +871,6 @@ cdef class TokenStreamDecoder(_TensorFrameReader):
 
     cdef int _end_frame(self) except -1:
         if self._type == TOKEN_BATCH:
-            from quill._tokens import TokenBatch
             try:
                 batch = TokenBatch.decode(self._payload)
             except DecodeError as exc:
