@@ -48,11 +48,13 @@ cdef extern from "_casts_kernels.h" nogil:
         QUILL_CAST_PATHS
     int quill_path_available(int path)
     quill_cast_kernel quill_get_kernel(int kind, int path)
+    void quill_cast_contiguous(int kind, int path, const char *src, char *dst, size_t n,
+                               int stream)
     void quill_cast_strided(quill_cast_kernel kernel, const char *src, int ndim,
                             const cnp.npy_intp *shape, const cnp.npy_intp *strides,
                             size_t src_item, char *dst, size_t dst_item)
 
-_KINDS = {
+_KIND_NAMES = {
     ("float32", "bfloat16"): QUILL_F32_TO_BF16,
     ("float32", "float16"): QUILL_F32_TO_F16,
     ("float64", "bfloat16"): QUILL_F64_TO_BF16,
@@ -62,10 +64,17 @@ _KINDS = {
     ("float16", "float32"): QUILL_F16_TO_F32,
     ("float16", "float64"): QUILL_F16_TO_F64,
 }
-_SUPPORTED = ", ".join(f"{s} -> {t}" for s, t in _KINDS)
+cdef dict _KINDS = {(DType.from_name(s), DType.from_name(t)): kind
+                    for (s, t), kind in _KIND_NAMES.items()}
+_SUPPORTED = ", ".join(f"{s} -> {t}" for s, t in _KIND_NAMES)
 _PATH_NAMES = ("portable", "avx2", "avx512")
 _PATHS = {name: path for path, name in enumerate(_PATH_NAMES) if quill_path_available(path)}
 _BEST_PATH = max(_PATHS.values())
+
+# Resolutions that succeeded, so that a call costs dictionary lookups, not registry scans:
+cdef dict _DTYPE_SPECS = {}      # dtype / src_dtype argument -> DType
+cdef dict _ARRAY_DTYPES = {}     # numpy dtype of a src array -> DType its memory holds
+cdef dict _RESULT_DTYPES = {}    # target DType -> numpy dtype of an allocated result
 
 
 def _available_paths():
@@ -79,41 +88,67 @@ def _available_paths():
 
 cdef object _as_dtype(object spec, str role):
     """A quill DType from a DType, numpy dtype / scalar type, or name."""
-    if isinstance(spec, DType):
-        return spec
-    if isinstance(spec, str):
-        try:
-            return DType.from_name(spec)
-        except ValueError:
-            pass
     try:
-        return DType.from_numpy(spec)
-    except (ValueError, TypeError):
-        raise TypeError(
-            f"{role} must be a quill DType, a numpy dtype or a dtype name; got {spec!r}"
-        ) from None
+        return _DTYPE_SPECS[spec]
+    except (KeyError, TypeError):  # TypeError: unhashable spec
+        pass
+    if isinstance(spec, DType):
+        dtype = spec
+    else:
+        try:
+            dtype = DType.from_name(spec) if isinstance(spec, str) else None
+        except ValueError:
+            dtype = None
+        if dtype is None:
+            try:
+                dtype = DType.from_numpy(spec)
+            except (ValueError, TypeError):
+                raise TypeError(
+                    f"{role} must be a quill DType, a numpy dtype or a dtype name; got {spec!r}"
+                ) from None
+    try:
+        _DTYPE_SPECS[spec] = dtype
+    except TypeError:
+        pass
+    return dtype
 
 
 cdef object _source_dtype(object src, object src_dtype):
     """The DType to read src's memory as."""
-    if src.dtype.hasobject or src.dtype.fields is not None:
-        raise TypeError(f"cannot convert an array of dtype {src.dtype}: it holds no float bits")
+    array_dtype = src.dtype
+    if src_dtype is None:
+        dtype = _ARRAY_DTYPES.get(array_dtype)
+        if dtype is not None:
+            return dtype
+    if array_dtype.hasobject or array_dtype.fields is not None:
+        raise TypeError(f"cannot convert an array of dtype {array_dtype}: it holds no float bits")
     if src_dtype is not None:
         dtype = _as_dtype(src_dtype, "src_dtype")
-        if src.dtype.itemsize != dtype.element_size:
+        if array_dtype.itemsize != dtype.element_size:
             raise ValueError(
                 f"src_dtype {dtype} needs {dtype.element_size}-byte elements, "
-                f"but src has dtype {src.dtype} with {src.dtype.itemsize}-byte elements"
+                f"but src has dtype {array_dtype} with {array_dtype.itemsize}-byte elements"
             )
         return dtype
-    if src.dtype.name == "bfloat16":
-        return DType.bfloat16()
-    if src.dtype.kind == "f" and src.dtype.itemsize in (2, 4, 8):
-        return DType.from_numpy(src.dtype)
-    raise TypeError(
-        f"cannot convert from {src.dtype}; pass src_dtype= to read its memory as "
-        f"float16/bfloat16/float32/float64 (supported: {_SUPPORTED})"
-    )
+    if array_dtype.name == "bfloat16":
+        dtype = DType.bfloat16()
+    elif array_dtype.kind == "f" and array_dtype.itemsize in (2, 4, 8):
+        dtype = DType.from_numpy(array_dtype)
+    else:
+        raise TypeError(
+            f"cannot convert from {array_dtype}; pass src_dtype= to read its memory as "
+            f"float16/bfloat16/float32/float64 (supported: {_SUPPORTED})"
+        )
+    _ARRAY_DTYPES[array_dtype] = dtype
+    return dtype
+
+
+cdef object _result_dtype(object target):
+    """The numpy dtype of an allocated result (bfloat16 needs ml_dtypes)."""
+    numpy_dtype = _RESULT_DTYPES.get(target)
+    if numpy_dtype is None:
+        numpy_dtype = _RESULT_DTYPES[target] = target.numpy_dtype
+    return numpy_dtype
 
 
 cdef _check_out(object src, object out, object target):
@@ -122,22 +157,48 @@ cdef _check_out(object src, object out, object target):
         raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
     if out.shape != src.shape:
         raise ValueError(f"out has shape {out.shape}, expected the shape of src {src.shape}")
-    if out.dtype.itemsize != target.element_size:
+    out_dtype = out.dtype
+    if out_dtype.itemsize != target.element_size:
         raise ValueError(
-            f"out has {out.dtype.itemsize}-byte elements ({out.dtype}); "
+            f"out has {out_dtype.itemsize}-byte elements ({out_dtype}); "
             f"{target} needs {target.element_size}-byte elements"
         )
-    if out.dtype.kind == "f" and _as_dtype(out.dtype, "out dtype") is not target:
-        raise ValueError(f"out has dtype {out.dtype}, which cannot hold {target} values")
-    if out.dtype.kind not in "fuiV" or not out.dtype.isnative:
+    if out_dtype.kind == "f" and _as_dtype(out_dtype, "out dtype") is not target:
+        raise ValueError(f"out has dtype {out_dtype}, which cannot hold {target} values")
+    if out_dtype.kind not in "fuiV" or not out_dtype.isnative:
         raise ValueError(
-            f"out has dtype {out.dtype}; use {target}, or a native-order integer "
+            f"out has dtype {out_dtype}; use {target}, or a native-order integer "
             f"array of the same element size to receive the raw bits"
         )
-    if not out.flags.c_contiguous:
+    if not cnp.PyArray_IS_C_CONTIGUOUS(out):
         raise ValueError("out must be C-contiguous")
-    if not out.flags.writeable:
+    if not cnp.PyArray_ISWRITEABLE(out):
         raise ValueError("out is read-only")
+
+
+cdef bint _may_overlap(cnp.ndarray a, cnp.ndarray b):
+    """True if the memory spans of a and b intersect (np.may_share_memory, cheaper)."""
+    cdef char *a_low = <char *>cnp.PyArray_DATA(a)
+    cdef char *a_high = a_low + cnp.PyArray_ITEMSIZE(a)
+    cdef char *b_low = <char *>cnp.PyArray_DATA(b)
+    cdef char *b_high = b_low + cnp.PyArray_ITEMSIZE(b)
+    cdef int axis
+    cdef cnp.npy_intp extent
+    if cnp.PyArray_SIZE(a) == 0 or cnp.PyArray_SIZE(b) == 0:
+        return False
+    for axis in range(cnp.PyArray_NDIM(a)):
+        extent = (cnp.PyArray_DIMS(a)[axis] - 1) * cnp.PyArray_STRIDES(a)[axis]
+        if extent < 0:
+            a_low += extent
+        else:
+            a_high += extent
+    for axis in range(cnp.PyArray_NDIM(b)):
+        extent = (cnp.PyArray_DIMS(b)[axis] - 1) * cnp.PyArray_STRIDES(b)[axis]
+        if extent < 0:
+            b_low += extent
+        else:
+            b_high += extent
+    return a_low < b_high and b_low < a_high
 
 
 cdef object _cast(object src, object dtype, object out, object src_dtype, int path):
@@ -147,24 +208,26 @@ cdef object _cast(object src, object dtype, object out, object src_dtype, int pa
         raise TypeError(f"src must be a numpy array, got {type(src).__name__}")
     source = _source_dtype(src, src_dtype)
     target = _as_dtype(dtype, "dtype")
-    kind = _KINDS.get((source.name, target.name))
+    kind = _KINDS.get((source, target))
     if kind is None:
         raise TypeError(f"no kernel converts {source} to {target}; supported: {_SUPPORTED}")
     if not src.dtype.isnative:
         src = src.byteswap().view(src.dtype.newbyteorder("="))
-    if out is None:
-        out = np.empty(src.shape, dtype=target.numpy_dtype)
+    cdef bint fresh = out is None
+    if fresh:
+        out = np.empty(src.shape, dtype=_result_dtype(target))
     else:
         _check_out(src, out, target)
-        if np.may_share_memory(src, out):
+        if _may_overlap(src, out):
             out[...] = _cast(src, dtype, None, src_dtype, path).view(out.dtype)
             return out
-    _run(<cnp.ndarray>src, <cnp.ndarray>out, quill_get_kernel(kind, path))
+    _run(<cnp.ndarray>src, <cnp.ndarray>out, kind, path, not fresh)
     return out
 
 
-cdef void _run(cnp.ndarray src, cnp.ndarray out, quill_cast_kernel kernel):
-    """Convert every element of src into the C-contiguous out (shapes already checked)."""
+cdef void _run(cnp.ndarray src, cnp.ndarray out, int kind, int path, bint stream):
+    """Convert every element of src into the C-contiguous out (shapes already checked);
+    stream: out was not freshly allocated (see quill_cast_contiguous)."""
     cdef Py_ssize_t count = cnp.PyArray_SIZE(src)
     cdef const char *src_data = <const char *>cnp.PyArray_DATA(src)
     cdef char *out_data = <char *>cnp.PyArray_DATA(out)
@@ -177,9 +240,10 @@ cdef void _run(cnp.ndarray src, cnp.ndarray out, quill_cast_kernel kernel):
         return
     with nogil:
         if cnp.PyArray_IS_C_CONTIGUOUS(src):
-            kernel(src_data, out_data, <size_t>count)
+            quill_cast_contiguous(kind, path, src_data, out_data, <size_t>count, stream)
         else:
-            quill_cast_strided(kernel, src_data, ndim, shape, strides, src_item, out_data, out_item)
+            quill_cast_strided(quill_get_kernel(kind, path), src_data, ndim, shape, strides,
+                               src_item, out_data, out_item)
 
 
 def cast(src, dtype, *, out=None, src_dtype=None):
