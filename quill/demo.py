@@ -334,7 +334,7 @@ def create_demo_app(*, token_delay: float = 0.0, **app_options: Any) -> QuillApp
         return tensor if dtype == "float32" else tensor.astype(DType.from_name(dtype))
 
     @demo.tensor(f"{SERVICE}/Echo")
-    def echo(request: bytes | Tensor, context) -> bytes | Tensor:
+    async def echo(request: bytes | Tensor, context) -> bytes | Tensor:
         return request
 
     return demo
