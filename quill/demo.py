@@ -388,12 +388,18 @@ def run_demo(
         say(f"\n> Generate  prompt={prompt!r} max_tokens={max_tokens}, streamed as TOKEN_BATCH frames "
             f"({token_delay * 1000:g} ms per token on the server)")
         request = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "token_delay_ms": token_delay * 1000})
-        out.write("  ")
-        started, first_token, count, logprob_total = perf(), None, 0, 0.0
+        out.write(" ")
+        started, first_token, count, logprob_total, column = perf(), None, 0, 0.0, 1
         for batch in client.stream_tokens(SERVICE, "Generate", request.encode()):
             if first_token is None:
                 first_token = perf() - started
-            out.write(batch.text().replace("\n", "\n  "))
+            for token in batch:  # printed as it arrives, wrapped at word boundaries
+                text = token.text or ""
+                if text.startswith(" ") and column + len(text) > 88:
+                    out.write("\n ")
+                    column = 1
+                out.write(text)
+                column += len(text)
             out.flush()
             count += len(batch)
             logprob_total += float(batch.logprobs_array().sum()) if len(batch) else 0.0
