@@ -103,7 +103,6 @@ for _code in range(1, 256):
         pass
 
 _VALID_CODES = ", ".join(f"{c} ({DType.from_code(c).name})" for c in range(256) if ELEMENT_SIZES[c])
-_DEVICE_NAMES = ("cpu", "cuda")
 
 
 # -- little-endian field access ----------------------------------------------------------------
@@ -152,7 +151,7 @@ def encode_meta(tuple shape, dtype, name, int device_code):
     """
     cdef Py_ssize_t ndim = len(shape), i, pos
     cdef uint64_t dims[MAX_NDIM]
-    cdef uint64_t byte_size
+    cdef uint64_t byte_size = 0
     cdef uint8_t element_size = ELEMENT_SIZES[<uint8_t>dtype.code]
     cdef bytes name_bytes, out
     cdef uint8_t *p
@@ -331,9 +330,9 @@ cdef void versioned_deleter(DLManagedTensorVersioned *managed) noexcept nogil:
 
 
 cdef void legacy_capsule_destructor(PyObject *capsule) noexcept:
-    cdef PyObject *exc_type
-    cdef PyObject *exc_value
-    cdef PyObject *exc_tb
+    cdef PyObject *exc_type = NULL
+    cdef PyObject *exc_value = NULL
+    cdef PyObject *exc_tb = NULL
     cdef DLManagedTensor *managed
     if PyCapsule_IsValid(capsule, b"used_dltensor"):
         return  # a consumer took ownership and will call the deleter
@@ -347,9 +346,9 @@ cdef void legacy_capsule_destructor(PyObject *capsule) noexcept:
 
 
 cdef void versioned_capsule_destructor(PyObject *capsule) noexcept:
-    cdef PyObject *exc_type
-    cdef PyObject *exc_value
-    cdef PyObject *exc_tb
+    cdef PyObject *exc_type = NULL
+    cdef PyObject *exc_value = NULL
+    cdef PyObject *exc_tb = NULL
     cdef DLManagedTensorVersioned *managed
     if PyCapsule_IsValid(capsule, b"used_dltensor_versioned"):
         return

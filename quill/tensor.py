@@ -53,8 +53,9 @@ _REPR_VALUES = 6
 _HALF_FLOATS = (DType.float16(), DType.bfloat16())
 _WIDE_FLOATS = (DType.float32(), DType.float64())
 
-# numpy dtype -> quill DType, filled on first use of each numpy dtype (at most a few dozen).
+# numpy dtype -> quill DType and back, filled on first use (a few dozen entries at most).
 _FROM_NUMPY: dict[np.dtype, DType] = {}
+_NUMPY_DTYPES: dict[DType, np.dtype] = {}
 
 
 def _as_dtype(dtype) -> DType:
@@ -122,14 +123,14 @@ def _is_big_endian(npdtype: np.dtype) -> bool:
     return order == ">" or (order == "=" and sys.byteorder == "big")
 
 
-def _byte_view(data) -> memoryview:
-    """A 1-D unsigned-byte memoryview over ``data``'s memory, without copying."""
+def _byte_array(data) -> np.ndarray:
+    """A 1-D uint8 array over ``data``'s memory, without copying; it keeps ``data`` exported."""
     if isinstance(data, np.ndarray):
         if data.dtype.hasobject:
             raise TypeError("an object array holds Python references, not tensor element bytes")
         if not data.flags.c_contiguous:
             raise ValueError("data is a non-contiguous numpy array; pass np.ascontiguousarray(data)")
-        data = data.reshape(-1).view(np.uint8)  # also covers dtypes memoryview cannot describe (bfloat16)
+        return data.reshape(-1).view(np.uint8)  # also covers dtypes memoryview cannot describe (bfloat16)
     try:
         view = memoryview(data)
     except TypeError:
@@ -139,20 +140,26 @@ def _byte_view(data) -> memoryview:
         ) from None
     if not view.c_contiguous:
         raise ValueError("data must be a C-contiguous buffer; copy it first (e.g. bytes(data))")
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
+    return np.frombuffer(view, np.uint8)
 
 
 def _numpy_dtype(dtype: DType) -> np.dtype:
+    """``dtype.numpy_dtype``, cached; bfloat16 is looked up each time (ml_dtypes may come and go)."""
     try:
-        return dtype.numpy_dtype
+        return _NUMPY_DTYPES[dtype]
+    except KeyError:
+        pass
+    try:
+        npdtype = dtype.numpy_dtype
     except TypeError:
         raise TypeError(
             "this tensor is bfloat16, which numpy cannot represent without ml_dtypes: install it "
             "(pip install 'quill[bf16]'), or use to_numpy(dtype='float32') for a float32 copy, "
             "or .data for the raw little-endian bfloat16 bytes"
         ) from None
+    if dtype is not DType.bfloat16():
+        _NUMPY_DTYPES[dtype] = npdtype
+    return npdtype
 
 
 class TensorMeta:
@@ -188,6 +195,13 @@ class TensorMeta:
             )
         self._init(shape, dtype, name or None, device, num_elements, size_bytes)
 
+    @classmethod
+    def _trusted(cls, shape, dtype, name, device, num_elements, size_bytes) -> "TensorMeta":
+        """A meta from fields already checked (by the decoder, or by numpy for an array's shape)."""
+        meta = object.__new__(cls)
+        meta._init(shape, dtype, name, device, num_elements, size_bytes)
+        return meta
+
     def _init(self, shape, dtype, name, device, num_elements, size_bytes):
         self._shape = shape
         self._dtype = dtype
@@ -211,9 +225,8 @@ class TensorMeta:
         TensorMeta(shape=(), dtype=float32)
         """
         shape, code, device_code, num_elements, size_bytes, name = decode_meta(buf, max_bytes)
-        meta = object.__new__(cls)
-        meta._init(shape, DType.from_code(code), name, _DEVICE_NAMES[device_code], num_elements, size_bytes)
-        return meta
+        return cls._trusted(shape, DType.from_code(code), name, _DEVICE_NAMES[device_code],
+                            num_elements, size_bytes)
 
     def encode(self) -> bytes:
         """The TENSOR_META payload; :class:`~quill.errors.EncodeError` for more than 255 dimensions
@@ -288,19 +301,19 @@ class Tensor:
     array([0., 0.], dtype=float32)
     """
 
-    __slots__ = ("_meta", "_data")
+    __slots__ = ("_meta", "_bytes")  # _bytes: 1-D uint8 ndarray over the element bytes
 
     def __init__(self, meta: TensorMeta, data):
         if not isinstance(meta, TensorMeta):
             raise TypeError(f"meta must be a TensorMeta, got {type(meta).__name__}")
-        view = _byte_view(data)
-        if view.nbytes != meta.size_bytes:
+        raw = _byte_array(data)
+        if raw.nbytes != meta.size_bytes:
             raise ValueError(
                 f"shape {meta.shape} of {meta.dtype} needs {meta.size_bytes} bytes, "
-                f"but the data has {view.nbytes} bytes"
+                f"but the data has {raw.nbytes} bytes"
             )
         self._meta = meta
-        self._data = view
+        self._bytes = raw
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -327,10 +340,11 @@ class Tensor:
             array = np.ascontiguousarray(array.view(f">u{width}"), dtype=f"<u{width}")
         elif not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
-        meta = TensorMeta(shape, dtype, name)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {type(name).__name__}")
         tensor = object.__new__(cls)
-        tensor._meta = meta
-        tensor._data = memoryview(array.reshape(-1).view(np.uint8))
+        tensor._meta = TensorMeta._trusted(shape, dtype, name or None, "cpu", array.size, array.nbytes)
+        tensor._bytes = array.reshape(-1).view(np.uint8)
         return tensor
 
     @classmethod
@@ -395,7 +409,7 @@ class Tensor:
     @property
     def data(self) -> memoryview:
         """The raw little-endian element bytes: 1-D, format ``"B"``, read-only, zero copy."""
-        return self._data.toreadonly()
+        return memoryview(self._bytes).toreadonly()
 
     def __len__(self) -> int:
         if not self._meta.shape:
@@ -423,7 +437,7 @@ class Tensor:
         >>> Tensor.from_numpy(np.array([1, 2], np.int32)).tobytes().hex()
         '0100000002000000'
         """
-        return self._data.tobytes()
+        return self._bytes.tobytes()
 
     def astype(self, dtype) -> "Tensor":
         """A new tensor converted to ``dtype`` (the same tensor if the dtype is unchanged).
@@ -445,7 +459,7 @@ class Tensor:
 
     def _elements(self, npdtype: np.dtype) -> np.ndarray:
         """The data as an array of ``npdtype`` elements in the tensor's shape (a view)."""
-        return np.frombuffer(self._data, dtype=npdtype).reshape(self._meta.shape)
+        return self._bytes.view(npdtype).reshape(self._meta.shape)
 
     def _converted(self, target: DType) -> np.ndarray:
         """A new C-contiguous array whose bytes are this tensor's elements converted to ``target``."""
@@ -458,7 +472,7 @@ class Tensor:
             if target in _HALF_FLOATS:
                 return cast(wide, target, out=np.empty(self._meta.shape, np.uint16))
             return wide.astype(target.numpy_dtype)
-        elements = self._elements(source.numpy_dtype)
+        elements = self._elements(_numpy_dtype(source))
         if target in _HALF_FLOATS:
             if source not in _WIDE_FLOATS:
                 elements = elements.astype(np.float64)
@@ -490,7 +504,7 @@ class Tensor:
         >>> np.from_dlpack(Tensor.from_numpy(np.arange(3, dtype=np.int64)))
         array([0, 1, 2])
         """
-        return export_dlpack(self._data, self._meta.shape, self._meta.dtype, stream=stream,
+        return export_dlpack(self._bytes, self._meta.shape, self._meta.dtype, stream=stream,
                              max_version=max_version, dl_device=dl_device, copy=copy)
 
     def __dlpack_device__(self) -> tuple[int, int]:
@@ -501,14 +515,14 @@ class Tensor:
         """Protocol 5 hands the data to pickle as a PickleBuffer (out-of-band with a
         ``buffer_callback``, so nothing is copied); older protocols embed a bytes copy."""
         if protocol >= 5:
-            return (Tensor, (self._meta, pickle.PickleBuffer(self._data)))
-        return (Tensor, (self._meta, self._data.tobytes()))
+            return (Tensor, (self._meta, pickle.PickleBuffer(self._bytes)))
+        return (Tensor, (self._meta, self._bytes.tobytes()))
 
     # -- comparison and display ---------------------------------------------------------------
     def __eq__(self, other) -> bool:
         if not isinstance(other, Tensor):
             return NotImplemented
-        return self._meta == other._meta and buffers_equal(self._data, other._data)
+        return self._meta == other._meta and buffers_equal(self._bytes, other._bytes)
 
     __hash__ = None
 
@@ -521,7 +535,7 @@ class Tensor:
     def _repr_values(self) -> str:
         count = min(self._meta.num_elements, _REPR_VALUES)
         width = self._meta.dtype.element_size
-        head = Tensor.from_bytes(self._data[: count * width], [count], self._meta.dtype)
+        head = Tensor.from_bytes(self._bytes[: count * width], [count], self._meta.dtype)
         if head.dtype is DType.bfloat16():  # shown as exact float32 values, with or without ml_dtypes
             head = head.astype(DType.float32())
         values = ", ".join(str(value) for value in head.to_numpy())
