@@ -130,7 +130,7 @@ def _byte_array(data) -> np.ndarray:
             raise TypeError("an object array holds Python references, not tensor element bytes")
         if not data.flags.c_contiguous:
             raise ValueError("data is a non-contiguous numpy array; pass np.ascontiguousarray(data)")
-        return data.reshape(-1).view(np.uint8)  # also covers dtypes memoryview cannot describe (bfloat16)
+        return data.view(np.ndarray).reshape(-1).view(np.uint8)  # also covers dtypes memoryview cannot describe (bfloat16)
     try:
         view = memoryview(data)
     except TypeError:
@@ -334,6 +334,7 @@ class Tensor:
             raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(array).__name__}; "
                             "wrap it with np.asarray(...) first")
         dtype = _dtype_of_array(array)
+        array = array.view(np.ndarray)  # subclasses (np.memmap, np.matrix) become plain views
         shape = array.shape
         if _is_big_endian(array.dtype):
             width = dtype.element_size

@@ -12,6 +12,7 @@ import gc
 import mmap
 import pickle
 import sys
+import warnings
 
 import ml_dtypes
 import numpy as np
@@ -365,6 +366,20 @@ def test_from_numpy_scalar_empty_and_readonly():
 def test_from_numpy_rejects_unsupported(bad, error, message):
     with pytest.raises(error, match=message):
         Tensor.from_numpy(bad)
+
+
+def test_from_numpy_subclasses_become_plain_views(tmp_path):
+    mapped = np.memmap(tmp_path / "weights.bin", dtype=np.float32, mode="w+", shape=(4, 2))
+    t = Tensor.from_numpy(mapped, name="mapped")
+    mapped[3, 1] = 9.0
+    back = t.to_numpy()
+    assert type(back) is np.ndarray and back.shape == (4, 2) and back[3, 1] == 9.0
+    assert np.shares_memory(back, mapped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        matrix = np.matrix([[1, 2], [3, 4]], dtype=np.int8)  # reshape(-1) keeps it 2-d
+    assert type(Tensor.from_numpy(matrix).to_numpy()) is np.ndarray
+    assert Tensor.from_bytes(matrix, [4], "int8").to_numpy().tolist() == [1, 2, 3, 4]
 
 
 def test_bool_tensors_are_one_byte_zero_or_one():
