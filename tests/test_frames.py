@@ -620,6 +620,7 @@ def run(parser, chunks):
 
 
 @given(st.lists(tensor_frames, max_size=8), st.lists(st.integers(0, 10**6), max_size=12))
+@settings(deadline=None)
 def test_tensor_frames_split_anywhere(frames, cuts):
     wire = b"".join(f.encode() for f in frames)
     assert run(TensorFrameParser(), split(wire, cuts)) == (frames, None)
@@ -631,12 +632,14 @@ def test_tensor_frames_split_anywhere(frames, cuts):
 
 
 @given(st.lists(stream_frames, max_size=8), st.lists(st.integers(0, 10**6), max_size=12))
+@settings(deadline=None)
 def test_stream_frames_split_anywhere(frames, cuts):
     wire = b"".join(f.encode() for f in frames)
     assert run(StreamFrameParser(), split(wire, cuts)) == (frames, None)
 
 
 @given(st.integers(0, 2**64 - 1))
+@settings(deadline=None)
 def test_varint_round_trip(value):
     encoded = encode_varint(value)
     assert decode_varint(encoded) == (value, len(encoded))
@@ -644,13 +647,14 @@ def test_varint_round_trip(value):
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.booleans(), st.binary(max_size=50))
+@settings(deadline=None)
 def test_tensor_data_chunk_round_trip(seq, total, final, data):
     chunk = TensorDataChunk(seq, total, final, data)
     assert TensorDataChunk.decode(chunk.encode()) == chunk
 
 
 @given(st.binary(max_size=200), st.lists(st.integers(0, 10**6), max_size=6))
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 def test_garbage_gives_same_outcome_whatever_the_split(data, cuts):
     for make in (lambda: TensorFrameParser(max_payload=64), lambda: StreamFrameParser(max_frame_size=64),
                  lambda: TensorReceiver(max_bytes=256), TokenStreamDecoder, MessageStreamDecoder):
@@ -663,7 +667,7 @@ numeric_dtypes = st.sampled_from(["float32", "float64", "float16", "int8", "int3
 
 @given(numeric_dtypes, st.lists(st.integers(0, 5), max_size=3), st.integers(1, 40),
        st.lists(st.integers(0, 10**6), max_size=10))
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 def test_receiver_round_trip_any_split(dtype, shape, chunk_size, cuts):
     array = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
     tensor = Tensor.from_numpy(array, name="p")
@@ -673,7 +677,7 @@ def test_receiver_round_trip_any_split(dtype, shape, chunk_size, cuts):
 
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 20)), max_size=5),
        st.lists(st.integers(0, 10**6), max_size=8))
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 def test_token_stream_any_split(specs, cuts):
     batches = [make_batch(seq, n) for seq, n in specs]
     wire = b"".join(encode_token_batch_frame(b) for b in batches) + END_STREAM_FRAME
