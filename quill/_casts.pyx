@@ -26,6 +26,7 @@ identical bits.
 import numpy as np
 
 cimport numpy as cnp
+from cpython.buffer cimport PyBuffer_FillInfo
 
 from quill.dtypes import DType
 
@@ -201,6 +202,60 @@ cdef bint _may_overlap(cnp.ndarray a, cnp.ndarray b):
     return a_low < b_high and b_low < a_high
 
 
+# Page faults: a fresh result array's pages are faulted in and zeroed by the
+# kernel while the kernel loop writes them, which costs about as much as the
+# conversion itself for large arrays (numpy's astype pays the same). The memory
+# of dropped results of RECYCLE_MIN_BYTES or more is therefore kept, within
+# limits, and reused for the next result of a similar size.
+cdef enum:
+    RECYCLE_MIN_BYTES = 1 << 20
+    RECYCLE_MAX_BYTES = 256 << 20
+    RECYCLE_MAX_BUFFERS = 2
+cdef list _spare_storage = []    # uint8 arrays from dropped results, oldest first
+
+
+cdef class _ResultMemory:
+    """Owns the memory of one large result; gives it back for reuse when the result dies."""
+    cdef object storage
+    cdef Py_ssize_t nbytes
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, cnp.PyArray_DATA(<cnp.ndarray>self.storage), self.nbytes,
+                          0, flags)
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+    def __dealloc__(self):
+        spare = _spare_storage
+        if spare is None or self.storage is None:  # interpreter shutdown
+            return
+        if self.storage.nbytes > RECYCLE_MAX_BYTES:
+            return
+        spare.append(self.storage)
+        while len(spare) > RECYCLE_MAX_BUFFERS or sum(s.nbytes for s in spare) > RECYCLE_MAX_BYTES:
+            del spare[0]
+
+
+cdef tuple _new_result(tuple shape, object numpy_dtype):
+    """(result array, whether its memory is freshly mapped)."""
+    cdef Py_ssize_t nbytes = numpy_dtype.itemsize
+    for extent in shape:
+        nbytes *= extent
+    if nbytes < RECYCLE_MIN_BYTES:
+        return np.empty(shape, dtype=numpy_dtype), True
+    memory = _ResultMemory()
+    memory.nbytes = nbytes
+    for index in range(len(_spare_storage) - 1, -1, -1):
+        if nbytes <= _spare_storage[index].nbytes <= 2 * nbytes:
+            memory.storage = _spare_storage.pop(index)
+            break
+    fresh = memory.storage is None
+    if fresh:
+        memory.storage = np.empty(nbytes, dtype=np.uint8)
+    return np.frombuffer(memory, dtype=numpy_dtype).reshape(shape), fresh
+
+
 cdef object _cast(object src, object dtype, object out, object src_dtype, int path):
     if isinstance(src, np.generic):
         src = np.asarray(src)
@@ -213,9 +268,9 @@ cdef object _cast(object src, object dtype, object out, object src_dtype, int pa
         raise TypeError(f"no kernel converts {source} to {target}; supported: {_SUPPORTED}")
     if not src.dtype.isnative:
         src = src.byteswap().view(src.dtype.newbyteorder("="))
-    cdef bint fresh = out is None
-    if fresh:
-        out = np.empty(src.shape, dtype=_result_dtype(target))
+    cdef bint fresh = False
+    if out is None:
+        out, fresh = _new_result(src.shape, _result_dtype(target))
     else:
         _check_out(src, out, target)
         if _may_overlap(src, out):
@@ -227,7 +282,7 @@ cdef object _cast(object src, object dtype, object out, object src_dtype, int pa
 
 cdef void _run(cnp.ndarray src, cnp.ndarray out, int kind, int path, bint stream):
     """Convert every element of src into the C-contiguous out (shapes already checked);
-    stream: out was not freshly allocated (see quill_cast_contiguous)."""
+    stream: out is not freshly mapped memory (see quill_cast_contiguous)."""
     cdef Py_ssize_t count = cnp.PyArray_SIZE(src)
     cdef const char *src_data = <const char *>cnp.PyArray_DATA(src)
     cdef char *out_data = <char *>cnp.PyArray_DATA(out)

@@ -375,3 +375,47 @@ def test_bad_input_raises_clear_errors(src, dtype, src_dtype, error, message):
 def test_unknown_path_is_refused():
     with pytest.raises(ValueError, match="not available"):
         _cast_using("sse9", np.ones(2, np.float32), "float16")
+
+
+# -- large arrays: streamed stores and recycled result memory --------------------------------
+
+def data_address(array):
+    return array.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("source, target", [(BF16, np.float32), (np.float16, np.float32),
+                                            (np.float16, np.float64), (np.float32, BF16)])
+def test_large_outputs_with_odd_alignment_convert_exactly(path, source, target):
+    # > 16 MiB of output: the non-temporal store path, entered at a misaligned address
+    count = (17 << 20) // np.dtype(target).itemsize + 5
+    bits = np.random.default_rng(9).integers(0, 1 << 16, count, dtype=np.uint64)
+    if np.dtype(source).itemsize == 4:
+        bits = bits * np.uint64(65537)
+    src = bits.astype(f"u{np.dtype(source).itemsize}").view(source)
+    storage = np.empty(count + 3, target)
+    out = storage[3:]
+    assert _cast_using(path, src, target, out=out) is out
+    assert_same_bits(out, reference(src, target))
+
+
+def test_dropped_large_results_are_recycled_but_live_ones_never_are():
+    x = np.random.default_rng(2).standard_normal(1 << 20).astype(np.float32)  # 2 MiB result
+    first = cast(x, "bfloat16")
+    view = first[::3]
+    expected_view = view.copy()
+    address = data_address(first)
+    del first
+    second = cast(-x, "bfloat16")  # `view` keeps the first result's memory alive
+    assert data_address(second) != address
+    assert_same_bits(view, expected_view)
+    assert_same_bits(second, (-x).astype(BF16))
+    second_address = data_address(second)
+    del view, second
+    third = cast(x * 2, "bfloat16")
+    assert data_address(third) in (address, second_address)
+    assert_same_bits(third, (x * 2).astype(BF16))
+    assert third.flags.writeable and third.flags.c_contiguous and third.dtype == BF16
+    fourth = cast(x.reshape(1024, 1024), "float16")
+    assert fourth.shape == (1024, 1024) and fourth.dtype == np.float16
+    assert_same_bits(fourth, x.reshape(1024, 1024).astype(np.float16))
+    assert not np.shares_memory(third, fourth)
