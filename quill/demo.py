@@ -4,7 +4,9 @@ Nothing is downloaded: ``Generate`` samples from a tiny deterministic bigram mod
 a built-in vocabulary, ``Embed`` derives unit-length vectors from a hash of each input.
 The same request always gives the same answer.
 
-Methods and request layouts (JSON bodies; ``call_json`` works, as in the seed examples):
+Methods and request layouts. A request is JSON when its Content-Type is ``application/json``
+or its body starts with ``{`` (so ``call_json`` and the seed's ``call(..., b'{"prompt": ...}')``
+work); any other body is read as the protobuf message of the reference's ``inference.proto``.
 
 ``Generate`` (token_stream: TOKEN_BATCH frames, or one JSON answer with ``Accept: application/json``)
     ``{"prompt": "Hello", "max_tokens": 16, "batch_size": 1, "seed": 0, "token_delay_ms": 0,
@@ -12,14 +14,13 @@ Methods and request layouts (JSON bodies; ``call_json`` works, as in the seed ex
     0..100000) tokens are generated, ``batch_size`` (1..4096) per TokenBatch; every token
     has its text and logprob; the last batch has ``is_final`` set. ``token_delay_ms``
     (0..1000, default: the server's setting) simulates compute per token.
-    A binary body is read as the reference's protobuf ``GenerateRequest``
-    (``input_ids`` = 1, ``max_new_tokens`` = 2; other fields are ignored).
+    Protobuf: ``GenerateRequest`` (``input_ids`` = 1, ``max_new_tokens`` = 2; other fields ignored).
 
 ``Embed`` (tensor: tensor frames, or JSON with ``Accept: application/json``)
     ``{"input": "text" | ["text", ...], "dim": 256, "dtype": "float32" | "bfloat16" | "float16"}``
     answers a ``(len(input), dim)`` Tensor named ``"embedding"`` of unit-length rows. A
-    tensor-frame body embeds each row of that tensor (its bytes); a binary body is read
-    as the protobuf ``EmbedRequest`` (``input_ids`` = 1).
+    tensor-frame body embeds each row of that tensor (its bytes), as 256-dim float32.
+    Protobuf: ``EmbedRequest`` (``input_ids`` = 1; one 256-dim float32 row).
 
 ``Echo`` (tensor)
     answers its request unchanged: bytes as bytes, a Tensor as tensor frames.
@@ -46,7 +47,7 @@ from typing import Any, AsyncIterator, Iterator, TextIO
 import numpy as np
 
 from .errors import BadRequestError, DecodeError, ProblemDetails
-from .server import QuillApp
+from .server import QuillApp, _media_type
 
 __all__ = [
     "SERVICE",
@@ -156,8 +157,12 @@ def _int_member(obj: dict, names: tuple[str, ...], default: int | None, low: int
     return default
 
 
-def _is_json_body(body: bytes) -> bool:
-    return body.lstrip()[:1] in (b"{", b"[", b'"')
+def _is_json_body(body: bytes, content_type: str | None) -> bool:
+    """JSON when the Content-Type says so, or when the body starts with ``{`` (a byte no
+    protobuf message of ours starts with: it would be field 15 opening a group)."""
+    if content_type is not None and _media_type(content_type) in ("application/json", "text/json"):
+        return True
+    return body[:1] == b"{"
 
 
 def _json_object(body: bytes) -> dict:
@@ -170,8 +175,11 @@ def _json_object(body: bytes) -> dict:
     return obj
 
 
-def parse_generate_request(body: bytes) -> GenerateParams:
+def parse_generate_request(body: bytes, content_type: str | None = None) -> GenerateParams:
     """Parse a JSON or protobuf ``GenerateRequest`` body; bad input raises a 400 :class:`BadRequestError`.
+
+    The body is JSON when ``content_type`` is ``application/json`` or it starts with ``{``;
+    otherwise it is the protobuf message.
 
     >>> p = parse_generate_request(b'{"prompt": "Hello", "max_tokens": 100}')
     >>> p.prompt, p.max_tokens, p.batch_size
@@ -179,9 +187,9 @@ def parse_generate_request(body: bytes) -> GenerateParams:
     >>> parse_generate_request(bytes([0x0a, 0x02, 0x05, 0x06, 0x10, 0x03])).max_tokens  # protobuf
     3
     """
-    if not body.strip():
+    if not body:
         return GenerateParams()
-    if not _is_json_body(body):
+    if not _is_json_body(body, content_type):
         fields = _protobuf_fields(body)
         ids = fields.get(1, [])
         max_tokens = fields.get(2, [16])[-1]
@@ -268,7 +276,7 @@ def embed_texts(texts: list[bytes], dim: int) -> np.ndarray:
     return out
 
 
-def _embed_request(request: Any) -> tuple[list[bytes], int, str]:
+def _embed_request(request: Any, content_type: str | None) -> tuple[list[bytes], int, str]:
     from .tensor import Tensor
 
     if isinstance(request, Tensor):
@@ -276,7 +284,7 @@ def _embed_request(request: Any) -> tuple[list[bytes], int, str]:
         data = request.tobytes()
         step = len(data) // rows if rows else 0
         return [data[i * step:(i + 1) * step] for i in range(rows)], 256, "float32"
-    if not _is_json_body(request):
+    if not _is_json_body(request, content_type):
         ids = _protobuf_fields(request).get(1, [])
         return [np.asarray(ids, "<u4").tobytes()], 256, "float32"
     obj = _json_object(request)
@@ -312,7 +320,7 @@ def create_demo_app(*, token_delay: float = 0.0, **app_options: Any) -> QuillApp
 
     @demo.token_stream(f"{SERVICE}/Generate")
     async def generate(request: bytes, context) -> AsyncIterator[TokenBatch]:
-        params = parse_generate_request(request)
+        params = parse_generate_request(request, context.headers.get("content-type"))
         delay = token_delay if params.token_delay is None else params.token_delay
         batch = TokenBatch(sequence_id=params.sequence_id)
         for position, (token_id, logprob) in enumerate(model.generate(params.prompt, params.max_tokens, params.seed)):
@@ -329,7 +337,7 @@ def create_demo_app(*, token_delay: float = 0.0, **app_options: Any) -> QuillApp
 
     @demo.tensor(f"{SERVICE}/Embed")
     def embed(request: bytes | Tensor, context) -> Tensor:
-        texts, dim, dtype = _embed_request(request)
+        texts, dim, dtype = _embed_request(request, context.headers.get("content-type"))
         tensor = Tensor.from_numpy(embed_texts(texts, dim), name="embedding")
         return tensor if dtype == "float32" else tensor.astype(DType.from_name(dtype))
 

@@ -83,12 +83,14 @@ def test_generate_protobuf_request(http, url):
     (b"\x13", "wire type"),  # field 2 with wire type 3 (groups are not supported)
 ])
 def test_generate_bad_requests_are_400(http, url, body, fragment):
-    r = post(http, url, "Generate", body)
+    content_type = "application/json" if body[:1] in b"{[" else "application/proto"
+    r = post(http, url, "Generate", body, **{"Content-Type": content_type})
     assert r.status == 400 and r.headers["content-type"] == "application/problem+json"
     assert fragment in json.loads(r.data)["detail"]
 
 
 def test_parse_generate_request_defaults_and_aliases():
+    assert parse_generate_request(b"\n\x01\x00", "application/proto").prompt == [0]  # protobuf, not blank JSON
     params = parse_generate_request(b"")
     assert (params.prompt, params.max_tokens, params.batch_size, params.token_delay) == ("", 16, 1, None)
     params = parse_generate_request(b'{"max_new_tokens": 7, "token_delay_ms": 20}')
@@ -145,3 +147,41 @@ def test_server_side_token_delay_paces_the_stream():
     assert len(chunks) >= 5  # five TOKEN_BATCH frames and END_STREAM, sent as they were made
     decoder = TokenStreamDecoder()
     assert [len(b) for c in chunks for b in decoder.feed(c)] == [1] * 5
+
+
+# ----------------------------------------------------------------------------------------
+# Random input: the request parsers answer 400 (BadRequestError) or parse, nothing else
+# ----------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=64))
+def test_generate_parser_on_random_bytes(body):
+    try:
+        params = parse_generate_request(body)
+    except BadRequestError as exc:
+        assert exc.status == 400 and exc.problem.detail
+    else:
+        assert 0 <= params.max_tokens <= 100_000 and params.batch_size >= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=20), st.integers(0, 100_000))
+def test_generate_protobuf_round_trip(ids, max_tokens):
+    packed = b"".join(protobuf_varint(i) for i in ids)
+    body = b"\x0a" + protobuf_varint(len(packed)) + packed + b"\x10" + protobuf_varint(max_tokens)
+    params = parse_generate_request(body)
+    assert (params.prompt, params.max_tokens) == (ids, max_tokens)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["prompt", "max_tokens", "batch_size", "seed", "token_delay_ms",
+                                        "sequence_id", "max_new_tokens"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=5))))
+def test_generate_parser_on_random_json(obj):
+    try:
+        parse_generate_request(json.dumps(obj).encode())
+    except BadRequestError as exc:
+        assert exc.status == 400

@@ -645,3 +645,37 @@ def test_lifespan_hooks_and_readiness():
         assert r.status == 503 and json.loads(r.data) == {"ready": False}
         app.ready = True
     assert events == ["startup", "shutdown"] and app.ready is False
+
+
+# ----------------------------------------------------------------------------------------
+# The incremental zstd request decoder on random splits and random garbage
+# ----------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from quill.errors import DecodeError  # noqa: E402
+from quill.server import _ZstdBodyDecoder  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=3000), min_size=1, max_size=4), st.data())
+def test_zstd_decoder_any_split(frames, data):
+    wire = b"".join(zstd.compress(f) for f in frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    decoder = _ZstdBodyDecoder(limit=None)
+    pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+    out = b"".join(decoder.feed(p) for p in pieces)
+    decoder.finish()
+    assert out == b"".join(frames)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 5000))
+def test_zstd_decoder_garbage_and_limits(garbage, limit):
+    decoder = _ZstdBodyDecoder(limit=limit)
+    try:
+        out = decoder.feed(garbage)
+        decoder.finish()
+    except DecodeError:  # includes LimitExceededError and IncompleteStreamError
+        return
+    assert len(out) <= limit
