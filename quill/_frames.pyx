@@ -13,7 +13,9 @@ Error handling shared by every parser and decoder here:
   anything is allocated;
 * when a single ``feed`` call completes some frames and then meets an error, it returns
   those frames and the error is raised by the next ``feed`` or ``finish`` call, so no
-  complete frame is lost and the outcome does not depend on how the bytes were split;
+  complete frame is lost and the outcome does not depend on how the bytes were split
+  (call ``finish()`` at the end of input even after a result was handed out; ``done``
+  stays False while such an error is pending);
 * after an error every further ``feed``/``finish`` raises that error again.
 
 Parsers are not thread-safe: feed one parser from one thread at a time.

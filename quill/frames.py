@@ -28,7 +28,9 @@ Every parser raises a :class:`quill.errors.DecodeError` (a ``ValueError``) carry
 stream offset on bad input, enforces its size limit as soon as a length field is
 readable, and keeps raising the same error after a failure. When one ``feed`` completes
 frames and then meets an error, it returns those frames and the next ``feed`` or
-``finish`` raises the error (nothing complete is lost, whatever the chunking).
+``finish`` raises the error (nothing complete is lost, whatever the chunking). So call
+``finish()`` at the end of the input even after a decoder has handed out its result:
+it is what reports, say, garbage that followed END_STREAM in the same chunk.
 """
 
 from __future__ import annotations
