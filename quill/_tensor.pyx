@@ -139,7 +139,7 @@ cdef inline Py_ssize_t checked_byte_size(const uint64_t *dims, Py_ssize_t ndim,
 
 # -- TENSOR_META codec ---------------------------------------------------------------------------
 
-def encode_meta(tuple shape, dtype, name, int device_code):
+def encode_meta(shape, dtype, name, int device_code):
     """The TENSOR_META payload (PROTOCOL.md section 4) for ``shape`` of ``dtype`` on ``device_code``.
 
     Raises :class:`~quill.errors.EncodeError` where the reference would silently wrap a field:
@@ -149,6 +149,7 @@ def encode_meta(tuple shape, dtype, name, int device_code):
     >>> encode_meta((), DType.uint8(), None, 0).hex()
     '00080001000000000000000000'
     """
+    shape = tuple(shape)
     cdef Py_ssize_t ndim = len(shape), i, pos
     cdef uint64_t dims[MAX_NDIM]
     cdef uint64_t byte_size = 0
@@ -405,7 +406,7 @@ def _parse_max_version(max_version):
     return int(max_version[0])
 
 
-def export_dlpack(data, tuple shape, dtype, *, stream=None, max_version=None, dl_device=None, copy=None):
+def export_dlpack(data, shape, dtype, *, stream=None, max_version=None, dl_device=None, copy=None):
     """A DLPack capsule over ``data``, the C-contiguous little-endian bytes of a ``shape`` x ``dtype`` tensor.
 
     Follows the Python array API ``__dlpack__`` rules as numpy does: a versioned (DLPack 1.0)
@@ -419,6 +420,7 @@ def export_dlpack(data, tuple shape, dtype, *, stream=None, max_version=None, dl
     >>> type(capsule).__name__
     'PyCapsule'
     """
+    shape = tuple(shape)
     cdef Py_ssize_t ndim = len(shape), i
     cdef size_t head
     cdef char *block

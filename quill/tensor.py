@@ -22,7 +22,7 @@ read-only over ``bytes``; ``.data`` is always read-only.
 >>> a = np.arange(6, dtype=np.float32).reshape(2, 3)
 >>> t = Tensor.from_numpy(a, name="x")
 >>> t
-Tensor(shape=(2, 3), dtype=float32, name='x', data=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+Tensor(shape=[2, 3], dtype=float32, name='x', data=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
 >>> np.shares_memory(t.to_numpy(), a)
 True
 >>> TensorMeta.decode(t.meta.encode()) == t.meta
@@ -42,7 +42,7 @@ from quill._casts import cast
 from quill._tensor import buffers_equal, decode_meta, encode_meta, export_dlpack
 from quill.dtypes import DType
 
-__all__ = ["Tensor", "TensorMeta"]
+__all__ = ["Shape", "Tensor", "TensorMeta"]
 
 _U64_MAX = 2**64 - 1
 _DEVICE_CODES = {"cpu": 0, "cuda": 1}  # PROTOCOL.md section 1
@@ -162,17 +162,49 @@ def _numpy_dtype(dtype: DType) -> np.dtype:
     return npdtype
 
 
+class Shape(tuple):
+    """A tensor's shape: a tuple of ints that prints, and compares, like the seed API's list.
+
+    The seed API (a Rust binding) gave shapes as lists, so ``print(t.shape)`` shows ``[2, 2]``
+    and ``t.shape == [2, 2]`` holds; it is still a tuple, hashable and equal to ``(2, 2)``, as
+    numpy shapes are.
+
+    >>> shape = Shape((2, 3))
+    >>> shape, shape == (2, 3), shape == [2, 3], isinstance(shape, tuple)
+    ([2, 3], True, True, True)
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+    def __eq__(self, other):
+        if isinstance(other, list):
+            return list(self) == other
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = tuple.__hash__
+
+    def __reduce__(self):
+        return (Shape, (tuple(self),))
+
+
 class TensorMeta:
     """A tensor's shape, dtype, optional name and device label: everything but its data.
 
-    ``shape`` is any sequence of integers (stored as a tuple), ``dtype`` a :class:`DType`, a name
+    ``shape`` is any sequence of integers (kept as a :class:`Shape` tuple), ``dtype`` a :class:`DType`, a name
     such as ``"float32"`` or a numpy dtype, ``device`` ``"cpu"`` or ``"cuda"`` (a label carried on
     the wire; quill itself keeps data in host memory). An empty name means no name, because the
     wire cannot tell them apart. The byte size must fit u64; TensorMeta is immutable and hashable.
 
     >>> meta = TensorMeta([2, 3], "float32", name="w")
     >>> meta.shape, meta.ndim, meta.num_elements, meta.size_bytes
-    ((2, 3), 2, 6, 24)
+    ([2, 3], 2, 6, 24)
     >>> meta.encode().hex()
     '020200000000000000030000000000000001001800000000000000010077'
     """
@@ -203,7 +235,7 @@ class TensorMeta:
         return meta
 
     def _init(self, shape, dtype, name, device, num_elements, size_bytes):
-        self._shape = shape
+        self._shape = Shape(shape)
         self._dtype = dtype
         self._name = name
         self._device = device
@@ -222,7 +254,7 @@ class TensorMeta:
         Invalid UTF-8 in the name becomes U+FFFD, as in the reference.
 
         >>> TensorMeta.decode(bytes.fromhex("00010004000000000000000000"))
-        TensorMeta(shape=(), dtype=float32)
+        TensorMeta(shape=[], dtype=float32)
         """
         shape, code, device_code, num_elements, size_bytes, name = decode_meta(buf, max_bytes)
         return cls._trusted(shape, DType.from_code(code), name, _DEVICE_NAMES[device_code],
@@ -238,7 +270,7 @@ class TensorMeta:
         return encode_meta(self._shape, self._dtype, self._name, _DEVICE_CODES[self._device])
 
     @property
-    def shape(self) -> tuple[int, ...]:
+    def shape(self) -> Shape:
         return self._shape
 
     @property
@@ -296,7 +328,7 @@ class Tensor:
 
     >>> t = Tensor.from_bytes(bytes(8), [2], "float32", name="z")
     >>> t.shape, t.dtype, t.name, t.size_bytes, len(t)
-    ((2,), DType.float32, 'z', 8, 2)
+    ([2], DType.float32, 'z', 8, 2)
     >>> t.to_numpy()
     array([0., 0.], dtype=float32)
     """
@@ -379,7 +411,7 @@ class Tensor:
         return self._meta
 
     @property
-    def shape(self) -> tuple[int, ...]:
+    def shape(self) -> Shape:
         return self._meta.shape
 
     @property

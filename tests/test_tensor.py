@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 from quill.dtypes import DType
 from quill.errors import DecodeError, EncodeError, LimitExceededError
-from quill.tensor import Tensor, TensorMeta
+from quill.tensor import Shape, Tensor, TensorMeta
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 U64_MAX = 2**64 - 1
@@ -58,6 +58,20 @@ def without_ml_dtypes(monkeypatch):
 # ==========================================================================================
 # TensorMeta
 # ==========================================================================================
+
+def test_shape_is_a_tuple_that_prints_like_the_seed_list():
+    shape = TensorMeta([2, 2], "float32").shape
+    assert isinstance(shape, tuple) and type(shape) is Shape
+    assert f"{shape}" == "[2, 2]" and repr(shape) == "[2, 2]"
+    assert shape == (2, 2) and shape == [2, 2] and [2, 2] == shape and (2, 2) == shape
+    assert shape != (2, 3) and shape != [2] and shape != "x" and not (shape != [2, 2])
+    assert hash(shape) == hash((2, 2)) and {shape: 1}[(2, 2)] == 1
+    assert shape + (1,) == (2, 2, 1) and shape[1:] == (2,)
+    assert np.zeros(shape).shape == (2, 2)
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        again = pickle.loads(pickle.dumps(shape, protocol))
+        assert type(again) is Shape and again == (2, 2)
+
 
 def test_meta_fields():
     meta = TensorMeta([2, 3, 4], DType.float16(), name="w")
@@ -123,8 +137,8 @@ def test_meta_equality_hash_repr_pickle():
                   TensorMeta([2, 3], "float32"), TensorMeta([2, 3], "float32", "w", device="cuda")):
         assert meta != other
     assert meta != (2, 3)
-    assert repr(meta) == "TensorMeta(shape=(2, 3), dtype=float32, name='w')"
-    assert repr(TensorMeta((), "bool", device="cuda")) == "TensorMeta(shape=(), dtype=bool, device='cuda')"
+    assert repr(meta) == "TensorMeta(shape=[2, 3], dtype=float32, name='w')"
+    assert repr(TensorMeta((), "bool", device="cuda")) == "TensorMeta(shape=[], dtype=bool, device='cuda')"
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         assert pickle.loads(pickle.dumps(meta, protocol)) == meta
     assert copy.deepcopy(meta) == meta
@@ -489,7 +503,7 @@ def test_bfloat16_without_ml_dtypes(without_ml_dtypes):
     assert t.to_numpy(dtype="float32").tolist() == [1.5, -2.0]
     assert np.asarray(t, dtype=np.float32).tolist() == [1.5, -2.0]
     assert bytes(t.data) == t.tobytes() == bytes.fromhex("c03f00c0")
-    assert repr(t) == "Tensor(shape=(2,), dtype=bfloat16, name='b', data=[1.5, -2.0])"
+    assert repr(t) == "Tensor(shape=[2], dtype=bfloat16, name='b', data=[1.5, -2.0])"
     halves = Tensor.from_numpy(np.array([1.0, 0.1], np.float32)).astype("bfloat16")
     assert halves.dtype is DType.bfloat16() and halves.tobytes() == bytes.fromhex("803fcd3d")
     assert halves.astype("float64").to_numpy().tolist() == [1.0, float(np.float32(0.10009765625))]
@@ -591,13 +605,13 @@ def test_equality_is_meta_and_bits():
 
 def test_repr():
     t = Tensor.from_numpy(np.arange(10, dtype=np.float32).reshape(2, 5), name="w")
-    assert repr(t) == "Tensor(shape=(2, 5), dtype=float32, name='w', data=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, ...])"
-    assert repr(Tensor.zeros((0,), "int8")) == "Tensor(shape=(0,), dtype=int8, data=[])"
+    assert repr(t) == "Tensor(shape=[2, 5], dtype=float32, name='w', data=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, ...])"
+    assert repr(Tensor.zeros((0,), "int8")) == "Tensor(shape=[0], dtype=int8, data=[])"
     assert repr(Tensor.from_bytes(b"\x01", (), "bool", device="cuda")) == \
-        "Tensor(shape=(), dtype=bool, device='cuda', data=[True])"
+        "Tensor(shape=[], dtype=bool, device='cuda', data=[True])"
     assert repr(Tensor.from_numpy(np.array([0.1, 1], BF16))) == \
-        "Tensor(shape=(2,), dtype=bfloat16, data=[0.100097656, 1.0])"
-    assert repr(Tensor.from_numpy(np.array([0.1, 1], np.float16))) == "Tensor(shape=(2,), dtype=float16, data=[0.1, 1.0])"
+        "Tensor(shape=[2], dtype=bfloat16, data=[0.100097656, 1.0])"
+    assert repr(Tensor.from_numpy(np.array([0.1, 1], np.float16))) == "Tensor(shape=[2], dtype=float16, data=[0.1, 1.0])"
 
 
 def test_seed_readme_tensor_example():
