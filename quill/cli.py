@@ -16,7 +16,6 @@ Exit codes a script can rely on:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import signal
 import sys
@@ -266,6 +265,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 class _ProgressBar:
     """A one-line progress bar on stderr (one line per step when stderr is not a terminal).
 
+    >>> import io
     >>> bar = _ProgressBar(4, stream=io.StringIO()); bar.step("first"); bar.finish()
     """
 

@@ -32,13 +32,11 @@ work); any other body is read as the protobuf message of the reference's ``infer
 from __future__ import annotations
 
 import asyncio
-import io
 import bisect
 import hashlib
 import json
 import math
 import random
-import statistics
 import sys
 import time
 import zlib
@@ -46,7 +44,7 @@ from typing import Any, AsyncIterator, Iterator, TextIO
 
 import numpy as np
 
-from .errors import BadRequestError, DecodeError, ProblemDetails
+from .errors import BadRequestError, ProblemDetails
 from .server import QuillApp, _media_type
 
 __all__ = [
@@ -373,7 +371,7 @@ def run_demo(
     embedding tensor through ``Echo``, and measures ``echo_calls`` small unary calls.
 
     >>> summary = run_demo(max_tokens=8, token_delay=0.0, bulk_tokens=1000, tensor_rows=16,
-    ...                    echo_calls=10, out=io.StringIO())  # doctest: +SKIP
+    ...                    echo_calls=10, out=sys.stderr)  # doctest: +SKIP
     >>> summary["streamed_tokens"]  # doctest: +SKIP
     8
     """

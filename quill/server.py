@@ -51,12 +51,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, 
 
 from .errors import (
     DecodeError,
-    EncodeError,
     IncompleteStreamError,
     LimitExceededError,
     ProblemDetails,
     QuillConnectionError,
-    QuillError,
     QuillTimeoutError,
     RpcError,
     StreamCancelledError,
@@ -526,18 +524,11 @@ class _Exchange:
         """Send ``items`` as frames; a failing handler ends the stream with a CANCEL frame.
 
         The first item is fetched before the response starts, so a handler that fails
-        straight away still gets a proper Problem Details status. A client disconnect
-        cancels the handler's iterator (its ``finally`` blocks run).
+        straight away still gets a proper Problem Details status (its exception propagates
+        from here). A client that disconnects, even before the first item, cancels the
+        handler's iterator: its ``finally`` blocks run and it does no more work.
         """
-        try:
-            first = await items.__anext__()
-        except StopAsyncIteration:
-            first = _END
-        except BaseException:
-            await _close_async_iterator(items)
-            raise
-        await self.start(200, [("content-type", PROTO)])
-        pump = asyncio.ensure_future(self._pump(items, first, encode, end_frame, cancel_frame))
+        pump = asyncio.ensure_future(self._pump(items, encode, end_frame, cancel_frame))
         watcher = asyncio.ensure_future(self.wait_disconnect())
         try:
             await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -547,22 +538,28 @@ class _Exchange:
                 self.stream_failed = True
                 logger.info("client left %s mid-stream; handler stopped", self.context.method_path)
             watcher.cancel()
-            await asyncio.gather(pump, watcher, return_exceptions=True)
+            outcome, _ = await asyncio.gather(pump, watcher, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            raise outcome
 
-    async def _pump(self, items: AsyncIterator, item: Any, encode: Callable, end_frame: bytes, cancel_frame: Callable) -> None:
+    async def _pump(self, items: AsyncIterator, encode: Callable, end_frame: bytes, cancel_frame: Callable) -> None:
         try:
-            while item is not _END:
-                await self.body(encode(item), more=True)
-                try:
-                    item = await items.__anext__()
-                except StopAsyncIteration:
-                    item = _END
-            await self.body(end_frame, more=False)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.stream_failed = True
-            await self.body(cancel_frame(_cancel_reason(exc, self.context.method_path)), more=False)
+            try:
+                item = await items.__anext__()
+            except StopAsyncIteration:
+                item = _END
+            await self.start(200, [("content-type", PROTO)])
+            try:
+                while item is not _END:
+                    await self.body(encode(item), more=True)
+                    try:
+                        item = await items.__anext__()
+                    except StopAsyncIteration:
+                        item = _END
+                await self.body(end_frame, more=False)
+            except Exception as exc:  # the status is out: end the stream with a CANCEL frame
+                self.stream_failed = True
+                await self.body(cancel_frame(_cancel_reason(exc, self.context.method_path)), more=False)
         finally:
             await _close_async_iterator(items)
 

@@ -679,3 +679,24 @@ def test_zstd_decoder_garbage_and_limits(garbage, limit):
     except DecodeError:  # includes LimitExceededError and IncompleteStreamError
         return
     assert len(out) <= limit
+
+
+def test_client_leaving_before_the_first_message_stops_the_generator():
+    app = QuillApp()
+    started, closed = threading.Event(), threading.Event()
+
+    @app.server_stream("s.v1.Slow/Start")
+    async def slow_start(request, context):
+        try:
+            started.set()
+            await asyncio.sleep(60)  # a long warm-up before the first message
+            yield b"late"
+        finally:
+            closed.set()
+
+    with serve_in_thread(app) as url:
+        host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /s.v1.Slow/Start HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            assert started.wait(10)
+        assert closed.wait(10), "the generator was not closed after the client left"

@@ -15,7 +15,13 @@ import pytest
 import numpy as np
 
 from quill.demo import SERVICE, VOCABULARY, ToyLanguageModel, create_demo_app, embed_texts
-from quill.frames import MessageStreamDecoder, TensorReceiver, TokenStreamDecoder, encode_end_stream, encode_stream_frame, encode_tensor_frames
+from quill.frames import (
+    TensorReceiver,
+    TokenStreamDecoder,
+    encode_end_stream,
+    encode_stream_frame,
+    encode_tensor_frames,
+)
 from quill.server import QuillApp, serve_in_thread
 from quill.tensor import Tensor
 
