@@ -25,6 +25,7 @@ Parsers are not thread-safe: feed one parser from one thread at a time.
 [(8, 7), (2, None)]
 """
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -80,6 +81,8 @@ MAX_META_PAYLOAD = 1 + 255 * 8 + 1 + 1 + 8 + 2 + 65535
 """Largest possible TENSOR_META payload: 255 dimensions and a 65,535-byte name."""
 MAX_CANCEL_PAYLOAD = 65536
 """Largest CANCEL reason a TensorReceiver or TokenStreamDecoder accepts."""
+
+cdef bytes ZERO_RESERVED = b"\0\0\0\0"
 
 _TYPE_NAMES = {
     PROTO_MSG: "PROTO_MSG",
@@ -366,6 +369,8 @@ def _iter_tensor_frames(bytes meta_frame, data, Py_ssize_t chunk_size):
 # Tensor frames: value type and one-shot decode
 # ==========================================================================================
 
+@cython.no_gc  # holds only bytes and ints: it cannot be part of a reference cycle
+@cython.freelist(64)
 cdef class TensorFrame:
     """One tensor frame: ``type`` (int), ``reserved`` (4 bytes, preserved), ``payload``.
 
@@ -651,6 +656,8 @@ cdef class _TensorFrameReader(_IncrementalReader):
             f"{self._length} payload bytes)", offset=self._frame_start)
 
     cdef bytes _reserved(self):
+        if self._header[1] == 0 and self._header[2] == 0 and self._header[3] == 0 and self._header[4] == 0:
+            return ZERO_RESERVED   # the usual case: share one object instead of allocating per frame
         return PyBytes_FromStringAndSize(<char*>self._header + 1, 4)
 
     @property
@@ -993,6 +1000,8 @@ def encode_stream_credit(n):
     return encode_stream_frame(encode_varint(n), FLAG_CREDIT)
 
 
+@cython.no_gc  # holds only bytes and ints: it cannot be part of a reference cycle
+@cython.freelist(64)
 cdef class StreamFrame:
     """One message-stream frame: ``flags`` (int, unknown bits preserved) and ``payload``.
 
@@ -1258,6 +1267,8 @@ cdef class MessageStreamDecoder(_StreamFrameReader):
 # TensorDataChunk (quill-tensor's chunked transfer record)
 # ==========================================================================================
 
+@cython.no_gc  # holds only bytes and ints: it cannot be part of a reference cycle
+@cython.freelist(64)
 cdef class TensorDataChunk:
     """A TensorDataChunk: sequence u32 LE, total_chunks u32 LE, is_final u8, data to the end.
 
