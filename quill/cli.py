@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -131,6 +132,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         app = create_demo_app(token_delay=args.token_delay_ms / 1000.0)
         name = "the demo service (quill.demo:app)"
     else:
+        # like uvicorn: the app's module is found from the working directory (or --app-dir),
+        # which the `quill` console script does not put on sys.path by itself
+        sys.path.insert(0, os.path.abspath(args.app_dir))
         try:
             app = load_app(args.app)
         except (ImportError, ValueError) as exc:
@@ -371,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "inference.v1.LLMService. Stops gracefully on Ctrl+C or SIGTERM.")
     serve.add_argument("app", nargs="?", default="quill.demo:app", metavar="APP",
                        help="the app as 'module:attribute' (default: quill.demo:app)")
+    serve.add_argument("--app-dir", default=".", help="directory to import APP from (default: the current one)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080; 0 picks a free one)")
     serve.add_argument("--token-delay-ms", type=_non_negative_float, default=0.0,

@@ -150,6 +150,27 @@ def test_serve_user_app_and_stop_gracefully_on_sigterm(tmp_path):
             server.wait()
 
 
+def test_serve_imports_the_app_from_the_working_directory(tmp_path):
+    """The ``quill`` console script does not put the working directory on sys.path; serve does."""
+    (tmp_path / "cwd_app.py").write_text(textwrap.dedent(USER_APP))
+    code = ("import os, sys; sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]; "
+            "from quill.cli import main; sys.exit(main(sys.argv[1:]))")  # what the console script does
+    server = subprocess.Popen([sys.executable, "-c", code, "serve", "cwd_app:app", "--port", "0", "--log-level", "warning"],
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        first_line = server.stderr.readline()
+        assert first_line.startswith("quill: serving cwd_app:app on http://127.0.0.1:"), first_line
+        url = first_line.split(" on ", 1)[1].strip()
+        r = urllib3.PoolManager(retries=False).request("POST", f"{url}/greet.v1.Greeter/Hello", body=b"Cy")
+        assert r.data == b"Hello, Cy!"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 def test_serve_rejects_a_bad_app():
     done = quill("serve", "no_such_module_xyz:app", "--port", "0")
     assert done.returncode == 2 and "cannot load no_such_module_xyz:app" in done.stderr
