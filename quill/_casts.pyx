@@ -15,7 +15,10 @@ Rounding is to nearest, ties to even, applied once, on the bits:
 
 The kernels run without the GIL, on the widest instruction set the CPU has
 (AVX-512, AVX2 + F16C, or portable auto-vectorised C); every path returns
-identical bits.
+identical bits. Large results (1 MiB or more) reuse the memory of dropped
+earlier results when they can (at most 2 buffers, 256 MiB, are kept): a
+fresh array's pages must be faulted in and zeroed by the OS, which costs
+about as much as the conversion itself.
 
 >>> import numpy as np
 >>> from quill._casts import cast

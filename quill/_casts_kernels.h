@@ -1,21 +1,25 @@
 /* float16 / bfloat16 conversion kernels for quill._casts.
  *
  * Every conversion is defined once, as a branch-free scalar function on the
- * raw bits (integer arithmetic only, so the result never depends on the
- * floating-point environment: rounding mode, FTZ/DAZ). Loops over those
- * functions are compiled several times:
+ * raw bits. Rounding is integer arithmetic; the only floating-point
+ * operations (rebuilding subnormals when widening) are exact products of
+ * normal numbers, so results never depend on the floating-point environment
+ * (rounding mode, FTZ/DAZ). Loops over those functions are compiled several
+ * times:
  *
  *   portable  plain C, auto-vectorised for the build's baseline (any x86-64,
  *             aarch64, MSVC);
  *   avx2      the same loops compiled for AVX2, plus F16C hardware loops for
- *             float32 <-> float16;
+ *             float32 <-> float16 (explicit round-to-nearest-even, no MXCSR
+ *             dependence);
  *   avx512    the same loops compiled for AVX-512 F/BW/VL, plus 512-bit F16C
  *             loops;
  *
- * and the best path the CPU supports is chosen at run time. The hardware
- * F16C instructions quiet signalling NaNs where numpy does not, so blocks
- * containing a NaN fall back to the scalar functions: every path returns
- * the same bits.
+ * and the best path the CPU supports is chosen at run time (GCC and Clang on
+ * x86; elsewhere only the portable path is built). The hardware F16C
+ * instructions quiet signalling NaNs where numpy does not, so blocks
+ * containing a NaN fall back to the scalar functions: every path returns the
+ * same bits.
  */
 #ifndef QUILL_CASTS_KERNELS_H
 #define QUILL_CASTS_KERNELS_H
@@ -555,13 +559,49 @@ static void quill_cast_contiguous(int kind, int path, const char *src, char *dst
 /* Strided sources.                                                          */
 
 #define QUILL_GATHER_ELEMENTS 2048
+#define QUILL_TILE_ROWS 16
 #define QUILL_MAX_NDIM 64
 
-/* Convert an N-d source with arbitrary (also negative) byte strides into the
- * C-ordered contiguous dst. Rows whose elements are adjacent go straight
- * through the kernel; other elements are gathered into a small buffer first,
- * so every element passes through the same loop. Requires 1 <= ndim <= 64,
- * every shape[i] > 0 and src_item in {2, 4, 8}. */
+/* Gather loops, one per element size:
+ *   gather:      `count` elements `stride` bytes apart -> packed dst;
+ *   gather_tile: a QUILL_TILE_ROWS x `columns` tile whose rows are `row_step`
+ *                bytes apart and columns `stride` bytes apart -> packed dst,
+ *                row after row, reading column after column (for sources
+ *                whose rows are closer in memory than their columns, such as
+ *                transposed arrays). */
+#define QUILL_GATHERS(SUFFIX, ITEM_T)                                           \
+    static void quill_gather_##SUFFIX(char *dst, const char *src, ptrdiff_t stride, \
+                                      size_t count)                             \
+    {                                                                           \
+        for (size_t i = 0; i < count; i++) {                                    \
+            ITEM_T item;                                                        \
+            memcpy(&item, src + (ptrdiff_t)i * stride, sizeof item);           \
+            memcpy(dst + i * sizeof item, &item, sizeof item);                  \
+        }                                                                       \
+    }                                                                           \
+    static void quill_gather_tile_##SUFFIX(char *dst, const char *src, ptrdiff_t row_step, \
+                                           ptrdiff_t stride, size_t columns)    \
+    {                                                                           \
+        for (size_t j = 0; j < columns; j++) {                                  \
+            for (size_t t = 0; t < QUILL_TILE_ROWS; t++) {                      \
+                ITEM_T item;                                                    \
+                memcpy(&item, src + (ptrdiff_t)t * row_step + (ptrdiff_t)j * stride, sizeof item); \
+                memcpy(dst + (t * columns + j) * sizeof item, &item, sizeof item); \
+            }                                                                   \
+        }                                                                       \
+    }
+QUILL_GATHERS(16, uint16_t)
+QUILL_GATHERS(32, uint32_t)
+QUILL_GATHERS(64, uint64_t)
+
+/* Convert an N-d source with arbitrary (also negative or zero) byte strides
+ * into the C-ordered contiguous dst, row by row (a row: the last axis).
+ * Long rows whose elements are adjacent go straight through the kernel.
+ * When rows are closer to each other in memory than their elements are,
+ * QUILL_TILE_ROWS rows at a time are gathered tile by tile, so that every
+ * cache line read is used. Other elements are gathered into a small buffer
+ * first. Every element passes through the same kernel loop. Requires
+ * 1 <= ndim <= 64, every shape[i] > 0 and src_item in {2, 4, 8}. */
 static void quill_cast_strided(quill_cast_kernel kernel, const char *src, int ndim,
                                const ptrdiff_t *shape, const ptrdiff_t *strides,
                                size_t src_item, char *dst, size_t dst_item)
@@ -569,26 +609,58 @@ static void quill_cast_strided(quill_cast_kernel kernel, const char *src, int nd
     uint64_t buffer[QUILL_GATHER_ELEMENTS];
     char *gathered = (char *)buffer;
     const size_t capacity = sizeof buffer / src_item;
+    void (*gather)(char *, const char *, ptrdiff_t, size_t) =
+        src_item == 2 ? quill_gather_16 : (src_item == 4 ? quill_gather_32 : quill_gather_64);
+    void (*gather_tile)(char *, const char *, ptrdiff_t, ptrdiff_t, size_t) =
+        src_item == 2 ? quill_gather_tile_16
+                      : (src_item == 4 ? quill_gather_tile_32 : quill_gather_tile_64);
     size_t pending = 0;
     ptrdiff_t index[QUILL_MAX_NDIM] = {0};
-    const ptrdiff_t row_length = shape[ndim - 1];
+    const size_t row_length = (size_t)shape[ndim - 1];
     const ptrdiff_t row_stride = strides[ndim - 1];
+    const ptrdiff_t row_step = ndim >= 2 ? strides[ndim - 2] : 0;
+    const int tiled = ndim >= 2 && row_length > 1
+                      && (row_step < 0 ? -row_step : row_step)
+                             < (row_stride < 0 ? -row_stride : row_stride);
 
     for (;;) {
         const char *row = src;
         for (int d = 0; d < ndim - 1; d++) {
             row += index[d] * strides[d];
         }
-        if (row_stride == (ptrdiff_t)src_item && (size_t)row_length >= capacity / 4) {
+        ptrdiff_t rows_done = 1;
+        if (tiled && shape[ndim - 2] - index[ndim - 2] >= QUILL_TILE_ROWS) {
             kernel(gathered, dst, pending);
             dst += pending * dst_item;
             pending = 0;
-            kernel(row, dst, (size_t)row_length);
-            dst += (size_t)row_length * dst_item;
+            const size_t tile_columns = capacity / QUILL_TILE_ROWS;
+            for (size_t done = 0; done < row_length; done += tile_columns) {
+                size_t columns = row_length - done;
+                columns = columns < tile_columns ? columns : tile_columns;
+                gather_tile(gathered, row + (ptrdiff_t)done * row_stride, row_step, row_stride,
+                            columns);
+                for (size_t t = 0; t < QUILL_TILE_ROWS; t++) {
+                    kernel(gathered + t * columns * src_item,
+                           dst + (t * row_length + done) * dst_item, columns);
+                }
+            }
+            dst += QUILL_TILE_ROWS * row_length * dst_item;
+            rows_done = QUILL_TILE_ROWS;
+        } else if (row_stride == (ptrdiff_t)src_item && row_length >= capacity / 4) {
+            kernel(gathered, dst, pending);
+            dst += pending * dst_item;
+            pending = 0;
+            kernel(row, dst, row_length);
+            dst += row_length * dst_item;
         } else {
-            for (ptrdiff_t i = 0; i < row_length; i++) {
-                memcpy(gathered + pending * src_item, row + i * row_stride, src_item);
-                if (++pending == capacity) {
+            for (size_t done = 0; done < row_length;) {
+                size_t take = row_length - done;
+                take = take < capacity - pending ? take : capacity - pending;
+                gather(gathered + pending * src_item, row + (ptrdiff_t)done * row_stride,
+                       row_stride, take);
+                done += take;
+                pending += take;
+                if (pending == capacity) {
                     kernel(gathered, dst, pending);
                     dst += pending * dst_item;
                     pending = 0;
@@ -596,9 +668,15 @@ static void quill_cast_strided(quill_cast_kernel kernel, const char *src, int nd
             }
         }
         int d = ndim - 2;
-        while (d >= 0 && ++index[d] == shape[d]) {
+        if (d >= 0) {
+            index[d] += rows_done;
+        }
+        while (d >= 0 && index[d] == shape[d]) {
             index[d] = 0;
             d--;
+            if (d >= 0) {
+                index[d]++;
+            }
         }
         if (d < 0) {
             break;

@@ -1,7 +1,11 @@
 """quill._casts.cast against numpy, ml_dtypes and exact rational arithmetic, on every kernel path."""
 
+import ctypes
 import math
+import platform
+import sys
 import warnings
+from contextlib import contextmanager
 from fractions import Fraction
 
 import ml_dtypes
@@ -419,3 +423,43 @@ def test_dropped_large_results_are_recycled_but_live_ones_never_are():
     assert fourth.shape == (1024, 1024) and fourth.dtype == np.float16
     assert_same_bits(fourth, x.reshape(1024, 1024).astype(np.float16))
     assert not np.shares_memory(third, fourth)
+
+
+# -- independence from the floating-point environment ---------------------------------------
+
+@contextmanager
+def flush_denormals_and_round_toward_zero():
+    """Set MXCSR FTZ + DAZ + round-toward-zero for this thread (glibc x86-64 fenv_t layout)."""
+    libc = ctypes.CDLL(None)
+    saved = ctypes.create_string_buffer(32)
+    assert libc.fegetenv(saved) == 0
+    changed = bytearray(saved.raw)
+    mxcsr = int.from_bytes(changed[28:32], "little") | 0x8040 | 0x6000  # FTZ, DAZ, RC=toward 0
+    changed[28:32] = mxcsr.to_bytes(4, "little")
+    assert libc.fesetenv(ctypes.create_string_buffer(bytes(changed), 32)) == 0
+    try:
+        yield
+    finally:
+        libc.fesetenv(saved)
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
+                    reason="sets MXCSR through glibc's x86-64 fenv_t")
+def test_results_do_not_depend_on_ftz_daz_or_rounding_mode(path):
+    rng = np.random.default_rng(8)
+    floats = np.concatenate([
+        rng.integers(0, 1 << 32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        np.arange(1, 1 << 16, dtype=np.uint32).view(np.float32),        # float32 subnormals
+        np.ldexp(rng.random(50_000, dtype=np.float32), -20),            # float16 subnormals
+    ])
+    doubles = np.concatenate([reference(floats, np.float64), np.ldexp(rng.random(50_000), -140)])
+    conversions = [(ALL_HALF_BITS, "float32", "float16"), (ALL_HALF_BITS, "float64", "float16"),
+                   (ALL_HALF_BITS, "float32", "bfloat16"), (ALL_HALF_BITS, "float64", "bfloat16"),
+                   (floats, "float16", None), (floats, "bfloat16", None),
+                   (doubles, "float16", None), (doubles, "bfloat16", None)]
+    expected = [_cast_using(path, src, target, src_dtype=sd) for src, target, sd in conversions]
+    with flush_denormals_and_round_toward_zero():
+        assert np.float32(1e-39) * np.float32(1) == 0  # the environment really changed
+        actual = [_cast_using(path, src, target, src_dtype=sd) for src, target, sd in conversions]
+    for got, want in zip(actual, expected):
+        assert_same_bits(got, want)
