@@ -368,13 +368,13 @@ class Tensor:
         dtype = _dtype_of_array(array)
         array = array.view(np.ndarray)  # subclasses (np.memmap, np.matrix) become plain views
         shape = array.shape
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {type(name).__name__}")
         if _is_big_endian(array.dtype):
             width = dtype.element_size
             array = np.ascontiguousarray(array.view(f">u{width}"), dtype=f"<u{width}")
         elif not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str or None, got {type(name).__name__}")
         tensor = object.__new__(cls)
         tensor._meta = TensorMeta._trusted(shape, dtype, name or None, "cpu", array.size, array.nbytes)
         tensor._bytes = array.reshape(-1).view(np.uint8)
@@ -451,7 +451,7 @@ class Tensor:
 
     # -- conversion ---------------------------------------------------------------------------
     def to_numpy(self, dtype=None) -> np.ndarray:
-        """A numpy view of the tensor (zero copy), or with ``dtype``, a converted copy.
+        """A numpy view of the tensor (zero copy), or with another ``dtype``, a converted copy.
 
         bfloat16 comes back as an ``ml_dtypes.bfloat16`` array; without ml_dtypes that raises a
         TypeError naming the alternatives (``to_numpy(dtype="float32")``, ``.data``).

@@ -382,6 +382,12 @@ def test_from_numpy_rejects_unsupported(bad, error, message):
         Tensor.from_numpy(bad)
 
 
+def test_from_numpy_checks_the_name():
+    with pytest.raises(TypeError, match="name must be a str or None, got int"):
+        Tensor.from_numpy(np.zeros(2), name=3)
+    assert Tensor.from_numpy(np.zeros(2), name="").name is None
+
+
 def test_from_numpy_subclasses_become_plain_views(tmp_path):
     mapped = np.memmap(tmp_path / "weights.bin", dtype=np.float32, mode="w+", shape=(4, 2))
     t = Tensor.from_numpy(mapped, name="mapped")
