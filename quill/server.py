@@ -516,9 +516,13 @@ class _Exchange:
         await self.body(body, more=False)
 
     async def respond_problem(self, problem: ProblemDetails, headers: Iterable[tuple[str, str]] = ()) -> None:
-        if problem.instance is None:
-            problem.instance = self.scope.get("path")
-        await self.respond(problem.status, problem.to_json(), PROBLEM_JSON, headers)
+        body = problem.to_dict()  # a copy: a handler's ProblemDetails is never modified
+        body.setdefault("instance", self.scope.get("path"))
+        status = problem.status
+        if not 400 <= status <= 599:
+            logger.error("%s answered a ProblemDetails with status %r; sending 500", self.context.method_path, status)
+            status = body["status"] = 500
+        await self.respond(status, json.dumps(body, separators=(",", ":")).encode(), PROBLEM_JSON, headers)
 
     async def stream(self, items: AsyncIterator, encode: Callable, end_frame: bytes, cancel_frame: Callable) -> None:
         """Send ``items`` as frames; a failing handler ends the stream with a CANCEL frame.

@@ -700,3 +700,28 @@ def test_client_leaving_before_the_first_message_stops_the_generator():
             sock.sendall(b"POST /s.v1.Slow/Start HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
             assert started.wait(10)
         assert closed.wait(10), "the generator was not closed after the client left"
+
+
+def test_shared_problem_details_is_not_modified_and_bad_status_is_500():
+    app = QuillApp()
+    busy = ProblemDetails(409, "Conflict", detail="busy")
+
+    @app.unary("a.v1.S/One")
+    def one(request, context):
+        return busy
+
+    @app.unary("a.v1.S/Two")
+    def two(request, context):
+        return busy
+
+    @app.unary("a.v1.S/NotAnError")
+    def not_an_error(request, context):
+        return ProblemDetails(200, "OK")
+
+    pool = urllib3.PoolManager(retries=False)
+    with serve_in_thread(app) as url:
+        assert problem_of(pool.request("POST", f"{url}/a.v1.S/One", body=b""))["instance"] == "/a.v1.S/One"
+        assert problem_of(pool.request("POST", f"{url}/a.v1.S/Two", body=b""))["instance"] == "/a.v1.S/Two"
+        r = pool.request("POST", f"{url}/a.v1.S/NotAnError", body=b"")
+        assert r.status == 500 and problem_of(r)["status"] == 500
+    assert busy.instance is None
