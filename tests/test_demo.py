@@ -185,3 +185,23 @@ def test_generate_parser_on_random_json(obj):
         parse_generate_request(json.dumps(obj).encode())
     except BadRequestError as exc:
         assert exc.status == 400
+
+
+def test_concurrent_streams_do_not_mix():
+    """Eight clients stream different generations at once from a paced server; each gets its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quill.client import QuillClient
+
+    def generate(base_url: str, seed: int) -> list[int]:
+        with QuillClient(base_url) as client:
+            body = json.dumps({"prompt": "Hi", "max_tokens": 20, "seed": seed, "sequence_id": seed}).encode()
+            batches = list(client.stream_tokens(SERVICE, "Generate", body))
+        assert {b.sequence_id for b in batches} == {seed}
+        return [t.id for b in batches for t in b]
+
+    with serve_in_thread(create_demo_app(token_delay=0.002)) as base_url:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda seed: generate(base_url, seed), range(8)))
+    model = ToyLanguageModel()
+    assert results == [[i for i, _ in model.generate("Hi", 20, seed)] for seed in range(8)]
