@@ -7,21 +7,21 @@ import numpy.typing as npt
 
 from quill.dtypes import DType
 
-DTypeLike = DType | npt.DTypeLike | str
+_DTypeSpec = DType | npt.DTypeLike | str
 
 def cast(
     src: np.ndarray | np.generic,
-    dtype: DTypeLike,
+    dtype: _DTypeSpec,
     *,
     out: np.ndarray | None = None,
-    src_dtype: DTypeLike | None = None,
+    src_dtype: _DTypeSpec | None = None,
 ) -> np.ndarray[Any, np.dtype[Any]]: ...
 def _available_paths() -> tuple[str, ...]: ...
 def _cast_using(
     path: str,
     src: np.ndarray | np.generic,
-    dtype: DTypeLike,
+    dtype: _DTypeSpec,
     *,
     out: np.ndarray | None = None,
-    src_dtype: DTypeLike | None = None,
+    src_dtype: _DTypeSpec | None = None,
 ) -> np.ndarray[Any, np.dtype[Any]]: ...

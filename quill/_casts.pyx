@@ -249,10 +249,16 @@ cdef tuple _new_result(tuple shape, object numpy_dtype):
         return np.empty(shape, dtype=numpy_dtype), True
     memory = _ResultMemory()
     memory.nbytes = nbytes
-    for index in range(len(_spare_storage) - 1, -1, -1):
-        if nbytes <= _spare_storage[index].nbytes <= 2 * nbytes:
-            memory.storage = _spare_storage.pop(index)
+    for candidate in reversed(_spare_storage):
+        if nbytes <= candidate.nbytes <= 2 * nbytes:
+            memory.storage = candidate
             break
+    if memory.storage is not None:
+        # by identity: a result dying meanwhile may have reordered the list
+        for index, spare in enumerate(_spare_storage):
+            if spare is memory.storage:
+                del _spare_storage[index]
+                break
     fresh = memory.storage is None
     if fresh:
         memory.storage = np.empty(nbytes, dtype=np.uint8)
@@ -321,6 +327,10 @@ def cast(src, dtype, *, out=None, src_dtype=None):
     float32 -> bfloat16 matches ml_dtypes bit for bit; float32 <-> float16 and
     float16 -> float64 match numpy bit for bit, NaN payloads included.
     Runs without the GIL.
+
+    Raises TypeError for a src that is not a numpy array, an unknown dtype or
+    a pair without a kernel, and ValueError for an unsuitable ``out`` or a
+    ``src_dtype`` whose element size differs from src's.
 
     >>> import numpy as np
     >>> bits = cast(np.array([1.0, -2.5, np.inf], dtype=np.float32), "bfloat16",

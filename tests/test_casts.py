@@ -3,6 +3,7 @@
 import ctypes
 import math
 import platform
+import subprocess
 import sys
 import warnings
 from contextlib import contextmanager
@@ -352,6 +353,27 @@ def test_read_only_out_is_refused():
     out.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         cast(np.ones(4, np.float32), "float16", out=out)
+
+
+def test_bfloat16_without_ml_dtypes_uses_uint16_bits_or_says_how_to_fix_it():
+    script = """
+import sys
+sys.modules["ml_dtypes"] = None  # as if it were not installed
+import numpy as np
+from quill._casts import cast
+x = np.array([1.0, -2.5, 3.4e38], dtype=np.float32)
+bits = cast(x, "bfloat16", out=np.empty(3, np.uint16))
+print(bits.tolist(), cast(bits, "float32", src_dtype="bfloat16").tolist())
+try:
+    cast(x, "bfloat16")
+except TypeError as error:
+    print("TypeError:", error)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "[16256, 49184, 32640] [1.0, -2.5, inf]"
+    assert lines[1].startswith("TypeError:") and "ml_dtypes" in lines[1]
 
 
 # -- errors ---------------------------------------------------------------------------------
