@@ -683,3 +683,32 @@ def test_token_stream_any_split(specs, cuts):
     wire = b"".join(encode_token_batch_frame(b) for b in batches) + END_STREAM_FRAME
     produced, error = run(TokenStreamDecoder(), split(wire, cuts))
     assert error is None and [b.encode() for b in produced] == [b.encode() for b in batches]
+
+
+def corrupt(wire, flips):
+    wire = bytearray(wire)
+    for position, value in flips:
+        wire[position % len(wire)] = value
+    return bytes(wire)
+
+
+@given(numeric_dtypes, st.lists(st.integers(0, 4), max_size=3), st.integers(1, 24),
+       st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=3),
+       st.lists(st.integers(0, 10**6), max_size=8))
+@settings(max_examples=200, deadline=None)
+def test_corrupted_streams_fail_cleanly_whatever_the_split(dtype, shape, chunk_size, flips, cuts):
+    """Valid streams with a few bytes overwritten: the same result or quill error for any split."""
+    tensor = Tensor.from_numpy(np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape))
+    tensor_stream = corrupt(tensor_wire(tensor, chunk_size), flips)
+    token_stream = corrupt(b"".join(encode_token_batch_frame(make_batch(5, n)) for n in (2, 0, 3))
+                           + END_STREAM_FRAME, flips)
+    for make, wire in ((TensorReceiver, tensor_stream), (TensorFrameParser, tensor_stream),
+                       (TokenStreamDecoder, token_stream)):
+        produced, error = run(make(), split(wire, cuts))
+        assert (produced, error) == run(make(), [wire])
+        if make is TensorReceiver and error is None:
+            # what it accepted is exactly what the frames carry: the meta and every payload byte
+            (received,) = produced
+            frames = TensorFrameParser().feed(wire)
+            assert received.meta == TensorMeta.decode(frames[0].payload)
+            assert received.tobytes() == b"".join(f.payload for f in frames if f.type == T.TENSOR_PAYLOAD)
