@@ -551,6 +551,8 @@ static void quill_cast_contiguous(int kind, int path, const char *src, char *dst
         }
         _mm_sfence();
     }
+#else
+    (void)stream;
 #endif
     kernel(src, dst, n);
 }
