@@ -57,8 +57,10 @@ def workloads(x):
     x64 = x.astype(np.float64)
     bf = x.astype(BF16)
     half = x.astype(np.float16)
-    out16 = np.empty(n, np.uint16)
-    out32 = np.empty(n, np.float32)
+    # separate outputs for quill and the peer: each side writes into its own buffer, as a
+    # program converting repeatedly into one preallocated array would
+    out16, peer_out16 = np.empty(n, np.uint16), np.empty(n, np.uint16)
+    out32, peer_out32 = np.empty(n, np.float32), np.empty(n, np.float32)
     moved_narrow = x.nbytes + out16.nbytes
     moved_narrow64 = x64.nbytes + out16.nbytes
     return [
@@ -66,22 +68,22 @@ def workloads(x):
          lambda: cast(x, "bfloat16"), "ml_dtypes astype", lambda: x.astype(BF16)),
         ("float32 -> bfloat16, into out", moved_narrow,
          lambda: cast(x, "bfloat16", out=out16.view(BF16)), "ml_dtypes np.copyto",
-         lambda: np.copyto(out16.view(BF16), x, casting="unsafe")),
+         lambda: np.copyto(peer_out16.view(BF16), x, casting="unsafe")),
         ("bfloat16 -> float32, allocating", moved_narrow,
          lambda: cast(bf, "float32"), "ml_dtypes astype", lambda: bf.astype(np.float32)),
         ("bfloat16 -> float32, into out", moved_narrow,
          lambda: cast(bf, "float32", out=out32), "ml_dtypes np.copyto",
-         lambda: np.copyto(out32, bf, casting="unsafe")),
+         lambda: np.copyto(peer_out32, bf, casting="unsafe")),
         ("float32 -> float16, allocating", moved_narrow,
          lambda: cast(x, "float16"), "numpy astype", lambda: x.astype(np.float16)),
         ("float32 -> float16, into out", moved_narrow,
          lambda: cast(x, "float16", out=out16.view(np.float16)), "numpy np.copyto",
-         lambda: np.copyto(out16.view(np.float16), x, casting="unsafe")),
+         lambda: np.copyto(peer_out16.view(np.float16), x, casting="unsafe")),
         ("float16 -> float32, allocating", moved_narrow,
          lambda: cast(half, "float32"), "numpy astype", lambda: half.astype(np.float32)),
         ("float16 -> float32, into out", moved_narrow,
          lambda: cast(half, "float32", out=out32), "numpy np.copyto",
-         lambda: np.copyto(out32, half, casting="unsafe")),
+         lambda: np.copyto(peer_out32, half, casting="unsafe")),
         ("float32 -> bfloat16, allocating, results kept", moved_narrow,
          keeping(lambda: cast(x, "bfloat16")), "ml_dtypes astype", keeping(lambda: x.astype(BF16))),
         ("bfloat16 -> float32, allocating, results kept", moved_narrow,

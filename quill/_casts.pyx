@@ -205,11 +205,11 @@ cdef bint _may_overlap(cnp.ndarray a, cnp.ndarray b):
     return a_low < b_high and b_low < a_high
 
 
-# Page faults: a fresh result array's pages are faulted in and zeroed by the
-# kernel while the kernel loop writes them, which costs about as much as the
-# conversion itself for large arrays (numpy's astype pays the same). The memory
-# of dropped results of RECYCLE_MIN_BYTES or more is therefore kept, within
-# limits, and reused for the next result of a similar size.
+# Page faults: the operating system faults in and zeroes the pages of a fresh
+# result while the conversion loop first writes them, which costs about as much
+# as the conversion itself for large arrays (numpy's astype pays the same). The
+# memory of dropped results of RECYCLE_MIN_BYTES or more is therefore kept,
+# within limits, and reused for the next result of a similar size.
 cdef enum:
     RECYCLE_MIN_BYTES = 1 << 20
     RECYCLE_MAX_BYTES = 256 << 20
@@ -313,9 +313,10 @@ cdef void _run(cnp.ndarray src, cnp.ndarray out, int kind, int path, bint stream
 def cast(src, dtype, *, out=None, src_dtype=None):
     """Convert ``src`` between float32/float64 and float16/bfloat16.
 
+    src is a numpy array (or numpy scalar) of any shape and strides.
     ``dtype`` and ``src_dtype`` accept a :class:`quill.DType`, a numpy dtype or
-    a name. src is a numpy array (or numpy scalar). ``src_dtype`` overrides how src's memory is read (for example a
-    uint16 array holding bfloat16 bits). src may have any shape and strides.
+    a name; ``src_dtype`` overrides how src's memory is read (for example a
+    uint16 array holding bfloat16 bits).
     ``out``, if given, must be C-contiguous, have src's shape and the target's
     element size (a uint16 array can receive float16 or bfloat16 bits); it is
     filled and returned. Without ``out`` the result is a new array of
