@@ -16,14 +16,16 @@ array([7, 8], dtype=uint32)
 cimport cython
 cimport numpy as cnp
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_Check
 from cpython.number cimport PyNumber_Index
-from cpython.ref cimport Py_INCREF
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_REFCNT
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.math cimport exp
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 import numpy as np
@@ -41,10 +43,19 @@ cdef extern from "_tokens_wire.h" nogil:
     uint32_t quill_bits_from_f32(float f)
     int quill_is_ascii(const unsigned char *p, size_t n)
     int quill_is_utf8(const unsigned char *p, size_t n)
+    void quill_prefetch(const void *p)
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object text, Py_ssize_t *size) except NULL
     str PyUnicode_DecodeUTF8(const char *data, Py_ssize_t size, const char *errors)
+    Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
+    bint PyUnicode_IS_ASCII(object text)
+    bint PyUnicode_IS_COMPACT_ASCII(object text)
+    Py_ssize_t PyUnicode_GET_LENGTH(object text)
+    void *PyUnicode_DATA(object text)
+    long long PyLong_AsLongLongAndOverflow(object value, int *overflow) except? -1
+    ctypedef struct _TypeWithVectorcall "PyTypeObject":
+        void *tp_vectorcall
 
 
 # Token flags (section 2); other bits are ignored on decode and never emitted.
@@ -78,13 +89,11 @@ MAX_TOKENS_PER_BATCH = MAX_BATCH_TOKENS
 cdef inline int64_t _as_u32(object value, str what) except -1:
     """``value`` as an integer in 0..2**32-1, or OverflowError naming ``what``."""
     cdef long long v
+    cdef int overflow = 0
     if not PyLong_Check(value):
         value = PyNumber_Index(value)  # refuses floats, as range() does
-    try:
-        v = value
-    except OverflowError:
-        raise OverflowError(f"{what} {value} is outside the u32 range 0..4294967295") from None
-    if v < 0 or v > 0xFFFFFFFF:
+    v = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow or v < 0 or v > 0xFFFFFFFF:
         raise OverflowError(f"{what} {value} is outside the u32 range 0..4294967295")
     return v
 
@@ -96,6 +105,8 @@ cdef str _checked_text(object text):
         if not isinstance(text, str):
             raise TypeError(f"token text must be str or None, not {type(text).__name__}")
         text = str.__str__(text)
+    if PyUnicode_IS_ASCII(text):
+        return text
     try:
         PyUnicode_AsUTF8AndSize(text, &size)
     except UnicodeEncodeError as exc:
@@ -108,6 +119,9 @@ cdef str _checked_text(object text):
 
 cdef inline const unsigned char *_utf8(str text, Py_ssize_t *size) except NULL:
     # Cannot fail: every stored text passed _checked_text (or came from a UTF-8 decode).
+    if PyUnicode_IS_COMPACT_ASCII(text):
+        size[0] = PyUnicode_GET_LENGTH(text)
+        return <const unsigned char *>PyUnicode_DATA(text)
     return <const unsigned char *>PyUnicode_AsUTF8AndSize(text, size)
 
 
@@ -192,27 +206,22 @@ cdef object _parse_error(const ParseError *err, str where):
     return DecodeError(what, offset=err.offset)
 
 
-cdef class _ReadBuffer:
-    """A borrowed, C-contiguous view of any bytes-like object (released on close)."""
-    cdef Py_buffer view
-    cdef bint held
-
-    cdef int open(self, object buf) except -1:
-        PyObject_GetBuffer(buf, &self.view, PyBUF_SIMPLE)
-        self.held = True
-        return 0
-
-    cdef void close(self) noexcept:
-        if self.held:
-            PyBuffer_Release(&self.view)
-            self.held = False
-
-    def __dealloc__(self):
-        self.close()
-
-
 # ---------------------------------------------------------------------------------------------
 # Token
+
+
+@cython.final
+@cython.no_gc
+@cython.freelist(64)
+cdef class _TextBuffer:
+    """The UTF-8 text bytes of a TokenBatch, shared with the Tokens it hands out (which decode
+    their str from it on first use). Bytes below the batch's text size are never rewritten
+    while another object holds the buffer: the batch only appends, and detaches on clear()."""
+    cdef unsigned char *data
+    cdef Py_ssize_t capacity
+
+    def __dealloc__(self):
+        free(self.data)
 
 
 @cython.final
@@ -231,24 +240,21 @@ cdef class Token:
     (0.607, False, True)
     """
 
+    # 48 bytes in all. A token handed out by a TokenBatch shares the batch's text buffer and
+    # decodes its str on first use (``_lazy_text``); until then ``_text`` is that buffer.
+    cdef object _text               # str, or _TextBuffer while _lazy_text, or None
     cdef uint32_t _id
     cdef uint32_t _position
     cdef uint32_t _logprob_bits
+    cdef uint32_t _text_start       # while _lazy_text: the text's bytes in the buffer
+    cdef uint32_t _text_len
     cdef uint8_t _flags
-    cdef str _text
+    cdef uint8_t _lazy_text
 
     def __init__(self, id, position, text=None, logprob=None, is_special=False):
-        self._id = <uint32_t>_as_u32(id, "token id")
-        self._position = <uint32_t>_as_u32(position, "token position")
-        self._flags = IS_SPECIAL if is_special else 0
-        self._logprob_bits = 0
-        if logprob is not None:
-            self._logprob_bits = quill_bits_from_f32(<float>(<double>logprob))
-            self._flags |= HAS_LOGPROB
-        self._text = None
-        if text is not None:
-            self._text = _checked_text(text)
-            self._flags |= HAS_TEXT
+        # Calls of the class itself take the faster _token_vectorcall; this serves explicit
+        # Token.__init__ calls and interpreters that ignore tp_vectorcall.
+        _init_token(self, id, position, text, logprob, is_special)
 
     @staticmethod
     def with_text(id, text, position, logprob=None):
@@ -257,7 +263,9 @@ cdef class Token:
         >>> Token.with_text(1, "Hello", 0).text
         'Hello'
         """
-        return Token(id, position, text, logprob)
+        cdef Token tok = Token.__new__(Token)
+        _init_token(tok, id, position, text, logprob, False)
+        return tok
 
     @property
     def id(self):
@@ -272,7 +280,21 @@ cdef class Token:
     @property
     def text(self):
         """The decoded text, or None when the token carries none ("" is distinct from None)."""
-        return self._text
+        return self._get_text()
+
+    cdef str _get_text(self):
+        if self._lazy_text:
+            self._text = PyUnicode_DecodeUTF8(
+                <const char *>(<_TextBuffer>self._text).data + self._text_start, self._text_len, NULL)
+            self._lazy_text = 0
+        return <str>self._text
+
+    cdef const unsigned char *_utf8(self, Py_ssize_t *size) except NULL:
+        """The text's UTF-8 bytes (HAS_TEXT only); valid while the token lives."""
+        if self._lazy_text:
+            size[0] = self._text_len
+            return (<_TextBuffer>self._text).data + self._text_start
+        return _utf8(<str>self._text, size)
 
     @property
     def logprob(self):
@@ -317,7 +339,7 @@ cdef class Token:
         >>> Token(5, 1, "a").to_dict()
         {'id': 5, 'text': 'a', 'logprob': None, 'position': 1, 'is_special': False}
         """
-        return {"id": self.id, "text": self._text, "logprob": self.logprob,
+        return {"id": self.id, "text": self._get_text(), "logprob": self.logprob,
                 "position": self.position, "is_special": self.is_special}
 
     cdef Py_ssize_t _wire_size(self) except -1:
@@ -325,13 +347,13 @@ cdef class Token:
         if self._flags & HAS_LOGPROB:
             size += 4
         if self._flags & HAS_TEXT:
-            _utf8(self._text, &text_len)
+            self._utf8(&text_len)
             if text_len > MAX_TEXT_BYTES:
                 raise EncodeError(f"token text is {text_len} UTF-8 bytes; the wire format carries at most 65535")
             size += 2 + text_len
         return size
 
-    cdef unsigned char *_write(self, unsigned char *out) noexcept:
+    cdef unsigned char *_write(self, unsigned char *out) except NULL:
         """Write the token at ``out`` (``_wire_size`` bytes, already checked); return the end."""
         cdef const unsigned char *text
         cdef Py_ssize_t text_len
@@ -343,7 +365,7 @@ cdef class Token:
             quill_store_be32(out, self._logprob_bits)
             out += 4
         if self._flags & HAS_TEXT:
-            text = <const unsigned char *>PyUnicode_AsUTF8AndSize(self._text, &text_len)
+            text = self._utf8(&text_len)
             quill_store_be16(out, <uint16_t>text_len)
             memcpy(out + 2, text, text_len)
             out += 2 + text_len
@@ -386,20 +408,31 @@ cdef class Token:
         return token, consumed
 
     def __repr__(self):
-        return f"Token(id={self._id}, text={self._text!r}, pos={self._position})"
+        return f"Token(id={self._id}, text={self._get_text()!r}, pos={self._position})"
 
     def __eq__(self, other):
         if type(other) is not Token:
             return NotImplemented
         cdef Token o = <Token>other
-        return (self._id == o._id and self._position == o._position and self._flags == o._flags
-                and self._logprob_bits == o._logprob_bits and self._text == o._text)
+        cdef const unsigned char *a
+        cdef const unsigned char *b
+        cdef Py_ssize_t a_len, b_len
+        if (self._id != o._id or self._position != o._position or self._flags != o._flags
+                or self._logprob_bits != o._logprob_bits):
+            return False
+        if not self._flags & HAS_TEXT:
+            return True
+        if not (self._lazy_text or o._lazy_text):
+            return self._text == o._text
+        a = self._utf8(&a_len)
+        b = o._utf8(&b_len)
+        return a_len == b_len and memcmp(a, b, a_len) == 0
 
     def __hash__(self):
-        return hash((self._id, self._position, self._flags, self._logprob_bits, self._text))
+        return hash((self._id, self._position, self._flags, self._logprob_bits, self._get_text()))
 
     def __reduce__(self):
-        return (_restore_token, (self._id, self._position, self._flags, self._logprob_bits, self._text))
+        return (_restore_token, (self._id, self._position, self._flags, self._logprob_bits, self._get_text()))
 
 
 cdef Token _new_token(uint32_t id, uint32_t position, uint8_t flags, uint32_t logprob_bits, str text):
@@ -411,6 +444,74 @@ cdef Token _new_token(uint32_t id, uint32_t position, uint8_t flags, uint32_t lo
     tok._logprob_bits = logprob_bits
     tok._text = text
     return tok
+
+
+cdef int _init_token(Token tok, object id, object position, object text, object logprob,
+                     object is_special) except -1:
+    """Fill a new Token from user arguments, checking every one."""
+    tok._id = <uint32_t>_as_u32(id, "token id")
+    tok._position = <uint32_t>_as_u32(position, "token position")
+    tok._flags = IS_SPECIAL if is_special else 0
+    tok._logprob_bits = 0
+    if logprob is not None:
+        tok._logprob_bits = quill_bits_from_f32(<float>(<double>logprob))
+        tok._flags |= HAS_LOGPROB
+    tok._text = None
+    tok._lazy_text = 0
+    if text is not None:
+        tok._text = _checked_text(text)
+        tok._flags |= HAS_TEXT
+    return 0
+
+
+cdef tuple _TOKEN_PARAMETERS = ("id", "position", "text", "logprob", "is_special")
+
+
+cdef inline Py_ssize_t _parameter_index(object name):
+    """The position of keyword ``name`` in Token's signature, or -1 (interned names match by identity)."""
+    cdef Py_ssize_t i
+    for i in range(5):
+        if name is <object>PyTuple_GET_ITEM(_TOKEN_PARAMETERS, i):
+            return i
+    for i in range(5):
+        if name == <object>PyTuple_GET_ITEM(_TOKEN_PARAMETERS, i):
+            return i
+    return -1
+
+
+cdef object _token_vectorcall(object cls, PyObject **args, size_t nargsf, PyObject *kwnames):
+    """``Token(...)`` without building an argument tuple or dict (installed as tp_vectorcall).
+
+    Same signature and errors as ``Token.__init__``; building millions of tokens from Python
+    spends most of its time in argument passing, which this path cuts."""
+    cdef PyObject *values[5]
+    cdef Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), i, j, nkw
+    if nargs > 5:
+        raise TypeError(f"Token() takes at most 5 arguments ({nargs} given)")
+    for i in range(5):
+        values[i] = args[i] if i < nargs else NULL
+    if kwnames != NULL:
+        nkw = PyTuple_GET_SIZE(<object>kwnames)
+        for j in range(nkw):
+            name = <object>PyTuple_GET_ITEM(<object>kwnames, j)
+            i = _parameter_index(name)
+            if i < 0:
+                raise TypeError(f"Token() got an unexpected keyword argument {name!r}")
+            if values[i] != NULL:
+                raise TypeError(f"Token() got multiple values for argument {name!r}")
+            values[i] = args[nargs + j]
+    for i in range(2):
+        if values[i] == NULL:
+            raise TypeError(f"Token() missing required argument {_TOKEN_PARAMETERS[i]!r}")
+    cdef Token tok = Token.__new__(Token)
+    _init_token(tok, <object>values[0], <object>values[1],
+                <object>values[2] if values[2] != NULL else None,
+                <object>values[3] if values[3] != NULL else None,
+                <object>values[4] if values[4] != NULL else False)
+    return tok
+
+
+(<_TypeWithVectorcall *>Token).tp_vectorcall = <void *>_token_vectorcall
 
 
 def _restore_token(id, position, flags, logprob_bits, text):
@@ -426,22 +527,22 @@ def _restore_token(id, position, flags, logprob_bits, text):
 
 cdef tuple _decode_token_prefix(object buf):
     """(token, bytes consumed, buffer size) for the token at the start of ``buf``."""
-    cdef _ReadBuffer reader = _ReadBuffer()
+    cdef Py_buffer view
     cdef RawToken raw
     cdef ParseError err
     cdef Py_ssize_t pos = 0
     cdef const unsigned char *data
     cdef str text = None
-    reader.open(buf)
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
-        data = <const unsigned char *>reader.view.buf
-        if _read_token(data, reader.view.len, &pos, &raw, &err) != PARSE_OK:
+        data = <const unsigned char *>view.buf
+        if _read_token(data, view.len, &pos, &raw, &err) != PARSE_OK:
             raise _parse_error(&err, "token")
         if raw.flags & HAS_TEXT:
             text = PyUnicode_DecodeUTF8(<const char *>data + raw.text_start, raw.text_len, "replace")
-        return (_new_token(raw.id, raw.position, raw.flags, raw.logprob_bits, text), pos, reader.view.len)
+        return (_new_token(raw.id, raw.position, raw.flags, raw.logprob_bits, text), pos, view.len)
     finally:
-        reader.close()
+        PyBuffer_Release(&view)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,9 +577,9 @@ cdef class TokenBatch:
     cdef uint32_t *_positions
     cdef uint32_t *_logprob_bits   # 0 where the token has no logprob
     cdef uint8_t *_flags
-    cdef unsigned char *_text
+    cdef _TextBuffer _text_buffer   # None until the first text byte
+    cdef unsigned char *_text       # _text_buffer.data
     cdef Py_ssize_t _text_size
-    cdef Py_ssize_t _text_capacity
     cdef Py_ssize_t _tokens_wire_size   # encoded size of the tokens (without the batch header)
     cdef uint32_t _sequence_id
     cdef bint _has_sequence_id
@@ -491,7 +592,6 @@ cdef class TokenBatch:
 
     def __dealloc__(self):
         free(self._block)
-        free(self._text)
 
     # -- storage ------------------------------------------------------------------------------
 
@@ -529,20 +629,21 @@ cdef class TokenBatch:
         return 0
 
     cdef int _reserve_text(self, Py_ssize_t extra) except -1:
-        """Make room for ``extra`` more bytes in the text buffer."""
+        """Make room for ``extra`` more bytes in the text buffer (growing it keeps its bytes, so
+        tokens sharing it still read theirs)."""
         cdef Py_ssize_t capacity
         cdef unsigned char *text
-        if self._text_size + extra <= self._text_capacity:
+        cdef _TextBuffer buffer = self._text_buffer
+        if buffer is None:
+            buffer = self._text_buffer = _TextBuffer.__new__(_TextBuffer)
+        if self._text_size + extra <= buffer.capacity:
             return 0
-        capacity = max(self._text_size + extra, 2 * self._text_capacity, 64)
-        text = <unsigned char *>malloc(capacity)
+        capacity = max(self._text_size + extra, 2 * buffer.capacity, 64)
+        text = <unsigned char *>realloc(buffer.data, capacity)
         if text == NULL:
             raise MemoryError()
-        if self._text != NULL:
-            memcpy(text, self._text, self._text_size)
-            free(self._text)
-        self._text = text
-        self._text_capacity = capacity
+        buffer.data = self._text = text
+        buffer.capacity = capacity
         return 0
 
     cdef inline Py_ssize_t _text_len(self, Py_ssize_t i) noexcept nogil:
@@ -555,7 +656,7 @@ cdef class TokenBatch:
         if i == self._capacity:
             self._reserve(i + 1)
         if flags & HAS_TEXT:
-            if self._text_size + text_len > self._text_capacity:
+            if self._text_buffer is None or self._text_size + text_len > self._text_buffer.capacity:
                 self._reserve_text(text_len)
             memcpy(self._text + self._text_size, text, text_len)
             self._text_size += text_len
@@ -575,7 +676,7 @@ cdef class TokenBatch:
         cdef const unsigned char *text = NULL
         cdef Py_ssize_t text_len = 0
         if tok._flags & HAS_TEXT:
-            text = _utf8(tok._text, &text_len)
+            text = tok._utf8(&text_len)
         return self._push(tok._id, tok._position, tok._flags, tok._logprob_bits, text, text_len)
 
     cdef int _push_from(self, TokenBatch src, Py_ssize_t i) except -1:
@@ -583,10 +684,21 @@ cdef class TokenBatch:
                           src._text + src._text_offsets[i], src._text_len(i))
 
     cdef Token _token_at(self, Py_ssize_t i):
-        cdef str text = None
-        if self._flags[i] & HAS_TEXT:
-            text = PyUnicode_DecodeUTF8(<const char *>self._text + self._text_offsets[i], self._text_len(i), NULL)
-        return _new_token(self._ids[i], self._positions[i], self._flags[i], self._logprob_bits[i], text)
+        """Token i; its text stays in the shared buffer until first asked for."""
+        cdef Token tok = _new_token(self._ids[i], self._positions[i], self._flags[i], self._logprob_bits[i], None)
+        cdef int64_t start = self._text_offsets[i]
+        cdef Py_ssize_t text_len = self._text_len(i)
+        if tok._flags & HAS_TEXT:
+            if text_len == 0:
+                tok._text = ""
+            elif start + text_len <= 0xFFFFFFFF:
+                tok._text = self._text_buffer
+                tok._text_start = <uint32_t>start
+                tok._text_len = <uint32_t>text_len
+                tok._lazy_text = 1
+            else:
+                tok._text = PyUnicode_DecodeUTF8(<const char *>self._text + start, text_len, NULL)
+        return tok
 
     cdef TokenBatch _empty_like(self):
         cdef TokenBatch out = TokenBatch.__new__(TokenBatch)
@@ -607,9 +719,44 @@ cdef class TokenBatch:
         2
         """
         cdef TokenBatch batch = TokenBatch.__new__(TokenBatch)
-        batch.sequence_id = sequence_id
-        batch.extend(tokens)
+        batch._set_sequence_id(sequence_id)
+        batch._extend(tokens)
         return batch
+
+    @staticmethod
+    def encode_tokens(tokens, sequence_id=None, is_final=False):
+        """The wire bytes of a batch holding ``tokens`` (a list or other iterable of Token),
+        written straight from the Token objects: ``TokenBatch.from_tokens(tokens,
+        sequence_id).encode()`` without building the batch. Same errors as ``encode()``.
+
+        >>> TokenBatch.encode_tokens([Token(7, 3)], sequence_id=42, is_final=True).hex()
+        '030000002a0001000000070000000300'
+        """
+        cdef list items = tokens if type(tokens) is list else list(tokens)
+        cdef Py_ssize_t i, n = len(items), size
+        cdef bint has_sequence_id = sequence_id is not None
+        cdef uint32_t seq = <uint32_t>_as_u32(sequence_id, "sequence_id") if has_sequence_id else 0
+        cdef unsigned char *p
+        cdef object item
+        if n > MAX_BATCH_TOKENS:
+            raise EncodeError(f"a token batch carries at most 65535 tokens; {n} given")
+        size = 7 if has_sequence_id else 3
+        for i in range(n):
+            item = items[i]
+            if type(item) is not Token:
+                raise TypeError(f"TokenBatch.encode_tokens: item {i} is {type(item).__name__}, not Token")
+            size += (<Token>item)._wire_size()
+        out = PyBytes_FromStringAndSize(NULL, size)
+        p = <unsigned char *>PyBytes_AS_STRING(out)
+        p[0] = (HAS_SEQUENCE_ID if has_sequence_id else 0) | (IS_FINAL if is_final else 0)
+        if has_sequence_id:
+            quill_store_be32(p + 1, seq)
+            p += 4
+        quill_store_be16(p + 1, <uint16_t>n)
+        p += 3
+        for i in range(n):
+            p = (<Token>items[i])._write(p)
+        return out
 
     def add(self, Token token not None):
         """Append one token.
@@ -626,30 +773,46 @@ cdef class TokenBatch:
         >>> b = TokenBatch(); b.extend([Token(1, 0), Token(2, 1)]); b.token_ids()
         [1, 2]
         """
+        self._extend(tokens)
+
+    cdef int _extend(self, object tokens) except -1:
         cdef Py_ssize_t i, n
         cdef TokenBatch other
         cdef list items
+        cdef object item
         if type(tokens) is TokenBatch:
             other = <TokenBatch>tokens
             n = other._count
             self._reserve(self._count + n)
             for i in range(n):
                 self._push_from(other, i)
-            return
+            return 0
         items = tokens if type(tokens) is list else list(tokens)
         n = len(items)
         for i in range(n):
-            if type(items[i]) is not Token:
-                raise TypeError(f"TokenBatch.extend: item {i} is {type(items[i]).__name__}, not Token")
+            item = items[i]
+            if type(item) is not Token:
+                raise TypeError(f"TokenBatch.extend: item {i} is {type(item).__name__}, not Token")
+            # The tokens are read again right below: fetch their texts while checking types
+            # (scattered objects otherwise cost one cache miss after another).
+            quill_prefetch(<void *>(<Token>item)._text)
         self._reserve(self._count + n)
         for i in range(n):
             self._push_token(<Token>items[i])
+        return 0
 
     def clear(self):
         """Remove every token (sequence_id, is_final and metadata stay)."""
         self._count = 0
-        self._text_size = 0
         self._tokens_wire_size = 0
+        self._detach_text()
+
+    cdef void _detach_text(self) noexcept:
+        """Empty the text; a buffer still shared with tokens is left to them, not rewritten."""
+        if self._text_buffer is not None and Py_REFCNT(self._text_buffer) > 1:
+            self._text_buffer = None
+            self._text = NULL
+        self._text_size = 0
 
     # -- batch properties ---------------------------------------------------------------------
 
@@ -660,12 +823,16 @@ cdef class TokenBatch:
 
     @sequence_id.setter
     def sequence_id(self, value):
+        self._set_sequence_id(value)
+
+    cdef int _set_sequence_id(self, object value) except -1:
         if value is None:
             self._has_sequence_id = False
             self._sequence_id = 0
         else:
             self._sequence_id = <uint32_t>_as_u32(value, "sequence_id")
             self._has_sequence_id = True
+        return 0
 
     @property
     def is_final(self):
@@ -923,12 +1090,14 @@ cdef class TokenBatch:
         >>> TokenBatch.decode(bytes.fromhex("030000002a0001000000070000000300"))[0]
         Token(id=7, text=None, pos=3)
         """
-        cdef _ReadBuffer reader = _ReadBuffer()
-        reader.open(buf)
+        cdef Py_buffer view
+        if PyBytes_CheckExact(buf):  # immutable: no buffer to acquire
+            return _decode_batch(<const unsigned char *>PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf))
+        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
         try:
-            return _decode_batch(<const unsigned char *>reader.view.buf, reader.view.len)
+            return _decode_batch(<const unsigned char *>view.buf, view.len)
         finally:
-            reader.close()
+            PyBuffer_Release(&view)
 
     cdef ParseStatus _read_tokens(self, const unsigned char *data, Py_ssize_t size, Py_ssize_t *pos,
                                   Py_ssize_t count, ParseError *err) noexcept nogil:
@@ -975,6 +1144,8 @@ cdef class TokenBatch:
             pieces.append(piece)
         if not changed:
             return 0
+        self._text_buffer = None
+        self._text = NULL
         self._text_size = 0
         for i in range(self._count):
             piece = pieces[i]

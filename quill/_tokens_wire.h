@@ -45,6 +45,16 @@ static inline uint32_t quill_bits_from_f32(float f)
     return bits;
 }
 
+/* A hint to start loading the cache line at p (no effect where unsupported). */
+static inline void quill_prefetch(const void *p)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(p);
+#else
+    (void)p;
+#endif
+}
+
 /* 1 when every byte of p[0..n) is below 0x80. */
 static inline int quill_is_ascii(const unsigned char *p, size_t n)
 {

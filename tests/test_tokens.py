@@ -148,6 +148,26 @@ def test_token_equality_and_hash():
     assert len({a, Token(1, 2, "x", -0.25, True), Token(3, 4)}) == 2
 
 
+def test_constructor_argument_errors_match_python_semantics():
+    assert Token(id=1, position=2, text="a", logprob=-1.0, is_special=True) == Token(1, 2, "a", -1.0, True)
+    assert Token(1, position=2, is_special=True).is_special
+    with pytest.raises(TypeError, match="at most 5 arguments"):
+        Token(1, 2, "a", 0.5, True, 6)
+    with pytest.raises(TypeError, match="missing required argument 'position'"):
+        Token(1)
+    with pytest.raises(TypeError, match="missing required argument 'id'"):
+        Token(position=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'pos'"):
+        Token(1, pos=2)
+    with pytest.raises(TypeError, match="multiple values for argument 'id'"):
+        Token(1, 2, id=3)
+    kwargs = {"".join(["te", "xt"]): "x"}  # a keyword name that is not interned
+    assert Token(1, 2, **kwargs).text == "x"
+    token = Token.__new__(Token)
+    token.__init__(4, 5, "y")
+    assert token == Token(4, 5, "y")
+
+
 def test_token_immutable():
     token = Token(1, 0)
     with pytest.raises(AttributeError):
@@ -365,10 +385,48 @@ def test_batch_roundtrip_against_oracle(tokens, sequence_id, is_final):
     rebuilt = TokenBatch.from_tokens(batch.tokens(), sequence_id=sequence_id)
     rebuilt.is_final = is_final
     assert rebuilt == batch and rebuilt.encode() == wire
+    assert TokenBatch.encode_tokens(batch.tokens(), sequence_id, is_final) == wire
     assert batch.ids_array().tolist() == [t[0] for t in tokens]
     assert batch.texts() == [t[2] for t in tokens]
     assert batch.text() == "".join(t[2] or "" for t in tokens)
     assert pickle.loads(pickle.dumps(batch)) == batch
+
+
+def test_tokens_from_a_batch_share_its_text_until_used():
+    batch = sample_batch()
+    tokens = batch.tokens()
+    batch.clear()  # the tokens keep their text although the batch reuses its storage
+    batch.add(Token(9, 9, "overwritten?"))
+    for _ in range(3):
+        batch.add(Token(9, 9, "x" * 500))  # grows the text buffer
+    assert [t.text for t in tokens] == ["Hello", " ", None, "Wörld"]
+    fresh = sample_batch().tokens()
+    assert tokens == fresh and [hash(t) for t in tokens] == [hash(t) for t in fresh]
+    eager = [Token(t.id, t.position, t.text, t.logprob, t.is_special) for t in sample_batch()]
+    assert sample_batch().tokens() == eager and eager == sample_batch().tokens()
+    assert {*sample_batch().tokens()} == {*eager}
+    del batch
+    assert [t.encode() for t in tokens] == [t.encode() for t in eager]
+    assert TokenBatch.from_tokens(tokens).encode() == TokenBatch.from_tokens(eager).encode()
+    assert pickle.loads(pickle.dumps(tokens)) == eager
+
+
+def test_encode_tokens_matches_a_built_batch():
+    tokens = sample_batch().tokens() + [Token(5, 4, "e", -2.0)]
+    for sequence_id, is_final in [(None, False), (7, True), (0, False)]:
+        batch = TokenBatch.from_tokens(tokens, sequence_id)
+        batch.is_final = is_final
+        assert TokenBatch.encode_tokens(tokens, sequence_id, is_final) == batch.encode()
+        assert TokenBatch.encode_tokens(iter(tokens), sequence_id=sequence_id, is_final=is_final) == batch.encode()
+    assert TokenBatch.encode_tokens([]) == b"\x00\x00\x00"
+    with pytest.raises(TypeError, match="item 1 is str"):
+        TokenBatch.encode_tokens([Token(1, 0), "x"])
+    with pytest.raises(EncodeError, match="65535"):
+        TokenBatch.encode_tokens([Token(1, 0, "a" * 65536)])
+    with pytest.raises(EncodeError, match="at most 65535 tokens"):
+        TokenBatch.encode_tokens([Token(1, 0)] * 65536)
+    with pytest.raises(OverflowError, match="sequence_id"):
+        TokenBatch.encode_tokens([], sequence_id=-1)
 
 
 def test_batch_decode_accepts_buffers_and_slices():
