@@ -17,9 +17,20 @@ from quill.demo import SERVICE, VOCABULARY, ToyLanguageModel, create_demo_app
 from quill.server import serve_in_thread
 
 
+# Subprocesses run in an empty directory: from the repository root, ``python -m quill`` would
+# import the source tree (without its compiled modules) instead of the installed package.
+NEUTRAL_CWD = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def neutral_cwd(tmp_path_factory):
+    global NEUTRAL_CWD
+    NEUTRAL_CWD = str(tmp_path_factory.mktemp("cwd"))
+
+
 def quill(*args: str, env=None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "quill", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, cwd=NEUTRAL_CWD)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +133,7 @@ def test_serve_user_app_and_stop_gracefully_on_sigterm(tmp_path):
     (tmp_path / "greeter_app.py").write_text(textwrap.dedent(USER_APP))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     server = subprocess.Popen([sys.executable, "-m", "quill", "serve", "greeter_app:app", "--port", "0",
-                               "--log-level", "warning"], stderr=subprocess.PIPE, text=True, env=env)
+                               "--log-level", "warning"], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         first_line = server.stderr.readline()
         assert first_line.startswith("quill: serving greeter_app:app on http://127.0.0.1:"), first_line
