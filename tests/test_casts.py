@@ -49,9 +49,17 @@ def f64(*bit_patterns):
     return np.array(bit_patterns, dtype=np.uint64).view(np.float64)
 
 
-def test_every_cpu_path_is_tested():
-    assert PATHS[0] == "portable"
+def test_every_path_this_cpu_supports_is_available():
     assert PATHS == tuple(p for p in ("portable", "avx2", "avx512") if p in PATHS)
+    assert PATHS[0] == "portable"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = set(next(line for line in cpuinfo if line.startswith("flags")).split())
+    except OSError:
+        return  # no way to cross-check the runtime dispatch on this OS
+    if platform.machine() == "x86_64":
+        assert ("avx2" in PATHS) == ({"avx2", "f16c"} <= flags)
+        assert ("avx512" in PATHS) == ({"avx2", "f16c", "avx512f", "avx512bw", "avx512vl"} <= flags)
 
 
 # -- widening: all 65,536 bit patterns ------------------------------------------------------
@@ -283,6 +291,12 @@ def test_any_layout_converts_like_its_contiguous_copy(path, layout, source, targ
     assert result.flags.c_contiguous and result.shape == src.shape
     expected = _cast_using(path, src.astype(source, order="C"), target)
     assert_same_bits(result, expected)
+
+
+def test_the_most_dimensions_numpy_allows(path):
+    src = np.arange(2 * 3 * 4, dtype=np.float32).reshape((2,) + (1,) * 61 + (3, 4))[..., ::-1, ::2]
+    assert src.ndim == 64 and not src.flags.c_contiguous
+    assert_same_bits(_cast_using(path, src, "float16"), reference(src, np.float16))
 
 
 @settings(max_examples=60, deadline=None)
