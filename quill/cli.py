@@ -8,6 +8,7 @@ Exit codes a script can rely on:
 2  bad command line
 3  the server could not be reached, or the call timed out
 4  the answer could not be decoded, or the stream was cancelled or cut short
+5  a package the command needs is missing (uvicorn for serve, demo, bench)
 == =========================================================================
 
 >>> main(["call", "--help"])  # doctest: +SKIP
@@ -28,10 +29,12 @@ EXIT_RPC_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_PROTOCOL = 4
+EXIT_MISSING_PACKAGE = 5
 
 EXIT_CODES_HELP = """\
 exit codes: 0 success, 1 the server answered with an error (Problem Details on stderr),
-2 bad command line, 3 server unreachable or timed out, 4 undecodable answer or broken stream"""
+2 bad command line, 3 server unreachable or timed out, 4 undecodable answer or broken stream,
+5 a needed package is missing (uvicorn: pip install 'quill[server]')"""
 
 DEMO_SERVICE = "inference.v1.LLMService"
 
@@ -455,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("quill: interrupted", file=sys.stderr)
         return 130
+    except ImportError as exc:  # an optional dependency (uvicorn) is not installed
+        _error(str(exc))
+        return EXIT_MISSING_PACKAGE
     except BrokenPipeError:  # `quill generate ... | head`
         return EXIT_OK
 

@@ -200,3 +200,10 @@ def test_bench_progress_bar_lines():
     assert out.getvalue().splitlines() == [
         "[........] 0/4 a", "[##......] 1/4 b", "[####....] 2/4 c", "[######..] 3/4 d", "[########] 4/4 done",
     ]
+
+
+def test_missing_uvicorn_is_a_clear_error():
+    code = "import sys; sys.modules['uvicorn'] = None; from quill.cli import main; sys.exit(main(['demo']))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=NEUTRAL_CWD)
+    assert done.returncode == 5
+    assert done.stderr.strip() == "quill: error: serving needs uvicorn: pip install 'quill[server]'"
