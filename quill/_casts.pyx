@@ -167,7 +167,8 @@ cdef _check_out(object src, object out, object target):
             f"out has {out_dtype.itemsize}-byte elements ({out_dtype}); "
             f"{target} needs {target.element_size}-byte elements"
         )
-    if out_dtype.kind == "f" and _as_dtype(out_dtype, "out dtype") is not target:
+    if (out_dtype.kind == "f" or out_dtype.name == "bfloat16") \
+            and _as_dtype(out_dtype, "out dtype") is not target:
         raise ValueError(f"out has dtype {out_dtype}, which cannot hold {target} values")
     if out_dtype.kind not in "fuiV" or not out_dtype.isnative:
         raise ValueError(

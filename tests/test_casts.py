@@ -362,6 +362,13 @@ def test_bad_out_is_refused(out, message):
         cast(np.ones(4, np.float32), "bfloat16", out=out)
 
 
+def test_out_of_another_half_type_is_refused():
+    with pytest.raises(ValueError, match="cannot hold float16"):
+        cast(np.ones(4, np.float32), "float16", out=np.empty(4, BF16))
+    with pytest.raises(ValueError, match="complex64; use float64"):
+        cast(np.ones(4, np.float16), "float64", out=np.empty(4, np.int64).view(np.complex64))
+
+
 def test_read_only_out_is_refused():
     out = np.empty(4, np.uint16)
     out.flags.writeable = False
