@@ -6,8 +6,8 @@ the same for every server, so the numbers compare servers. Peers:
 * ``bare ASGI`` -- a hand-written ASGI app on the same uvicorn that answers with bytes
   prepared in advance: the floor of what uvicorn costs, with no routing, limits or codecs.
 * ``no TCP_NODELAY`` -- QuillApp on uvicorn given a socket created without
-  ``proto=IPPROTO_TCP`` (as ``uvicorn --fd`` and many socket-passing setups do), which
-  leaves Nagle's algorithm on: the stall ``quill.server`` avoids.
+  ``proto=IPPROTO_TCP`` (as uvicorn's own ``bind_socket`` does for ``--workers`` and
+  ``--reload``), so asyncio leaves Nagle's algorithm on: the stall ``quill.server`` avoids.
 * ``stdlib http.server`` -- ``ThreadingHTTPServer`` with an echo handler (Nagle on).
 
 Run: ``python benchmarks/bench_server.py`` (about a minute). Prints a Markdown table.
@@ -30,7 +30,8 @@ GENERATE_TOKENS = 100_000
 
 
 def _bare_asgi_app():
-    """An ASGI app that echoes unary bodies and sends prepared token / tensor streams."""
+    """An ASGI app that echoes unary bodies and sends prepared token / tensor streams
+    (the same bytes quill.server sends for ``Tokens`` and ``Tensor``)."""
     import numpy as np
 
     from quill._tokens import Token, TokenBatch
@@ -56,7 +57,7 @@ def _bare_asgi_app():
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/proto"), (b"content-length", b"%d" % len(body))]})
             await send({"type": "http.response.body", "body": body})
-        elif path.endswith("/Generate"):
+        elif path.endswith("/Tokens"):
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/proto")]})
             for frame in token_frames:
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
@@ -76,15 +77,22 @@ def _bare_asgi_app():
 def _quill_app():
     import numpy as np
 
+    from quill._tokens import Token, TokenBatch
     from quill.demo import create_demo_app
     from quill.tensor import Tensor
 
     app = create_demo_app()
     tensor = Tensor.from_numpy(np.zeros(TENSOR_BYTES, dtype=np.uint8))
+    batch = TokenBatch.from_tokens([Token(5, i, text=" word", logprob=-1.0) for i in range(32)])
 
     @app.tensor(f"{SERVICE}/Tensor")
     def send_tensor(request, context):
         return tensor
+
+    @app.token_stream(f"{SERVICE}/Tokens")
+    async def tokens(request, context):
+        for _ in range(GENERATE_TOKENS // 32):
+            yield batch
 
     return app
 
@@ -200,10 +208,13 @@ def main() -> None:
             calls = 1000 if kind in ("quill", "bare") else 20  # Nagle-bound servers take ~44 ms a call
             seconds = unary_latency(servers[kind][1], calls)
             rows.append(("unary 100 B echo, median latency", names[kind], seconds * 1e3, "ms"))
-        generate = json.dumps({"max_tokens": GENERATE_TOKENS, "batch_size": 32}).encode()
         for kind in ("quill", "bare"):
-            seconds = stream_rate(servers[kind][1], "Generate", generate, 5)
+            seconds = stream_rate(servers[kind][1], "Tokens", b"", 5)
             rows.append((f"{GENERATE_TOKENS:,} tokens in batches of 32", names[kind], GENERATE_TOKENS / seconds, "tokens/s"))
+        generate = json.dumps({"max_tokens": GENERATE_TOKENS, "batch_size": 32}).encode()
+        seconds = stream_rate(servers["quill"][1], "Generate", generate, 5)
+        rows.append((f"demo Generate, {GENERATE_TOKENS:,} tokens (toy model in the loop)", names["quill"],
+                     GENERATE_TOKENS / seconds, "tokens/s"))
         for kind in ("quill", "bare"):
             seconds = stream_rate(servers[kind][1], "Tensor", b"", 5)
             rows.append(("64 MiB tensor download", names[kind], TENSOR_BYTES / seconds / 1e6, "MB/s"))
