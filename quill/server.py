@@ -441,7 +441,7 @@ class _Exchange:
 
     async def discard_small_body(self, limit: int = 65536) -> None:
         """Read and drop an unread body of known small size, so the connection stays reusable."""
-        declared = self.headers.get("content-length", "")
+        declared = self.headers.get("content-length", "" if "transfer-encoding" in self.headers else "0")
         if self.body_complete or not declared.isdigit() or int(declared) > limit:
             return
         while not self.body_complete:

@@ -115,6 +115,7 @@ def test_non_post_is_405(server, http, verb):
     body = problem_of(r)
     assert r.status == 405 and body["title"] == "Method not allowed"
     assert r.headers["allow"] == "POST"
+    assert "connection" not in r.headers  # nothing left unread: the connection stays open
 
 
 def test_unexpected_exception_is_500_without_leak(server, http, caplog):
