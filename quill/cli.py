@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import time
 from typing import Any, Callable, Sequence
 
@@ -370,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help_text, description=description, epilog=EXIT_CODES_HELP,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+        return commands.add_parser(name, help=help_text, description=textwrap.fill(description, 88),
+                                   epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     serve = command("serve", "serve the demo service or your own app on uvicorn",
                     "Serve a QuillApp (or any ASGI app) on uvicorn. Without APP, serves the demo "
