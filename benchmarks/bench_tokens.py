@@ -201,7 +201,10 @@ def main():
     quill_batches = [TokenBatch.from_tokens(tokens, seq) for (seq, _), tokens in zip(workload, quill_tokens)]
     sequence_ids = [seq for seq, _ in workload]
     from_tokens = TokenBatch.from_tokens
-    quill_wire = record("quill: encode from Token objects", lambda: [
+    encode_tokens = TokenBatch.encode_tokens
+    quill_wire = record("quill: encode from Token objects (encode_tokens)", lambda: [
+        encode_tokens(tokens, seq) for seq, tokens in zip(sequence_ids, quill_tokens)])
+    record("quill: encode from Token objects (from_tokens().encode())", lambda: [
         from_tokens(tokens, seq).encode() for seq, tokens in zip(sequence_ids, quill_tokens)])
     record("quill: encode prebuilt TokenBatch", lambda: [b.encode() for b in quill_batches])
     struct_wire = record("struct: encode from objects", lambda: [
@@ -253,10 +256,15 @@ def main():
     comparisons = [
         ("build 3.2 M token objects", "quill: build Token objects", "protobuf: build messages", 5.0),
         ("build 3.2 M token objects", "quill: build Token objects", "struct: build PyToken objects", None),
-        ("encode from Token objects", "quill: encode from Token objects", "protobuf: serialize prebuilt", 2.0),
-        ("encode from Token objects", "quill: encode from Token objects", "protobuf: build + serialize", None),
-        ("encode from Token objects", "quill: encode from Token objects", "struct: encode from objects", None),
-        ("encode from Token objects", "quill: encode from Token objects", "msgpack: pack", None),
+        ("encode from Token objects", "quill: encode from Token objects (encode_tokens)",
+         "protobuf: serialize prebuilt", 2.0),
+        ("encode from Token objects", "quill: encode from Token objects (from_tokens().encode())",
+         "protobuf: serialize prebuilt", 2.0),
+        ("encode from Token objects", "quill: encode from Token objects (encode_tokens)",
+         "protobuf: build + serialize", None),
+        ("encode from Token objects", "quill: encode from Token objects (encode_tokens)",
+         "struct: encode from objects", None),
+        ("encode from Token objects", "quill: encode from Token objects (encode_tokens)", "msgpack: pack", None),
         ("encode prebuilt batches", "quill: encode prebuilt TokenBatch", "protobuf: serialize prebuilt", None),
         ("decode to Token objects", "quill: decode to Token objects", "protobuf: parse + read every field", None),
         ("decode to Token objects", "quill: decode to Token objects", "struct: decode to objects", None),
@@ -266,7 +274,9 @@ def main():
         ("decode to columns", "quill: decode to columns (ids + logprobs arrays)", "protobuf: parse only", None),
         ("decode only", "quill: decode only (columnar TokenBatch)", "protobuf: parse only", None),
     ]
-    absolute = {"quill: encode from Token objects": 30e6, "quill: decode to Token objects": 10e6,
+    absolute = {"quill: encode from Token objects (encode_tokens)": 30e6,
+                "quill: encode from Token objects (from_tokens().encode())": 30e6,
+                "quill: decode to Token objects": 10e6,
                 "quill: decode to columns (ids + logprobs arrays)": 60e6}
 
     print(f"\n{args.batches:,} batches x {TOKENS_PER_BATCH} tokens = {total:,} tokens, median CPU time of {runs} "

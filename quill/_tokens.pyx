@@ -21,7 +21,7 @@ from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_Check
 from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF, Py_REFCNT
+from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.math cimport exp
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
@@ -44,11 +44,14 @@ cdef extern from "_tokens_wire.h" nogil:
     int quill_is_ascii(const unsigned char *p, size_t n)
     int quill_is_utf8(const unsigned char *p, size_t n)
     void quill_prefetch(const void *p)
+    void quill_copy_text(unsigned char *dst, const unsigned char *src, size_t n, size_t src_room, size_t dst_room)
+    enum: QUILL_COPY_SLACK
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object text, Py_ssize_t *size) except NULL
     str PyUnicode_DecodeUTF8(const char *data, Py_ssize_t size, const char *errors)
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
+    Py_ssize_t _borrowed_refcount "Py_REFCNT"(PyObject *obj)  # no temporary reference, unlike cpython.ref
     bint PyUnicode_IS_ASCII(object text)
     bint PyUnicode_IS_COMPACT_ASCII(object text)
     Py_ssize_t PyUnicode_GET_LENGTH(object text)
@@ -809,7 +812,7 @@ cdef class TokenBatch:
 
     cdef void _detach_text(self) noexcept:
         """Empty the text; a buffer still shared with tokens is left to them, not rewritten."""
-        if self._text_buffer is not None and Py_REFCNT(self._text_buffer) > 1:
+        if self._text_buffer is not None and _borrowed_refcount(<PyObject *>self._text_buffer) > 1:
             self._text_buffer = None
             self._text = NULL
         self._text_size = 0
@@ -1039,27 +1042,30 @@ cdef class TokenBatch:
         cdef Py_ssize_t header = self._header_size()
         cdef Py_ssize_t bad
         cdef unsigned char *p
+        cdef const unsigned char *end
         if self._count > MAX_BATCH_TOKENS:
             raise EncodeError(f"a token batch carries at most 65535 tokens; this one holds {self._count}")
         out = PyBytes_FromStringAndSize(NULL, header + self._tokens_wire_size)
         p = <unsigned char *>PyBytes_AS_STRING(out)
+        end = p + header + self._tokens_wire_size
         p[0] = (HAS_SEQUENCE_ID if self._has_sequence_id else 0) | (IS_FINAL if self._is_final else 0)
         if self._has_sequence_id:
             quill_store_be32(p + 1, self._sequence_id)
         quill_store_be16(p + header - 2, <uint16_t>self._count)
         if self._count >= NOGIL_MIN_TOKENS:
             with nogil:
-                bad = self._write_tokens(p + header)
+                bad = self._write_tokens(p + header, end)
         else:
-            bad = self._write_tokens(p + header)
+            bad = self._write_tokens(p + header, end)
         if bad >= 0:
             raise EncodeError(f"token {bad} text is {self._text_len(bad)} UTF-8 bytes; "
                               f"the wire format carries at most 65535")
         return out
 
-    cdef Py_ssize_t _write_tokens(self, unsigned char *p) noexcept nogil:
-        """Write every token at ``p``; return -1, or the index of a token whose text is too long."""
-        cdef Py_ssize_t i, text_len
+    cdef Py_ssize_t _write_tokens(self, unsigned char *p, const unsigned char *end) noexcept nogil:
+        """Write every token at ``p`` (the output ends at ``end``); return -1, or the index of a
+        token whose text is too long."""
+        cdef Py_ssize_t i, text_len, start
         cdef uint8_t flags
         for i in range(self._count):
             quill_store_be32(p, self._ids[i])
@@ -1075,7 +1081,10 @@ cdef class TokenBatch:
                 if text_len > MAX_TEXT_BYTES:
                     return i
                 quill_store_be16(p, <uint16_t>text_len)
-                memcpy(p + 2, self._text + self._text_offsets[i], text_len)
+                if text_len:
+                    start = self._text_offsets[i]
+                    quill_copy_text(p + 2, self._text + start, text_len, self._text_buffer.capacity - start,
+                                    end - (p + 2))
                 p += 2 + text_len
         return -1
 
@@ -1121,7 +1130,8 @@ cdef class TokenBatch:
                 err.declared, err.index = count - i - 1, i
                 return PARSE_SHORT_REST
             if raw.text_len:
-                memcpy(self._text + text_size, data + raw.text_start, raw.text_len)
+                quill_copy_text(self._text + text_size, data + raw.text_start, raw.text_len,
+                                size - raw.text_start, self._text_buffer.capacity - text_size)
                 text_size += raw.text_len
             self._text_offsets[i + 1] = text_size
         self._count = count
@@ -1256,7 +1266,8 @@ cdef TokenBatch _decode_batch(const unsigned char *data, Py_ssize_t size):
                           f"(each token needs at least 9)", offset=pos)
     if count:
         batch._reserve(count)
-        batch._reserve_text(available - count * TOKEN_FIXED_SIZE)
+        # Every text byte is one of these; the slack lets short texts be copied 16 bytes at once.
+        batch._reserve_text(available - count * TOKEN_FIXED_SIZE + QUILL_COPY_SLACK)
     if count >= NOGIL_MIN_TOKENS:
         with nogil:
             status = batch._read_tokens(data, size, &pos, count, &err)
