@@ -78,7 +78,9 @@ _BEST_PATH = max(_PATHS.values())
 # Resolutions that succeeded, so that a call costs dictionary lookups, not registry scans:
 cdef dict _DTYPE_SPECS = {}      # dtype / src_dtype argument -> DType
 cdef dict _ARRAY_DTYPES = {}     # numpy dtype of a src array -> DType its memory holds
-cdef dict _RESULT_DTYPES = {}    # target DType -> numpy dtype of an allocated result
+cdef dict _PLANS = {}            # (numpy dtype of src, dtype argument) -> (kind, target DType)
+cdef dict _RESULT_DTYPES = {}    # kind -> numpy dtype of an allocated result
+cdef set _GOOD_OUT_DTYPES = set()  # (numpy dtype of out, kind) that passed the dtype checks
 
 
 def _available_paths():
@@ -147,34 +149,59 @@ cdef object _source_dtype(object src, object src_dtype):
     return dtype
 
 
-cdef object _result_dtype(object target):
+cdef tuple _plan(object src, object dtype, object src_dtype):
+    """(kind, target DType) for converting src to dtype."""
+    key = None
+    if src_dtype is None:
+        key = (src.dtype, dtype)
+        try:
+            return _PLANS[key]
+        except (KeyError, TypeError):  # TypeError: unhashable dtype argument
+            pass
+    source = _source_dtype(src, src_dtype)
+    target = _as_dtype(dtype, "dtype")
+    kind = _KINDS.get((source, target))
+    if kind is None:
+        raise TypeError(f"no kernel converts {source} to {target}; supported: {_SUPPORTED}")
+    plan = (kind, target)
+    if key is not None:
+        try:
+            _PLANS[key] = plan
+        except TypeError:
+            pass
+    return plan
+
+
+cdef object _result_dtype(int kind, object target):
     """The numpy dtype of an allocated result (bfloat16 needs ml_dtypes)."""
-    numpy_dtype = _RESULT_DTYPES.get(target)
+    numpy_dtype = _RESULT_DTYPES.get(kind)
     if numpy_dtype is None:
-        numpy_dtype = _RESULT_DTYPES[target] = target.numpy_dtype
+        numpy_dtype = _RESULT_DTYPES[kind] = target.numpy_dtype
     return numpy_dtype
 
 
-cdef _check_out(object src, object out, object target):
+cdef _check_out(object src, object out, int kind, object target):
     """Raise unless out can receive the converted src."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
     if out.shape != src.shape:
         raise ValueError(f"out has shape {out.shape}, expected the shape of src {src.shape}")
     out_dtype = out.dtype
-    if out_dtype.itemsize != target.element_size:
-        raise ValueError(
-            f"out has {out_dtype.itemsize}-byte elements ({out_dtype}); "
-            f"{target} needs {target.element_size}-byte elements"
-        )
-    if (out_dtype.kind == "f" or out_dtype.name == "bfloat16") \
-            and _as_dtype(out_dtype, "out dtype") is not target:
-        raise ValueError(f"out has dtype {out_dtype}, which cannot hold {target} values")
-    if out_dtype.kind not in "fuiV" or not out_dtype.isnative:
-        raise ValueError(
-            f"out has dtype {out_dtype}; use {target}, or a native-order integer "
-            f"array of the same element size to receive the raw bits"
-        )
+    if (out_dtype, kind) not in _GOOD_OUT_DTYPES:
+        if out_dtype.itemsize != target.element_size:
+            raise ValueError(
+                f"out has {out_dtype.itemsize}-byte elements ({out_dtype}); "
+                f"{target} needs {target.element_size}-byte elements"
+            )
+        if (out_dtype.kind == "f" or out_dtype.name == "bfloat16") \
+                and _as_dtype(out_dtype, "out dtype") is not target:
+            raise ValueError(f"out has dtype {out_dtype}, which cannot hold {target} values")
+        if out_dtype.kind not in "fuiV" or not out_dtype.isnative:
+            raise ValueError(
+                f"out has dtype {out_dtype}; use {target}, or a native-order integer "
+                f"array of the same element size to receive the raw bits"
+            )
+        _GOOD_OUT_DTYPES.add((out_dtype, kind))
     if not cnp.PyArray_IS_C_CONTIGUOUS(out):
         raise ValueError("out must be C-contiguous")
     if not cnp.PyArray_ISWRITEABLE(out):
@@ -271,18 +298,15 @@ cdef object _cast(object src, object dtype, object out, object src_dtype, int pa
         src = np.asarray(src)
     if not isinstance(src, np.ndarray):
         raise TypeError(f"src must be a numpy array, got {type(src).__name__}")
-    source = _source_dtype(src, src_dtype)
-    target = _as_dtype(dtype, "dtype")
-    kind = _KINDS.get((source, target))
-    if kind is None:
-        raise TypeError(f"no kernel converts {source} to {target}; supported: {_SUPPORTED}")
+    cdef int kind
+    kind, target = _plan(src, dtype, src_dtype)
     if not src.dtype.isnative:
         src = src.byteswap().view(src.dtype.newbyteorder("="))
     cdef bint fresh = False
     if out is None:
-        out, fresh = _new_result(src.shape, _result_dtype(target))
+        out, fresh = _new_result(src.shape, _result_dtype(kind, target))
     else:
-        _check_out(src, out, target)
+        _check_out(src, out, kind, target)
         if _may_overlap(src, out):
             out[...] = _cast(src, dtype, None, src_dtype, path).view(out.dtype)
             return out
