@@ -986,9 +986,12 @@ class QuillClient:
                 got = receiver.feed(data)
                 if got is not None:
                     tensor = got
-            if tensor is None:
+            # Always: it raises for a stream without END_STREAM and for bad bytes that
+            # arrived after the tensor in the same chunk.
+            try:
                 receiver.finish()
-                raise IncompleteStreamError(f"{info.name} at {info.url}: tensor stream ended without END_STREAM")
+            except IncompleteStreamError as exc:
+                raise IncompleteStreamError(f"{info.name} at {info.url}: {exc.message}", exc.offset) from None
             ok = not resp.will_close
             return tensor
         except (OSError, http.client.HTTPException) as exc:

@@ -468,12 +468,8 @@ class _Exchange:
         receiver = TensorReceiver(max_bytes=self.app.max_request_bytes)
         tensor = receiver.feed(first)
         async for chunk in chunks:
-            if tensor is not None:
-                raise DecodeError("request body continues after the tensor's END_STREAM frame")
-            tensor = receiver.feed(chunk)
-        if tensor is None:
-            receiver.finish()
-            raise IncompleteStreamError("tensor request ended before END_STREAM")
+            tensor = receiver.feed(chunk) or tensor
+        receiver.finish()  # raises for a missing END_STREAM or bytes after it
         return tensor
 
     async def messages(self) -> AsyncIterator[bytes]:

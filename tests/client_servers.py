@@ -168,3 +168,8 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def call_from_child(client, queue) -> None:
+    """Worker-process target (importable by spawned children): one Echo call, result to ``queue``."""
+    queue.put(client.call("echo.v1.EchoService", "Echo", b"from-child"))

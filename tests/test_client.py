@@ -18,6 +18,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from client_servers import (  # noqa: E402
+    call_from_child,
     ScriptedServer,
     echo,
     free_port,
@@ -428,16 +429,12 @@ def test_pickled_client_keeps_config_and_gets_a_new_pool(echo_server):
     assert echo_server.connections == 2
 
 
-def _child_call(client, queue):
-    queue.put(client.call(SERVICE, METHOD, b"from-child"))
-
-
 def test_a_forked_child_opens_its_own_connection(echo_server):
     client = QuillClient(echo_server.url)
     assert client.call(SERVICE, METHOD, b"parent") == b"parent"
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_child_call, args=(client, queue))
+    child = ctx.Process(target=call_from_child, args=(client, queue))
     child.start()
     assert queue.get(timeout=10) == b"from-child"
     child.join(10)
@@ -452,7 +449,7 @@ def test_client_ships_to_spawned_worker_processes(echo_server):
     client = QuillClient(echo_server.url)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_child_call, args=(client, queue))
+    child = ctx.Process(target=call_from_child, args=(client, queue))
     child.start()
     assert queue.get(timeout=30) == b"from-child"
     child.join(10)

@@ -342,10 +342,11 @@ KILLABLE_SERVER = textwrap.dedent("""
 """)
 
 
-def test_server_killed_mid_stream():
+def test_server_killed_mid_stream(tmp_path):
+    # cwd elsewhere: from the checkout, "import quill" would find the uncompiled source tree.
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLABLE_SERVER.format(tests=os.path.dirname(__file__))],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, cwd=tmp_path,
     )
     try:
         port = int(proc.stdout.readline())
@@ -398,14 +399,16 @@ GIB_CLIENT = textwrap.dedent("""
 """)
 
 
-def test_one_gib_tensor_sent_and_received_within_2_5x_memory():
+def test_one_gib_tensor_sent_and_received_within_2_5x_memory(tmp_path):
+    # cwd elsewhere: from the checkout, "import quill" would find the uncompiled source tree.
     server = subprocess.Popen(
         [sys.executable, "-c", ECHO_BODY_SERVER.format(tests=os.path.dirname(__file__))],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, cwd=tmp_path,
     )
     try:
         port = server.stdout.readline().strip()
-        out = subprocess.run([sys.executable, "-c", GIB_CLIENT, port], capture_output=True, text=True, timeout=300)
+        out = subprocess.run([sys.executable, "-c", GIB_CLIENT, port], capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path)
         assert out.returncode == 0, out.stderr
         peak = int(out.stdout.strip().splitlines()[-1])
         assert peak < 2.5 * (1 << 30), f"peak RSS {peak / (1 << 30):.2f} GiB for a 1 GiB tensor sent and received"
