@@ -35,6 +35,11 @@
 #define QUILL_X86_DISPATCH 0
 #endif
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #if defined(__GNUC__)
 #define QUILL_INLINE static inline __attribute__((always_inline))
 #elif defined(_MSC_VER)
@@ -517,14 +522,32 @@ QUILL_AVX512_ATTR static void quill_stream_store_avx512(char *dst, const char *b
 }
 #endif
 
+/* 1 if the memory page holding p has never been touched, i.e. a fresh mapping
+ * that the OS will fault in and zero on the first write (Linux; 0 elsewhere). */
+static int quill_untouched_page(const char *p)
+{
+#if defined(__linux__)
+    long page = sysconf(_SC_PAGESIZE);
+    unsigned char resident = 1;
+    if (page > 0
+        && mincore((void *)((uintptr_t)p & ~(uintptr_t)(page - 1)), 1, &resident) == 0) {
+        return !(resident & 1);
+    }
+#else
+    (void)p;
+#endif
+    return 0;
+}
+
 /* Convert n contiguous elements of `kind` on `path` (which must be
  * available). With `stream` set, on the SIMD paths, an output of
  * QUILL_STREAM_MIN_BYTES or more (far beyond L2, a good part of a typical L3)
  * is converted block by block into an L1-resident buffer and written with
  * non-temporal stores: memory traffic drops by a third or more (no read of
  * each destination line before it is overwritten) and the caches keep their
- * contents. Freshly allocated outputs should not stream: the kernel has just
- * zeroed their pages through the cache, and ordinary stores hit those lines. */
+ * contents. Fresh memory (stream unset by the caller, or an untouched last
+ * page) is written with ordinary stores: the OS zeroes each page through the
+ * cache as it faults it in, and ordinary stores then hit those lines. */
 static void quill_cast_contiguous(int kind, int path, const char *src, char *dst, size_t n,
                                   int stream)
 {
@@ -533,7 +556,7 @@ static void quill_cast_contiguous(int kind, int path, const char *src, char *dst
     const size_t src_item = quill_source_size[kind];
     const size_t dst_item = quill_target_size[kind];
     if (stream && path != QUILL_PATH_PORTABLE && n * dst_item >= QUILL_STREAM_MIN_BYTES
-        && (uintptr_t)dst % dst_item == 0) {
+        && (uintptr_t)dst % dst_item == 0 && !quill_untouched_page(dst + n * dst_item - 1)) {
         quill_block_store store = path == QUILL_PATH_AVX512 ? quill_stream_store_avx512
                                                             : quill_stream_store_avx2;
         __attribute__((aligned(64))) char block[QUILL_STREAM_BLOCK_BYTES];

@@ -430,9 +430,10 @@ def data_address(array):
     return array.__array_interface__["data"][0]
 
 
+@pytest.mark.parametrize("touched", [True, False])  # written before: streamed, else plain stores
 @pytest.mark.parametrize("source, target", [(BF16, np.float32), (np.float16, np.float32),
                                             (np.float16, np.float64), (np.float32, BF16)])
-def test_large_outputs_with_odd_alignment_convert_exactly(path, source, target):
+def test_large_outputs_with_odd_alignment_convert_exactly(path, source, target, touched):
     # > 16 MiB of output: the non-temporal store path, entered at a misaligned address
     count = (17 << 20) // np.dtype(target).itemsize + 5
     bits = np.random.default_rng(9).integers(0, 1 << 16, count, dtype=np.uint64)
@@ -440,6 +441,8 @@ def test_large_outputs_with_odd_alignment_convert_exactly(path, source, target):
         bits = bits * np.uint64(65537)
     src = bits.astype(f"u{np.dtype(source).itemsize}").view(source)
     storage = np.empty(count + 3, target)
+    if touched:
+        storage.view(np.uint8)[:] = 0xAB
     out = storage[3:]
     assert _cast_using(path, src, target, out=out) is out
     assert_same_bits(out, reference(src, target))
