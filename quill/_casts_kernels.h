@@ -36,6 +36,9 @@
 #endif
 
 #if defined(__linux__)
+#if !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* mincore(); Python.h already asks for it when included first */
+#endif
 #include <sys/mman.h>
 #include <unistd.h>
 #endif
