@@ -24,6 +24,10 @@
 #ifndef QUILL_CASTS_KERNELS_H
 #define QUILL_CASTS_KERNELS_H
 
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* for mincore(); Python.h, included first, already asks for it */
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -36,9 +40,6 @@
 #endif
 
 #if defined(__linux__)
-#if !defined(_DEFAULT_SOURCE)
-#define _DEFAULT_SOURCE /* mincore(); Python.h already asks for it when included first */
-#endif
 #include <sys/mman.h>
 #include <unistd.h>
 #endif
