@@ -146,7 +146,7 @@ def main():
     fault_s, touch_s = median_seconds(
         [lambda: np.empty(out_bytes, np.uint8).fill(1), lambda: target.fill(1)], args.repeats)
     print(f"\nfresh {out_bytes >> 20} MiB output: np.empty + fill {fault_s * 1e3:.2f} ms, "
-          f"fill of an existing array {touch_s * 1e3:.2f} ms -> page faults and kernel zeroing "
+          f"fill of an existing array {touch_s * 1e3:.2f} ms -> page faults and OS zeroing "
           f"cost {(fault_s - touch_s) * 1e3:.2f} ms per allocating call that cannot reuse memory")
 
     print("\n| float32 -> bfloat16 / float16 / bfloat16 -> float32, into out, per kernel path "
