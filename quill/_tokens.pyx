@@ -588,6 +588,7 @@ cdef class TokenBatch:
     cdef bint _has_sequence_id
     cdef bint _is_final
     cdef dict _metadata                 # str -> str, created on first set_metadata
+    cdef int _readers_without_gil       # encodes running with the GIL released: storage is pinned
 
     def __init__(self, sequence_id=None, is_final=False):
         self.sequence_id = sequence_id
@@ -604,6 +605,7 @@ cdef class TokenBatch:
         cdef char *block
         if count <= self._capacity:
             return 0
+        self._check_storage_unpinned()
         capacity = max(count, 2 * self._capacity, 8)
         # Layout: int64 offsets[capacity + 1], then u32 ids, positions, logprob bits, then u8 flags.
         block = <char *>malloc((capacity + 1) * 8 + capacity * 13)
@@ -641,6 +643,7 @@ cdef class TokenBatch:
             buffer = self._text_buffer = _TextBuffer.__new__(_TextBuffer)
         if self._text_size + extra <= buffer.capacity:
             return 0
+        self._check_storage_unpinned()
         capacity = max(self._text_size + extra, 2 * buffer.capacity, 64)
         text = <unsigned char *>realloc(buffer.data, capacity)
         if text == NULL:
@@ -804,8 +807,16 @@ cdef class TokenBatch:
             self._push_token(<Token>items[i])
         return 0
 
+    cdef int _check_storage_unpinned(self) except -1:
+        """Refuse to move or rewrite storage that another thread is encoding without the GIL."""
+        if self._readers_without_gil:
+            raise BufferError("this TokenBatch is being encoded by another thread; "
+                              "it cannot grow or be cleared until that finishes")
+        return 0
+
     def clear(self):
         """Remove every token (sequence_id, is_final and metadata stay)."""
+        self._check_storage_unpinned()
         self._count = 0
         self._tokens_wire_size = 0
         self._detach_text()
@@ -1053,8 +1064,12 @@ cdef class TokenBatch:
             quill_store_be32(p + 1, self._sequence_id)
         quill_store_be16(p + header - 2, <uint16_t>self._count)
         if self._count >= NOGIL_MIN_TOKENS:
-            with nogil:
-                bad = self._write_tokens(p + header, end)
+            self._readers_without_gil += 1
+            try:
+                with nogil:
+                    bad = self._write_tokens(p + header, end)
+            finally:
+                self._readers_without_gil -= 1
         else:
             bad = self._write_tokens(p + header, end)
         if bad >= 0:

@@ -8,6 +8,7 @@ are checked in tests/interop/test_token_vectors.py.
 import math
 import pickle
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -474,6 +475,30 @@ def test_large_batches_use_the_nogil_paths():
     assert batch[40000] == Token(40000, 40000, "t40000", None, True)
     with pytest.raises(DecodeError, match="token 65534 of 65535"):
         TokenBatch.decode(wire[:-1])
+
+
+def test_growing_a_batch_while_another_thread_encodes_it_is_refused_not_a_crash():
+    batch = TokenBatch.from_tokens([Token(i, i, "tok%d" % i, -1.0) for i in range(65535)])
+    expected = batch.encode()
+    outputs, refused = [], []
+
+    def encode_repeatedly():
+        for _ in range(15):
+            outputs.append(batch.encode())
+
+    worker = threading.Thread(target=encode_repeatedly)
+    worker.start()
+    while worker.is_alive():
+        try:
+            batch.clear()  # refused while the worker holds the storage without the GIL
+        except BufferError as exc:
+            refused.append(exc)
+        else:
+            batch.extend(TokenBatch.decode(expected))
+    worker.join()
+    # clear() and extend() are single calls: an encode sees the batch full or empty, never torn.
+    assert len(outputs) == 15 and all(out in (expected, TokenBatch().encode()) for out in outputs)
+    assert all("being encoded by another thread" in str(exc) for exc in refused)
 
 
 def test_invalid_utf8_is_replaced_and_reencoded_as_replacement():
