@@ -230,6 +230,12 @@ def main():
     record("quill: decode to Token objects", stream(lambda buf: decode(buf).tokens(), quill_wire))
     record("quill: decode to Token objects, all kept", lambda: [decode(buf).tokens() for buf in quill_wire])
 
+    def quill_read(buf):  # Token.text is decoded on first access: this reads it
+        batch = decode(buf)
+        return batch.sequence_id, batch.is_final, [(t.id, t.position, t.text, t.logprob, t.is_special) for t in batch]
+
+    record("quill: decode + read every field", stream(quill_read, quill_wire))
+
     def quill_columns(buf):
         batch = decode(buf)
         return batch.ids_array(), batch.logprobs_array()
@@ -253,9 +259,11 @@ def main():
 
     record("msgpack: unpack + objects", stream(mp_unpack, mp_wire))
 
+    build = f"build {total / 1e6:.1f} M token objects"
     comparisons = [
-        ("build 3.2 M token objects", "quill: build Token objects", "protobuf: build messages", 5.0),
-        ("build 3.2 M token objects", "quill: build Token objects", "struct: build PyToken objects", None),
+        (build, "quill: build Token objects", "protobuf: build messages", 5.0),
+        (build, "quill: build Token objects + TokenBatch", "protobuf: build messages", None),
+        (build, "quill: build Token objects", "struct: build PyToken objects", None),
         ("encode from Token objects", "quill: encode from Token objects (encode_tokens)",
          "protobuf: serialize prebuilt", 2.0),
         ("encode from Token objects", "quill: encode from Token objects (from_tokens().encode())",
@@ -269,6 +277,7 @@ def main():
         ("decode to Token objects", "quill: decode to Token objects", "protobuf: parse + read every field", None),
         ("decode to Token objects", "quill: decode to Token objects", "struct: decode to objects", None),
         ("decode to Token objects", "quill: decode to Token objects", "msgpack: unpack + objects", None),
+        ("decode + read every field", "quill: decode + read every field", "protobuf: parse + read every field", None),
         ("decode to Token objects, all kept", "quill: decode to Token objects, all kept",
          "protobuf: parse + read every field, all kept", None),
         ("decode to columns", "quill: decode to columns (ids + logprobs arrays)", "protobuf: parse only", None),
