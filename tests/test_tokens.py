@@ -120,6 +120,16 @@ def test_lone_surrogate_text_is_refused():
     assert isinstance(info.value, ValueError) and isinstance(info.value, QuillError)
 
 
+@given(st.text(alphabet=st.characters() | st.integers(0xD800, 0xDFFF).map(chr), max_size=30))
+def test_any_str_round_trips_or_is_refused_for_surrogates(text):
+    has_surrogate = any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+    if has_surrogate:
+        with pytest.raises(EncodeError, match="lone surrogate"):
+            Token(1, 0, text)
+    else:
+        assert Token.decode(Token(1, 0, text).encode()).text == text
+
+
 def test_text_type_checked_and_str_subclass_accepted():
     with pytest.raises(TypeError, match="token text must be str"):
         Token(1, 0, b"bytes")
