@@ -6,6 +6,19 @@ from quill.demo import create_demo_app
 from quill.server import serve_in_thread
 
 
+@pytest.fixture(scope="session", autouse=True)
+def run_outside_the_checkout(tmp_path_factory):
+    """Run every test from an empty directory.
+
+    A child process started with ``python -c`` or ``python -m`` puts its working directory first
+    on ``sys.path``; from the repository root it would import the uncompiled ``quill/`` source
+    tree instead of the installed package.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def demo_server_url():
     """Base URL of the demo inference service, served on a free loopback port."""
