@@ -152,6 +152,9 @@ class ProblemDetails:
             obj = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecodeError(f"problem details body is not valid JSON: {exc}") from None
+        except RecursionError:
+            # json's recursion guard: a hostile body of ~1,000 nested brackets must not escape as RecursionError.
+            raise DecodeError("problem details body nests JSON arrays/objects too deeply") from None
         return cls.from_dict(obj)
 
     @property
