@@ -170,7 +170,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         serve(app, args.host, args.port, log_level=args.log_level, access_log=args.access_log,
-              graceful_timeout=args.graceful_timeout, on_listening=listening)
+              graceful_timeout=args.graceful_timeout, on_listening=listening, workers=args.workers)
     except OSError as exc:
         _error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return EXIT_UNREACHABLE
@@ -390,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require 'Authorization: Bearer TOKEN' (repeatable; any listed token or key passes)")
     serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
                        help="require 'X-API-Key: KEY' (repeatable)")
+    serve.add_argument("--workers", type=_positive_int, default=1,
+                       help="worker processes sharing the listening socket (default 1; more than 1 needs POSIX fork)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--graceful-timeout", type=_non_negative_float, default=10.0,

@@ -42,6 +42,8 @@ import inspect
 import json
 import logging
 import math
+import os
+import signal
 import socket
 import threading
 import time
@@ -975,21 +977,77 @@ def serve(
     access_log: bool = False,
     graceful_timeout: float = 10.0,
     on_listening: Callable[[str], None] | None = None,
+    workers: int = 1,
 ) -> None:
     """Serve ``app`` on uvicorn until SIGINT or SIGTERM, then shut down gracefully.
 
     In-flight requests get ``graceful_timeout`` seconds to finish. ``on_listening`` is
     called with the base URL once the socket is bound (``port=0`` picks a free port).
+    ``workers`` > 1 forks that many worker processes (POSIX only) that share the one
+    listening socket, so every worker keeps TCP_NODELAY (see :func:`_bind`).
 
-    >>> serve(app, "127.0.0.1", 8080)  # doctest: +SKIP
+    >>> serve(app, "127.0.0.1", 8080, workers=4)  # doctest: +SKIP
     """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers!r}")
+    if workers > 1 and not hasattr(os, "fork"):
+        raise ValueError("workers > 1 needs os.fork (POSIX); run one process per port instead")
     sock = _bind(host, port)
     try:
         if on_listening is not None:
             on_listening(_url(sock))
-        _uvicorn_server(app, log_level, graceful_timeout, access_log).run(sockets=[sock])
+        if workers == 1:
+            _uvicorn_server(app, log_level, graceful_timeout, access_log).run(sockets=[sock])
+        else:
+            _run_workers(app, sock, workers, log_level, graceful_timeout, access_log)
     finally:
         sock.close()
+
+
+def _run_workers(app: Any, sock: socket.socket, workers: int, log_level: str, graceful_timeout: float,
+                 access_log: bool) -> None:
+    """Fork ``workers`` uvicorn servers on the shared socket; SIGINT/SIGTERM stop them all.
+
+    Forked rather than spawned: the workers inherit ``app`` as built (a QuillApp with its
+    handlers and options need not be importable or picklable) and the socket object itself.
+    """
+    children: list[int] = []
+
+    def stop_children(signum: int, frame: Any) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)  # SIGTERM: a worker that also got the SIGINT does not force-quit
+
+    previous = {sig: signal.signal(sig, stop_children) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for _ in range(workers):
+            pid = os.fork()
+            if pid == 0:  # the worker: serve until told to stop, never return into the caller's code
+                code = 1
+                try:
+                    for sig in previous:
+                        signal.signal(sig, signal.SIG_DFL)  # uvicorn installs its own while it runs
+                    _uvicorn_server(app, log_level, graceful_timeout, access_log).run(sockets=[sock])
+                    code = 0
+                except BaseException:
+                    logging.getLogger("uvicorn.error").exception("quill worker %d failed", os.getpid())
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        while children:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid in children:
+                children.remove(pid)
+    finally:
+        stop_children(signal.SIGTERM, None)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
