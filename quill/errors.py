@@ -167,6 +167,9 @@ class ProblemDetails:
         """
         if self.quill_proto_detail_base64 is None:
             return None
+        if not isinstance(self.quill_proto_detail_base64, str):
+            raise DecodeError("problem details quill_proto_detail_base64 must be a string, "
+                              f"got {self.quill_proto_detail_base64!r}")
         try:
             return base64.b64decode(self.quill_proto_detail_base64, validate=True)
         except (binascii.Error, ValueError) as exc:
