@@ -346,7 +346,9 @@ def cast(src, dtype, *, out=None, src_dtype=None):
     element size (a uint16 array can receive float16 or bfloat16 bits); it is
     filled and returned. Without ``out`` the result is a new array of
     ``dtype.numpy_dtype`` (bfloat16 results need ml_dtypes; pass a uint16
-    ``out`` otherwise).
+    ``out`` otherwise). Results of 1 MiB or more live in memory that is kept
+    for reuse once they are dropped (at most two buffers, 256 MiB in all), so
+    a loop of casts does not pay the OS for fresh, zeroed pages on every call.
 
     Rounding is to nearest, ties to even, once: float64 -> float16/bfloat16
     rounds the float64 value directly (no double rounding through float32).
