@@ -1,8 +1,15 @@
 """Regression tests for bad inputs found by the fuzz targets (tests/fuzz/) and the sanitizer runs."""
 
+import importlib.util
+import pathlib
+
 import pytest
 
+from quill import errors
 from quill.errors import DecodeError, ProblemDetails
+
+QUILL_ERROR_NAMES = {name for name in errors.__all__ if isinstance(getattr(errors, name), type)
+                     and issubclass(getattr(errors, name), (DecodeError, errors.StreamCancelledError))}
 
 
 @pytest.mark.parametrize("body", [b"[" * 5000, b'{"a":' * 5000, b'{"type":"t","title":"x","status":1,"e":' + b"[" * 3000])
@@ -19,3 +26,15 @@ def test_problem_details_non_string_proto_detail_is_a_decode_error(value):
                                         "quill_proto_detail_base64": value})
     with pytest.raises(DecodeError, match="must be a string"):
         problem.proto_detail
+
+
+def test_bad_inputs_table_is_current():
+    # docs/bad-inputs.md records real outputs: regenerate it with python tools/bad_inputs_table.py.
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "bad_inputs_table.py"
+    spec = importlib.util.spec_from_file_location("bad_inputs_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    assert table.main(["--check"]) == 0, "docs/bad-inputs.md is out of date: run python tools/bad_inputs_table.py"
+    for _decoder, _what, data, call in table.CASES:
+        error, _message = table.outcome(call, data)
+        assert error in QUILL_ERROR_NAMES or error == "accepted", (error, _what)

@@ -7,27 +7,22 @@ The first byte of each input picks a mode:
 Invariants: the decoder raises only DecodeError (LimitExceededError for the limit), with an
 offset inside the input; whatever decodes re-encodes to the same bytes (unless the name held
 invalid UTF-8, which becomes U+FFFD); the limit is never exceeded; Tensor.from_bytes raises
-only ValueError for a wrong size. Anything else raises out of TestOneInput and libFuzzer
-reports a crash.
+only ValueError for a wrong size; the heap stays within budget (see harness.py): a meta
+claiming 2**64 bytes costs nothing until a tensor is built for it.
 
     python tests/fuzz/fuzz_tensor_meta.py -max_total_time=60 -rss_limit_mb=2048
 """
 
-import sys
-
 import atheris
 
-with atheris.instrument_imports():
+import harness
+
+with atheris.instrument_imports(include=["quill"]):
     from quill.errors import DecodeError, LimitExceededError
     from quill.tensor import Tensor, TensorMeta
 
 DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "int32", "int64", "uint8", "bool"]
 LIMIT = 1 << 20
-
-
-def check_decode_error(exc, data):
-    if exc.offset is None or not 0 <= exc.offset <= len(data):
-        raise AssertionError(f"DecodeError offset {exc.offset} outside the {len(data)}-byte input: {exc}")
 
 
 def name_is_utf8(data):
@@ -38,18 +33,19 @@ def name_is_utf8(data):
     return True
 
 
+@atheris.instrument_func
 def fuzz_raw(data):
     try:
         meta = TensorMeta.decode(data)
     except DecodeError as exc:
-        check_decode_error(exc, data)
+        harness.check_decode_error(exc, len(data))
         return
     if name_is_utf8(data) and meta.encode() != data:
         raise AssertionError(f"{meta!r} re-encodes differently")
     try:
         limited = TensorMeta.decode(data, max_bytes=LIMIT)
     except LimitExceededError as exc:
-        check_decode_error(exc, data)
+        harness.check_decode_error(exc, len(data))
         if meta.size_bytes <= LIMIT:
             raise AssertionError(f"limit refused a {meta.size_bytes}-byte tensor") from exc
     else:
@@ -57,6 +53,7 @@ def fuzz_raw(data):
             raise AssertionError("the size limit changed the result or let a large tensor through")
 
 
+@atheris.instrument_func
 def fuzz_built(fdp):
     shape = [fdp.ConsumeIntInRange(0, 6) for _ in range(fdp.ConsumeIntInRange(0, 5))]
     name = fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 20)) if fdp.ConsumeBool() else None
@@ -69,7 +66,7 @@ def fuzz_built(fdp):
         try:
             TensorMeta.decode(wire[:cut])
         except DecodeError as exc:
-            check_decode_error(exc, wire[:cut])
+            harness.check_decode_error(exc, cut)
         else:
             raise AssertionError(f"a meta truncated to {cut} of {len(wire)} bytes decoded")
     flipped = bytearray(wire)
@@ -86,22 +83,15 @@ def fuzz_built(fdp):
             raise AssertionError("from_bytes changed the meta or the bytes")
 
 
-def TestOneInput(data: bytes):
+def TestOneInput(data):
     if not data:
         return
-    if data[0] & 1:
-        fuzz_raw(data[1:])
-    else:
-        fuzz_built(atheris.FuzzedDataProvider(data[1:]))
-
-
-def main():
-    # The compiled decoder gives libFuzzer no coverage; instrumenting this harness's Python
-    # code (mode, error and round-trip branches) at least steers it between the paths.
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    with harness.MemoryWatch(harness.memory_budget(len(data))):
+        if data[0] & 1:
+            fuzz_raw(data[1:])
+        else:
+            fuzz_built(atheris.FuzzedDataProvider(data[1:]))
 
 
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)

@@ -1,31 +1,28 @@
-"""atheris fuzz target for Token.decode and TokenBatch.decode (quill._tokens).
+"""atheris fuzz target for TokenBatch.decode (quill._tokens).
 
 The first byte of each input picks a mode:
-  * raw: the rest of the input is fed to Token.decode, Token.decode_prefix and TokenBatch.decode;
+  * raw: the rest of the input is fed to TokenBatch.decode;
   * built: tokens are built from the input, encoded, then decoded whole, truncated at a random
     point, and with a random byte flipped.
-Invariants: the only error a decoder raises is DecodeError, with an offset inside the input;
+Invariants (see harness.py): the only error a decoder raises is DecodeError, with an offset inside the input;
 whatever decodes re-encodes (EncodeError only for a text that U+FFFD replacement grew past
-65,535 bytes) and decodes back equal; the columns agree with the Token objects. Anything else
-raises out of TestOneInput and libFuzzer reports a crash.
+65,535 bytes) and decodes back equal; the columns agree with the Token objects; the heap stays
+within budget.
 
-    python tests/fuzz/fuzz_tokens.py -max_total_time=60 -rss_limit_mb=2048
+    python tests/fuzz/fuzz_token_batch.py -max_total_time=60 -rss_limit_mb=2048
 """
-
-import sys
 
 import atheris
 
-with atheris.instrument_imports():
+import harness
+from fuzz_token import check_token
+
+with atheris.instrument_imports(include=["quill"]):
     from quill._tokens import Token, TokenBatch
     from quill.errors import DecodeError, EncodeError
 
 
-def check_decode_error(exc, data):
-    if exc.offset is None or not 0 <= exc.offset <= len(data):
-        raise AssertionError(f"DecodeError offset {exc.offset} outside the {len(data)}-byte input: {exc}")
-
-
+@atheris.instrument_func
 def check_batch(batch):
     """Columns agree with the Token objects, and encode/decode round trips."""
     tokens = batch.tokens()
@@ -54,29 +51,15 @@ def check_batch(batch):
         raise AssertionError("a batch rebuilt from its tokens differs")
 
 
-def check_token(token):
-    wire = token.encode()
-    if Token.decode(wire) != token or Token.decode(wire).encode() != wire:
-        raise AssertionError(f"{token!r} does not round trip")
-
-
+@atheris.instrument_func
 def fuzz_raw(data):
     try:
         check_batch(TokenBatch.decode(data))
     except DecodeError as exc:
-        check_decode_error(exc, data)
-    try:
-        token, consumed = Token.decode_prefix(data)
-    except DecodeError as exc:
-        check_decode_error(exc, data)
-    else:
-        if not 9 <= consumed <= len(data):
-            raise AssertionError(f"decode_prefix consumed {consumed} of {len(data)} bytes")
-        check_token(token)
-        if consumed == len(data) and Token.decode(data) != token:
-            raise AssertionError("decode and decode_prefix disagree")
+        harness.check_decode_error(exc, len(data))
 
 
+@atheris.instrument_func
 def fuzz_built(fdp):
     tokens = []
     for _ in range(fdp.ConsumeIntInRange(0, 12)):
@@ -97,7 +80,7 @@ def fuzz_built(fdp):
         try:
             TokenBatch.decode(wire[:cut])
         except DecodeError as exc:
-            check_decode_error(exc, wire[:cut])
+            harness.check_decode_error(exc, cut)
         else:
             raise AssertionError(f"a batch truncated to {cut} of {len(wire)} bytes decoded")
     flipped = bytearray(wire)
@@ -105,22 +88,15 @@ def fuzz_built(fdp):
     fuzz_raw(bytes(flipped))
 
 
-def TestOneInput(data: bytes):
+def TestOneInput(data):
     if not data:
         return
-    if data[0] & 1:
-        fuzz_raw(data[1:])
-    else:
-        fuzz_built(atheris.FuzzedDataProvider(data[1:]))
-
-
-def main():
-    # The compiled decoders give libFuzzer no coverage; instrumenting this harness's Python
-    # code (mode, error and round-trip branches) at least steers it between the paths.
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    with harness.MemoryWatch(harness.memory_budget(len(data))):
+        if data[0] & 1:
+            fuzz_raw(data[1:])
+        else:
+            fuzz_built(atheris.FuzzedDataProvider(data[1:]))
 
 
 if __name__ == "__main__":
-    main()
+    harness.fuzz(TestOneInput)
