@@ -82,6 +82,22 @@ def open_sockets(pid: int | str = "self") -> int:
     return count
 
 
+def established_connections(pid: int, port: int) -> int:
+    """How many established TCP connections to local ``port`` the process holds open."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for row in f.readlines()[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(fields[9])
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            count += os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:["):-1] in inodes
+    return count
+
+
 def rss_bytes(pid: int | str = "self") -> int:
     """The process's resident set size now (VmRSS)."""
     with open(f"/proc/{pid}/status") as f:
