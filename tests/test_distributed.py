@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
+import subprocess
 import sys
 
 import dask.bag
@@ -106,3 +108,14 @@ def test_a_dask_bag_of_prompts_through_the_reference_server_on_process_workers(s
     assert server_connections == 2  # the server sees one kept-alive connection per worker
     print(f"\ndask: {len(results)} prompts on {len(workers)} workers; server connections "
           f"{server_connections}; one pooled connection per worker")
+
+
+def test_the_dask_example_in_the_docs_runs(served, tmp_path):
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "dask.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    example = tmp_path / "dask_example.py"
+    example.write_text(blocks[-1])
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path, env={**os.environ, "QUILL_URL": served.url})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.fullmatch(r"1000 prompts; '.+' \[1, 256\]\n", out.stdout), out.stdout
