@@ -24,6 +24,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from client_servers import LAST_CHUNK, ScriptedServer, chunk, chunked_head, echo, response  # noqa: E402
+from serve_process import quill_serve  # noqa: E402
 
 from quill._tokens import Token, TokenBatch  # noqa: E402
 from quill.client import QuillClient  # noqa: E402
@@ -287,6 +288,23 @@ def test_server_killed_mid_stream_then_a_restarted_server_serves_the_same_client
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_reference_server_killed_mid_token_stream_then_restarted():
+    slow = {"prompt": "the", "max_tokens": 1000, "token_delay_ms": 2}
+    with quill_serve() as server:
+        client = QuillClient(server.url, timeout_ms=10_000)
+        stream = client.stream_tokens("inference.v1.LLMService", "Generate", slow)
+        got = [next(stream), next(stream)]
+        server.process.send_signal(signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(QuillConnectionError, match="mid-token stream"):
+            got.extend(stream)
+        assert time.monotonic() - started < 8 and not got[-1].is_final and sum(map(len, got)) < 1000
+        port = server.url.rsplit(":", 1)[1]
+    with quill_serve("--port", port):
+        batches = list(client.stream_tokens("inference.v1.LLMService", "Generate", {"prompt": "the", "max_tokens": 5}))
+        assert sum(map(len, batches)) == 5 and batches[-1].is_final
 
 
 # ---------------------------------------------------------------- 429 and 503 with Retry-After
