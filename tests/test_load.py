@@ -167,3 +167,19 @@ def test_a_thousand_clients_leave_mid_stream_and_the_server_recovers():
         batches = list(client.stream_tokens(SERVICE, "Generate", full))
         assert sum(len(b) for b in batches) == 40 and batches[-1].is_final
         assert client.call(SERVICE, "Echo", b"still here") == b"still here"
+
+
+def test_every_worker_of_quill_serve_keeps_tcp_nodelay():
+    """uvicorn's own --workers rebinds a socket without IPPROTO_TCP, so asyncio skips TCP_NODELAY
+    (each small answer then waits ~40 ms for a delayed ACK); quill serve --workers shares its own."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    with quill_serve("trim_app:app", "--app-dir", tests, workers=2) as server:
+        answers = {}
+        for _ in range(200):  # fresh connections until both workers have answered
+            with QuillClient(server.url) as client:
+                pid, nodelay = client.call("debug.v1.Debug", "NoDelay", b"").split()
+            answers.setdefault(int(pid), set()).add(nodelay)
+            if len(answers) == 2:
+                break
+        assert set(answers) == set(server.worker_pids())
+        assert all(values == {b"1"} for values in answers.values()), answers

@@ -1,14 +1,17 @@
-"""The demo service plus one debugging method, for `quill serve trim_app:app --app-dir tests`
+"""The demo service plus two debugging methods, for `quill serve trim_app:app --app-dir tests`
 (not collected by pytest).
 
 ``debug.v1.Debug/ReleaseFreeMemory`` runs the garbage collector and glibc's ``malloc_trim``, so
 the server's RSS afterwards counts what it still holds, not the freed heap pages the allocator
-keeps for later: a test can tell a leak from allocator retention.
+keeps for later: a test can tell a leak from allocator retention. ``debug.v1.Debug/NoDelay`` says
+which worker answered and whether its connection has TCP_NODELAY.
 """
 
 import ctypes
 import ctypes.util
 import gc
+import os
+import socket
 
 from quill.demo import create_demo_app
 
@@ -21,3 +24,17 @@ def release_free_memory(request: bytes, context) -> bytes:
     gc.collect()
     _libc.malloc_trim(0)
     return b"released"
+
+
+@app.unary("debug.v1.Debug/NoDelay")
+def no_delay(request: bytes, context) -> bytes:
+    """``<pid> <TCP_NODELAY>`` of the connection this request came on (found by its peer address)."""
+    for candidate in gc.get_objects():
+        if isinstance(candidate, socket.socket) and candidate.fileno() >= 0:
+            try:
+                peer = candidate.getpeername()
+            except OSError:
+                continue
+            if tuple(peer[:2]) == tuple(context.client[:2]):
+                return b"%d %d" % (os.getpid(), candidate.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    return b"%d none" % os.getpid()
