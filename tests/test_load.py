@@ -131,7 +131,7 @@ def abort_upload(url: str, reset: bool) -> None:
 def test_a_thousand_clients_leave_mid_stream_and_the_server_recovers():
     endless = json.dumps({"prompt": "the", "max_tokens": 100000, "token_delay_ms": 1}).encode()
     tests = os.path.dirname(os.path.abspath(__file__))
-    with quill_serve("trim_app:app", "--app-dir", tests) as server, QuillClient(server.url, timeout_ms=10000) as client:
+    with quill_serve("debug_app:app", "--app-dir", tests) as server, QuillClient(server.url, timeout_ms=10000) as client:
         pid = server.process.pid
 
         def settled_rss() -> int:
@@ -173,7 +173,7 @@ def test_every_worker_of_quill_serve_keeps_tcp_nodelay():
     """uvicorn's own --workers rebinds a socket without IPPROTO_TCP, so asyncio skips TCP_NODELAY
     (each small answer then waits ~40 ms for a delayed ACK); quill serve --workers shares its own."""
     tests = os.path.dirname(os.path.abspath(__file__))
-    with quill_serve("trim_app:app", "--app-dir", tests, workers=2) as server:
+    with quill_serve("debug_app:app", "--app-dir", tests, workers=2) as server:
         answers = {}
         for _ in range(200):  # fresh connections until both workers have answered
             with QuillClient(server.url) as client:

@@ -1,4 +1,4 @@
-"""The demo service plus two debugging methods, for `quill serve trim_app:app --app-dir tests`
+"""The demo service plus two debugging methods, for `quill serve debug_app:app --app-dir tests`
 (not collected by pytest).
 
 ``debug.v1.Debug/ReleaseFreeMemory`` runs the garbage collector and glibc's ``malloc_trim``, so
