@@ -664,7 +664,8 @@ cdef class TokenBatch:
         if flags & HAS_TEXT:
             if self._text_buffer is None or self._text_size + text_len > self._text_buffer.capacity:
                 self._reserve_text(text_len)
-            memcpy(self._text + self._text_size, text, text_len)
+            if text_len:   # "" may leave the text buffer NULL: memcpy(NULL, p, 0) is undefined (UBSan)
+                memcpy(self._text + self._text_size, text, text_len)
             self._text_size += text_len
             self._tokens_wire_size += 2 + text_len
         self._ids[i] = id
@@ -985,13 +986,15 @@ cdef class TokenBatch:
     def ids_array(self):
         """The ids as a new uint32 numpy array."""
         arr = self._new_array(cnp.NPY_UINT32)
-        memcpy(cnp.PyArray_DATA(arr), self._ids, self._count * 4)
+        if self._count:   # an empty batch may have no columns: memcpy from NULL is undefined (UBSan)
+            memcpy(cnp.PyArray_DATA(arr), self._ids, self._count * 4)
         return arr
 
     def positions_array(self):
         """The positions as a new uint32 numpy array."""
         arr = self._new_array(cnp.NPY_UINT32)
-        memcpy(cnp.PyArray_DATA(arr), self._positions, self._count * 4)
+        if self._count:
+            memcpy(cnp.PyArray_DATA(arr), self._positions, self._count * 4)
         return arr
 
     def logprobs_array(self):
@@ -1201,7 +1204,7 @@ cdef class TokenBatch:
                 and memcmp(self._logprob_bits, o._logprob_bits, n * 4) == 0
                 and memcmp(self._flags, o._flags, n) == 0
                 and memcmp(self._text_offsets, o._text_offsets, (n + 1) * 8) == 0
-                and memcmp(self._text, o._text, self._text_size) == 0)
+                and (self._text_size == 0 or memcmp(self._text, o._text, self._text_size) == 0))
 
     __hash__ = None
 
