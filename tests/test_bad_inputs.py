@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from quill import errors
+from quill._tokens import Token, TokenBatch
 from quill.errors import DecodeError, ProblemDetails
 
 QUILL_ERROR_NAMES = {name for name in errors.__all__ if isinstance(getattr(errors, name), type)
@@ -38,3 +39,14 @@ def test_bad_inputs_table_is_current():
     for _decoder, _what, data, call in table.CASES:
         error, _message = table.outcome(call, data)
         assert error in QUILL_ERROR_NAMES or error == "accepted", (error, _what)
+
+
+def test_empty_columns_and_texts():
+    # The UBSan build (tools/native_builds.py asan) flagged memcpy/memcmp on the NULL columns of an
+    # empty batch and on an empty text: these paths must give empty results, equal batches, no crash.
+    empty = TokenBatch()
+    assert empty.ids_array().tolist() == [] and empty.positions_array().tolist() == []
+    assert TokenBatch.decode(empty.encode()) == empty
+    textless = TokenBatch.from_tokens([Token(1, 0), Token(2, 1, "")])
+    assert textless == TokenBatch.decode(textless.encode())
+    assert textless.texts() == [None, ""] and textless.ids_array().tolist() == [1, 2]
