@@ -1179,7 +1179,8 @@ cdef class TokenBatch:
             piece = pieces[i]
             text_len = len(piece)
             self._reserve_text(text_len)
-            memcpy(self._text + self._text_size, PyBytes_AS_STRING(piece), text_len)
+            if text_len:   # an empty first text leaves the buffer NULL: memcpy(NULL, p, 0) is undefined (UBSan)
+                memcpy(self._text + self._text_size, PyBytes_AS_STRING(piece), text_len)
             self._text_size += text_len
             self._text_offsets[i + 1] = self._text_size
         self._tokens_wire_size += self._text_size - old_size
