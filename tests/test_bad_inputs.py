@@ -50,3 +50,10 @@ def test_empty_columns_and_texts():
     textless = TokenBatch.from_tokens([Token(1, 0), Token(2, 1, "")])
     assert textless == TokenBatch.decode(textless.encode())
     assert textless.texts() == [None, ""] and textless.ids_array().tolist() == [1, 2]
+
+
+def test_invalid_utf8_after_an_empty_text():
+    # UBSan on the fuzz_token_batch corpus: rewriting invalid UTF-8 copied an empty first text from NULL.
+    wire = TokenBatch.from_tokens([Token(1, 0, ""), Token(2, 1, "ok")]).encode()
+    batch = TokenBatch.decode(wire[:-2] + b"\xff\xfe")
+    assert batch.texts() == ["", "\ufffd\ufffd"]
