@@ -67,14 +67,7 @@ def fuzz_built(fdp):
     fuzz_raw(bytes(flipped))
 
 
-def TestOneInput(data):
-    if not data:
-        return
-    with harness.MemoryWatch(harness.memory_budget(len(data))):
-        if data[0] & 1:
-            fuzz_raw(data[1:])
-        else:
-            fuzz_built(atheris.FuzzedDataProvider(data[1:]))
+TestOneInput = harness.raw_or_built(fuzz_raw, fuzz_built)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,22 @@ def stream_and_cuts(fdp, generate):
     return stream, random_cuts(fdp, len(stream))
 
 
+def raw_or_built(fuzz_raw, fuzz_built):
+    """A ``TestOneInput``: the first byte's low bit sends the rest to ``fuzz_raw`` as bytes, or
+    to ``fuzz_built`` as a FuzzedDataProvider for a structured input; memory is watched."""
+
+    def test_one_input(data):
+        if not data:
+            return
+        with MemoryWatch(memory_budget(len(data))):
+            if data[0] & 1:
+                fuzz_raw(data[1:])
+            else:
+                fuzz_built(atheris.FuzzedDataProvider(data[1:]))
+
+    return test_one_input
+
+
 def fuzz(test_one_input):
     """Run ``test_one_input(data)`` under libFuzzer, with tracemalloc on for the memory checks."""
     tracemalloc.start()
