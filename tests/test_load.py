@@ -98,7 +98,9 @@ def test_sixteen_threads_ten_thousand_calls_each_all_checked(workers):
               f"{THREADS * CALLS / elapsed:.0f} calls/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
               f"before {before}, after {after}")
         assert after["client fds"] == before["client fds"]
-        assert after["server fds"] == before["server fds"]
+        # Workers may close some keep-alive connections during the run (seen: 30 -> 25 with two
+        # workers); what must never happen is growth.
+        assert after["server fds"] <= before["server fds"]
         assert after["client RSS MiB"] - before["client RSS MiB"] < RSS_SLACK / (1 << 20)
         assert after["server RSS MiB"] - before["server RSS MiB"] < RSS_SLACK / (1 << 20)
     # SIGTERM stopped the server cleanly: exit code 0, no worker left behind
