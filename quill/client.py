@@ -601,6 +601,12 @@ class QuillClient:
         else:
             _send_parts(sock, [head, *body.parts])
 
+    def _post(self, service: str, method: str, kind: str, body: _Body, timeout_ms, headers):
+        """POST ``body`` to service/method: (call info, timeout in s, pool, conn, response)."""
+        info = self._call_info(service, method)
+        timeout = self._timeout_s(timeout_ms)
+        return (info, timeout, *self._exchange(b"POST", info, kind, body, timeout, headers))
+
     def _exchange(
         self,
         method: bytes,
@@ -796,10 +802,8 @@ class QuillClient:
         >>> client.call("echo.v1.EchoService", "Echo", b"hello")  # doctest: +SKIP
         b'hello'
         """
-        info = self._call_info(service, method)
-        timeout = self._timeout_s(timeout_ms)
         body = self._bytes_body(_as_buffer(request))
-        pool, conn, resp = self._exchange(b"POST", info, "proto", body, timeout, headers)
+        info, timeout, pool, conn, resp = self._post(service, method, "proto", body, timeout_ms, headers)
         return self._read_all(pool, conn, resp, info, timeout)
 
     def call_json(
@@ -817,10 +821,8 @@ class QuillClient:
         >>> client.call_json("inference.v1.LLMService", "Generate", {"prompt": "Hi"})  # doctest: +SKIP
         {'text': 'Hello!'}
         """
-        info = self._call_info(service, method)
-        timeout = self._timeout_s(timeout_ms)
         body = self._bytes_body(_encode_json(obj))
-        pool, conn, resp = self._exchange(b"POST", info, "json", body, timeout, headers)
+        info, timeout, pool, conn, resp = self._post(service, method, "json", body, timeout_ms, headers)
         data = self._read_all(pool, conn, resp, info, timeout)
         if not data.strip():
             return None
@@ -866,10 +868,8 @@ class QuillClient:
         ...     for message in stream:
         ...         handle(message)
         """
-        info = self._call_info(service, method)
-        timeout = self._timeout_s(timeout_ms)
         body, kind = self._request_body(request)
-        pool, conn, resp = self._exchange(b"POST", info, kind, body, timeout, headers)
+        info, timeout, pool, conn, resp = self._post(service, method, kind, body, timeout_ms, headers)
         return MessageStream(self, pool, conn, resp, info, timeout, MessageStreamDecoder())
 
     def stream_tokens(
@@ -886,10 +886,8 @@ class QuillClient:
         >>> for batch in client.stream_tokens("inference.v1.LLMService", "Generate", {"prompt": "Hi"}):  # doctest: +SKIP
         ...     print(batch.text(), end="")
         """
-        info = self._call_info(service, method)
-        timeout = self._timeout_s(timeout_ms)
         body, kind = self._request_body(request)
-        pool, conn, resp = self._exchange(b"POST", info, kind, body, timeout, headers)
+        info, timeout, pool, conn, resp = self._post(service, method, kind, body, timeout_ms, headers)
         return TokenStream(self, pool, conn, resp, info, timeout, TokenStreamDecoder())
 
     def call_client_stream(
@@ -907,9 +905,8 @@ class QuillClient:
         >>> client.call_client_stream("demo.v1.Upload", "Put", (chunk for chunk in chunks))  # doctest: +SKIP
         b'ok'
         """
-        info = self._call_info(service, method)
-        timeout = self._timeout_s(timeout_ms)
-        pool, conn, resp = self._exchange(b"POST", info, "proto", self._stream_body(messages), timeout, headers)
+        body = self._stream_body(messages)
+        info, timeout, pool, conn, resp = self._post(service, method, "proto", body, timeout_ms, headers)
         return self._read_all(pool, conn, resp, info, timeout)
 
     def _stream_body(self, messages: Iterable) -> _Body:
@@ -945,10 +942,8 @@ class QuillClient:
         >>> out.to_numpy().shape  # doctest: +SKIP
         (1, 768)
         """
-        info = self._call_info(service, method)
-        timeout = self._timeout_s(timeout_ms)
         body, kind = self._request_body(request)
-        pool, conn, resp = self._exchange(b"POST", info, kind, body, timeout, headers)
+        info, timeout, pool, conn, resp = self._post(service, method, kind, body, timeout_ms, headers)
         return self._receive_tensor(pool, conn, resp, info, timeout)
 
     def send_tensor(
@@ -967,10 +962,8 @@ class QuillClient:
         """
         if not isinstance(tensor, Tensor):
             raise TypeError(f"send_tensor needs a quill Tensor, got {type(tensor).__name__}")
-        info = self._call_info(service, method)
-        timeout = self._timeout_s(timeout_ms)
         body, kind = self._request_body(tensor)
-        pool, conn, resp = self._exchange(b"POST", info, kind, body, timeout, headers)
+        info, timeout, pool, conn, resp = self._post(service, method, kind, body, timeout_ms, headers)
         return self._read_all(pool, conn, resp, info, timeout)
 
     def _receive_tensor(self, pool, conn, resp, info: _CallInfo, timeout: float) -> Tensor:
