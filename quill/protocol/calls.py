@@ -20,7 +20,7 @@ from ..tensor import Tensor
 from . import compression
 from .constants import COMPRESSION_THRESHOLD, JSON, PREFER, PROTO, TENSOR_FRAMES
 from .names import check_header, check_rpc_name
-from .requests import Body, CallInfo, Request, as_buffer, buffer_size, encode_json, frame_messages
+from .requests import Body, CallInfo, Request, aframe_messages, as_buffer, buffer_size, encode_json, frame_messages
 from .responses import BytesConsumer, FrameConsumer, JsonConsumer, TensorConsumer
 from .retries import RetryPolicy
 
@@ -246,6 +246,10 @@ class ClientCore:
         return self._bytes_body(as_buffer(payload)), "proto"
 
     def _stream_body(self, messages: Iterable) -> Body:
+        if hasattr(messages, "__aiter__"):  # the async client's async iterables: compressed from the start
+            compressor = compression.StreamCompressor() if self.compression else None
+            return Body(chunks=lambda: aframe_messages(messages, compressor),
+                        encoding="zstd" if compressor else None, rewindable=False)
         frames = frame_messages(messages)
         if not self.compression:
             return Body(chunks=lambda: frames, rewindable=False)

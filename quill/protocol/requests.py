@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..errors import EncodeError
 from ..frames import encode_end_stream, stream_frame_header
 
-__all__ = ["Body", "Request", "CallInfo", "as_buffer", "buffer_size", "encode_json", "frame_messages"]
+__all__ = ["Body", "Request", "CallInfo", "as_buffer", "buffer_size", "encode_json", "frame_messages", "aframe_messages"]
 
 
 def buffer_size(buffer: Any) -> int:
@@ -57,6 +57,20 @@ def frame_messages(messages: Iterable) -> Iterator[Any]:
         yield stream_frame_header(buffer_size(payload))
         yield payload
     yield encode_end_stream()
+
+
+async def aframe_messages(messages: Any, compressor: Any = None) -> Any:
+    """:func:`frame_messages` over an async iterable, zstd-compressed by ``compressor`` if given."""
+    def out(piece):
+        return compressor.compress(piece) if compressor is not None else piece
+
+    async for message in messages:
+        payload = as_buffer(message, "each streamed message")
+        yield out(stream_frame_header(buffer_size(payload)))
+        yield out(payload)
+    yield out(encode_end_stream())
+    if compressor is not None:
+        yield compressor.flush()
 
 
 class Body:

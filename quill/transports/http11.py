@@ -26,6 +26,7 @@ from urllib3.exceptions import ClosedPoolError, EmptyPoolError, InsecureRequestW
 from ..errors import LimitExceededError, QuillConnectionError, QuillTimeoutError
 from ..protocol.requests import Request, buffer_size
 from ..protocol.retries import TransportError
+from .head import request_head
 
 __all__ = ["HTTP11Transport", "HTTP11Response", "STREAM_READ_SIZE"]
 
@@ -75,10 +76,6 @@ def send_parts(sock: socket.socket, parts: list) -> None:
                 continue
             parts[start] = memoryview(part).cast("B")[sent:]  # partial write: resume from the unsent tail
             break
-
-
-def _serialize(headers: tuple) -> bytes:
-    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
 
 
 class HTTP11Response:
@@ -203,26 +200,6 @@ class HTTP11Transport:
         if self._pid == os.getpid():
             self._pool.close()
 
-    def _head(self, request: Request) -> bytes:
-        key = request.header_key
-        fixed = self._heads.get(key) if key is not None else None
-        if fixed is None:
-            fixed = _serialize(request.headers)
-            if key is not None:
-                if len(self._heads) > 64:
-                    self._heads = {}
-                self._heads[key] = fixed
-        body = request.body
-        if body is None:
-            framing = b""
-        elif body.chunks is not None:
-            framing = b"Transfer-Encoding: chunked\r\n"
-        else:
-            framing = b"Content-Length: %d\r\n" % body.length
-        if body is not None and body.encoding:
-            framing += b"Content-Encoding: " + body.encoding.encode() + b"\r\n"
-        return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (request.method.encode(), request.target, fixed, framing)
-
     def _checkout(self, pool: Any, request: Request) -> Any:
         where = request.call.describe()
         if self._closed:
@@ -277,7 +254,7 @@ class HTTP11Transport:
         return HTTP11Response(resp, conn, pool)
 
     def _exchange(self, sock: socket.socket, request: Request, reused: bool) -> http.client.HTTPResponse:
-        head = self._head(request)
+        head = request_head(self._heads, request)
         method = request.method
         sent = False
         try:
@@ -329,7 +306,10 @@ class HTTP11Transport:
         if rest.chunks is None:
             send_parts(sock, list(rest.parts))
             return True
-        for chunk in rest.iter_chunks():
+        chunks = rest.iter_chunks()
+        if hasattr(chunks, "__aiter__"):
+            raise TypeError("the sync QuillClient cannot send an async iterable: use AsyncQuillClient")
+        for chunk in chunks:
             size = buffer_size(chunk)
             if size:
                 send_parts(sock, [b"%x\r\n" % size, chunk, b"\r\n"])
