@@ -24,3 +24,14 @@ def demo_server_url():
     """Base URL of the demo inference service, served on a free loopback port."""
     with serve_in_thread(create_demo_app()) as url:
         yield url
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sync_only: runs for the sync client only (fork, sync transport internals)")
+
+
+def pytest_generate_tests(metafunc):
+    """Modules with a ``client_kind`` fixture run each test once per client (sync, async)."""
+    if "client_kind" in metafunc.fixturenames:
+        kinds = ["sync"] if metafunc.definition.get_closest_marker("sync_only") else ["sync", "async"]
+        metafunc.parametrize("client_kind", kinds, indirect=True)

@@ -56,13 +56,14 @@ class _Connection(asyncio.Protocol):
         self.head_done = False
         self.complete = False
         self.any_byte = False
+        self.keep_alive = False
         self.error: TransportError | None = None
         self.chunks: collections.deque = collections.deque()
         self.buffered = 0
 
     @property
     def reusable(self) -> bool:
-        return self.complete and not self.lost and self.parser.should_keep_alive()
+        return self.complete and self.keep_alive and not self.lost
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -70,11 +71,17 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.any_byte = True
+        if self.complete:  # bytes after the answer (a lying Content-Length): never reuse this connection
+            self.keep_alive = False
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(TransportError("response", sent=True, detail="unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
+            if self.complete:  # the answer was whole; what followed it is garbage
+                self.keep_alive = False
+                return
             self._fail(TransportError("body" if self.head_done else "response", sent=True,
                                       detail=f"malformed HTTP response: {exc}"))
         if self.buffered > _PAUSE_AT and not self._paused_reading:
@@ -127,6 +134,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
         self._wake()
 
     # -- waiting ----------------------------------------------------------------------------
