@@ -5,7 +5,7 @@ Exit codes a script can rely on:
 == =========================================================================
 0  success
 1  the server answered with an error (Problem Details printed on stderr)
-2  bad command line
+2  bad command line: arguments, names, headers, server URL, --output file
 3  the server could not be reached, or the call timed out
 4  the answer could not be decoded, or the stream was cancelled or cut short
 5  a package the command needs is missing (uvicorn for serve, demo, bench)
@@ -87,26 +87,48 @@ def _run_client_command(action: Callable[[], int]) -> int:
 
 
 def _parse_headers(values: Sequence[str]) -> dict[str, str]:
+    from .protocol.names import check_header
+
     headers = {}
     for value in values:
         name, colon, text = value.partition(":")
         if not colon or not name.strip():
             raise _UsageError(f"header {value!r} must look like 'Name: value'")
-        headers[name.strip()] = text.strip()
+        try:
+            name, text = check_header(name.strip(), text.strip())
+        except ValueError as exc:
+            raise _UsageError(f"-H {value!r}: {exc}") from None
+        headers[name] = text
     return headers
+
+
+def _check_names(service: str, method: str) -> None:
+    from .protocol.names import check_rpc_name
+
+    try:
+        check_rpc_name("service", service)
+        check_rpc_name("method", method)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _client(args: argparse.Namespace):
     from .client import QuillClient
 
-    return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress)
+    try:
+        return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress)
+    except ValueError as exc:  # the URL: scheme, host, port
+        raise _UsageError(f"bad server URL {args.url!r}: {exc}") from None
 
 
 def _write_bytes(data: bytes, output: str | None) -> None:
     """Write a binary answer: to a file, raw to a pipe, or as text / a hex preview on a terminal."""
     if output:
-        with open(output, "wb") as handle:
-            handle.write(data)
+        try:
+            with open(output, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            raise _UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
         print(f"wrote {len(data)} bytes to {output}", file=sys.stderr)
         return
     if not sys.stdout.isatty():
@@ -187,6 +209,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_call(args: argparse.Namespace) -> int:
     def action() -> int:
         headers = _parse_headers(args.header)
+        _check_names(args.service, args.method)
         with _client(args) as client:
             if args.json is not None:
                 try:
@@ -227,6 +250,7 @@ def _print_message(message: bytes) -> None:
 def _cmd_generate(args: argparse.Namespace) -> int:
     def action() -> int:
         headers = _parse_headers(args.header)
+        _check_names(args.service, args.method)
         request = {"prompt": args.prompt, "max_tokens": args.max_tokens, "batch_size": args.batch_size}
         if args.seed is not None:
             request["seed"] = args.seed
@@ -241,7 +265,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                     first_token = time.perf_counter() - started
                 for token in batch:
                     if args.logprobs:
-                        sys.stdout.write(f"{token.text!r}\t{token.logprob:.3f}\n")
+                        logprob = "-" if token.logprob is None else f"{token.logprob:.3f}"
+                        sys.stdout.write(f"{token.text!r}\t{logprob}\n")
                     else:
                         sys.stdout.write(token.text or "")
                 sys.stdout.flush()
@@ -423,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None, help="sampling seed")
     generate.add_argument("--service", default=DEMO_SERVICE, help=f"service (default {DEMO_SERVICE})")
     generate.add_argument("--method", default="Generate", help="method (default Generate)")
-    generate.add_argument("--logprobs", action="store_true", help="print one token per line with its logprob")
+    generate.add_argument("--logprobs", action="store_true", help="print one token per line with its logprob ('-' for a token sent without one)")
     generate.add_argument("--quiet", "-q", action="store_true", help="no statistics line on stderr")
     _add_client_options(generate)
     generate.set_defaults(run=_cmd_generate)
