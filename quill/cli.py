@@ -174,8 +174,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             [ApiKeyAuth(*args.api_key)] if args.api_key else [])
         if hooks:
             app.auth = hooks
-    elif args.bearer_token or args.api_key or args.max_request_mb is not None:
-        _error(f"{args.app} is not a QuillApp: --bearer-token, --api-key and --max-request-mb do not apply")
+        if args.public_metrics:
+            app.public_paths = app.public_paths | {"/metrics"}
+    elif args.bearer_token or args.api_key or args.max_request_mb is not None or args.public_metrics:
+        _error(f"{args.app} is not a QuillApp: --bearer-token, --api-key, --public-metrics and --max-request-mb "
+               "do not apply")
         return EXIT_USAGE
 
     def listening(url: str) -> None:
@@ -415,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require 'Authorization: Bearer TOKEN' (repeatable; any listed token or key passes)")
     serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
                        help="require 'X-API-Key: KEY' (repeatable)")
+    serve.add_argument("--public-metrics", action="store_true",
+                       help="answer /metrics without credentials (by default only /health and /ready are open "
+                            "when --bearer-token or --api-key is given)")
     serve.add_argument("--workers", type=_positive_int, default=1,
                        help="worker processes sharing the listening socket (default 1; more than 1 needs POSIX fork)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -34,7 +34,8 @@ answers exactly that); unexpected exceptions answer 500 without leaking the trac
 (it is logged with the ``trace_id`` the client sees). A handler failing after its
 stream started ends the stream with a CANCEL frame carrying the reason, so the client
 sees an error, never a normal end. The app also answers ``GET /health``, ``/ready`` and
-``/metrics`` (Prometheus text).
+``/metrics`` (Prometheus text); with ``auth`` set, ``/metrics`` needs credentials and the
+two probes do not (``public_paths`` changes that).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ __all__ = [
     "load_app",
     "HANDLER_KINDS",
     "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_PUBLIC_PATHS",
 ]
 
 logger = logging.getLogger("quill.server")
@@ -95,6 +97,8 @@ logger = logging.getLogger("quill.server")
 HANDLER_KINDS = ("unary", "server_stream", "client_stream", "token_stream", "tensor")
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 BUILTIN_PATHS = ("/health", "/ready", "/metrics")
+#: Paths a QuillApp with ``auth`` still answers without credentials (the health probes).
+DEFAULT_PUBLIC_PATHS = ("/health", "/ready")
 #: Most bytes one zstd-decoding step hands on: a small compressed chunk that expands hugely
 #: reaches the handler (or the frame decoder) piece by piece, within the request limit.
 DECODED_PIECE_BYTES = 1 << 20
@@ -548,6 +552,12 @@ class QuillApp:
     hook (or a list of hooks, any of which may accept) called with the
     :class:`Context` before routing; returning False answers 401.
 
+    ``public_paths`` are the paths answered without auth: by default the probes
+    ``/health`` and ``/ready`` (load balancers and orchestrators call them without
+    credentials), while ``/metrics`` needs credentials like any RPC once ``auth`` is set.
+    Pass ``DEFAULT_PUBLIC_PATHS + ("/metrics",)`` for an open scrape endpoint, ``()`` to
+    protect everything, or add RPC paths (``"/pkg.Service/Method"``) to open them.
+
     >>> app = QuillApp()
     >>> @app.unary("echo.v1.EchoService/Echo")
     ... def echo(request, context):
@@ -561,7 +571,13 @@ class QuillApp:
         *,
         max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
         auth: AuthHook | Sequence[AuthHook] | None = None,
+        public_paths: Iterable[str] = DEFAULT_PUBLIC_PATHS,
     ):
+        public_paths = tuple(public_paths)
+        for path in public_paths:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ValueError(f"public_paths holds request paths starting with '/', got {path!r}")
+        self.public_paths = frozenset(public_paths)
         if max_request_bytes is not None and max_request_bytes < 0:
             raise ValueError(f"max_request_bytes must be >= 0 or None, got {max_request_bytes}")
         self.max_request_bytes = max_request_bytes
@@ -678,12 +694,15 @@ class QuillApp:
         if path in BUILTIN_PATHS:
             exchange = _Exchange(self, scope, receive, send, path)
             exchange.body_complete = True  # GET: nothing to drain
-            if http_method in ("GET", "HEAD"):
-                await self._builtin(exchange, path)
-            else:
-                await exchange.respond_problem(
-                    _problem(405, "Method not allowed", f"{path} answers GET and HEAD"), [("allow", "GET, HEAD")]
-                )
+            try:
+                if http_method not in ("GET", "HEAD"):
+                    raise _HttpProblem(_problem(405, "Method not allowed", f"{path} answers GET and HEAD"),
+                                       [("allow", "GET, HEAD")])
+                await self._check_auth(exchange)
+            except _HttpProblem as exc:
+                await exchange.respond_problem(exc.problem, exc.headers)
+                return
+            await self._builtin(exchange, path)
             return
         method_path = path[1:]
         route = self._routes.get(method_path)
@@ -709,13 +728,7 @@ class QuillApp:
                 raise _HttpProblem(
                     _problem(405, "Method not allowed", "Only POST is supported for RPC calls"), [("allow", "POST")]
                 )
-            if self.auth is not None and not await self._authorized(exchange.context):
-                hooks = self.auth if isinstance(self.auth, (list, tuple)) else [self.auth]
-                challenges = [h.challenge for h in hooks if getattr(h, "challenge", None)]
-                raise _HttpProblem(
-                    _problem(401, "Unauthorized", "missing or invalid credentials"),
-                    [("www-authenticate", c) for c in challenges],
-                )
+            await self._check_auth(exchange)
             if route is None:
                 raise _HttpProblem(
                     _problem(404, "Method not found", f"No handler registered for path: {exchange.scope['path']}")
@@ -732,9 +745,22 @@ class QuillApp:
                 await exchange.discard_small_body()
             await exchange.respond_problem(problem, headers)
 
+    async def _check_auth(self, exchange: _Exchange) -> None:
+        """Raise a 401 problem unless auth is off, the path is public, or a hook accepts."""
+        if self.auth is None or exchange.scope["path"] in self.public_paths:
+            return
+        if not await self._authorized(exchange.context):
+            challenges = [h.challenge for h in self._auth_hooks() if getattr(h, "challenge", None)]
+            raise _HttpProblem(
+                _problem(401, "Unauthorized", "missing or invalid credentials"),
+                [("www-authenticate", c) for c in challenges],
+            )
+
+    def _auth_hooks(self) -> Sequence[AuthHook]:
+        return self.auth if isinstance(self.auth, (list, tuple)) else [self.auth]
+
     async def _authorized(self, context: Context) -> bool:
-        hooks = self.auth if isinstance(self.auth, (list, tuple)) else [self.auth]
-        for hook in hooks:
+        for hook in self._auth_hooks():
             verdict = hook(context)
             if inspect.isawaitable(verdict):
                 verdict = await verdict

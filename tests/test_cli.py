@@ -226,6 +226,22 @@ def test_serve_imports_the_app_from_the_working_directory(tmp_path):
             server.wait()
 
 
+@pytest.mark.parametrize("public_metrics", [False, True])
+def test_serve_with_auth_keeps_the_probes_open(public_metrics):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from serve_process import quill_serve
+
+    options = ["--bearer-token", "t0ken"] + (["--public-metrics"] if public_metrics else [])
+    http = urllib3.PoolManager(retries=False)
+    with quill_serve(*options) as server:
+        assert http.request("GET", f"{server.url}/health").status == 200
+        assert http.request("GET", f"{server.url}/ready").status == 200
+        assert http.request("GET", f"{server.url}/metrics").status == (200 if public_metrics else 401)
+        r = http.request("GET", f"{server.url}/metrics", headers={"Authorization": "Bearer t0ken"})
+        assert r.status == 200 and b"quill_" in r.data
+        assert http.request("POST", f"{server.url}/{SERVICE}/Echo", body=b"x").status == 401
+
+
 def test_serve_rejects_a_bad_app():
     done = quill("serve", "no_such_module_xyz:app", "--port", "0")
     assert done.returncode == 2 and "cannot load no_such_module_xyz:app" in done.stderr

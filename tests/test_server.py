@@ -222,6 +222,32 @@ def test_auth_hooks():
         assert pool.request("GET", f"{url}/health").status == 200
 
 
+@pytest.mark.parametrize("public_paths, open_paths", [
+    (None, {"/health", "/ready"}),  # the default: the probes are open, /metrics is not
+    (("/health", "/ready", "/metrics"), {"/health", "/ready", "/metrics"}),
+    ((), set()),
+    (("/" + ECHO,), {"/" + ECHO}),  # an RPC can be opened too
+])
+def test_auth_public_paths(public_paths, open_paths):
+    options = {} if public_paths is None else {"public_paths": public_paths}
+    app = build_app(auth=BearerAuth("t0ken"), **options)
+    pool = urllib3.PoolManager(retries=False)
+    token = {"Authorization": "Bearer t0ken"}
+    with serve_in_thread(app) as url:
+        for path in ("/health", "/ready", "/metrics", "/" + ECHO):
+            verb = "POST" if path == "/" + ECHO else "GET"
+            anonymous = pool.request(verb, url + path, body=b"")
+            assert anonymous.status == (200 if path in open_paths else 401), path
+            if anonymous.status == 401:
+                assert anonymous.headers["www-authenticate"] == 'Bearer realm="quill"'
+            assert pool.request(verb, url + path, body=b"", headers=token).status == 200, path
+        # without auth configured every path is open, whatever public_paths says
+    with serve_in_thread(build_app(public_paths=())) as url:
+        assert pool.request("GET", url + "/metrics").status == 200
+    with pytest.raises(ValueError, match="starting with '/'"):
+        QuillApp(public_paths=("metrics",))
+
+
 def test_async_auth_hook_sees_context():
     seen = []
 
