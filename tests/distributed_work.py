@@ -68,5 +68,5 @@ def generate_and_embed(prompt: str, base_url: str, max_tokens: int = 12, dim: in
         "batches": batches,
         "embedding": embedding,
         "worker": (os.getpid(), id(client)),
-        "connections opened": client._pool.num_connections,
+        "connections opened": client._transport.pool.num_connections,
     }

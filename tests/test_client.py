@@ -329,16 +329,16 @@ def test_status_retries_are_opt_in_and_honour_retry_after():
 
 def test_retries_resend_the_same_body_object(monkeypatch):
     """A retry must not rebuild or copy the body (tritonclient #918): the same buffer goes out again."""
-    import quill.client as client_module
+    import quill.transports.http11 as transport_module
 
     sent = []
-    real = client_module._send_parts
+    real = transport_module.send_parts
 
     def spy(sock, parts):
-        sent.append([id(p) for p in parts[1:]])
+        sent.append([id(p) for p in parts])
         return real(sock, parts)
 
-    monkeypatch.setattr(client_module, "_send_parts", spy)
+    monkeypatch.setattr(transport_module, "send_parts", spy)
     answers = []
 
     def flaky(req, sock):
@@ -423,7 +423,7 @@ def test_pickled_client_keeps_config_and_gets_a_new_pool(echo_server):
     clone = pickle.loads(pickle.dumps(client))
     assert (clone.base_url, clone.timeout_ms, clone.compression_enabled) == (client.base_url, 777, True)
     assert clone.get_headers() == {"Authorization": "Bearer pickled"}
-    assert clone._pool is not client._pool
+    assert clone._transport.pool is not client._transport.pool
     assert clone.call(SERVICE, METHOD, b"after") == b"after"
     assert echo_server.requests[-1].headers["authorization"] == "Bearer pickled"
     assert echo_server.connections == 2

@@ -27,7 +27,7 @@ except ImportError:  # older Pythons: the backport that urllib3's zstd extra ins
     except ImportError:  # pragma: no cover - depends on the environment
         _zstd = None
 
-__all__ = ["available", "compress", "compress_stream", "ZstdDecoder", "accepts_zstd", "coding_weights"]
+__all__ = ["available", "compress", "compress_stream", "StreamCompressor", "ZstdDecoder", "accepts_zstd", "coding_weights"]
 
 
 def available() -> bool:
@@ -46,21 +46,35 @@ def compress(data, level: int = ZSTD_LEVEL) -> bytes:
     return _zstd.compress(data, level=level)
 
 
+class StreamCompressor:
+    """One zstd frame written piece by piece: ``compress(piece)`` flushes a block after each piece,
+    so the receiver can decode every piece as soon as it arrives; ``flush()`` ends the frame."""
+
+    __slots__ = ("_compressor",)
+
+    def __init__(self, level: int = ZSTD_LEVEL):
+        _require()
+        self._compressor = _zstd.ZstdCompressor(level=level)
+
+    def compress(self, piece) -> bytes:
+        return self._compressor.compress(piece, mode=_zstd.ZstdCompressor.FLUSH_BLOCK)
+
+    def flush(self) -> bytes:
+        return self._compressor.flush(mode=_zstd.ZstdCompressor.FLUSH_FRAME)
+
+
 def compress_stream(pieces: Iterable, level: int = ZSTD_LEVEL) -> Iterator[bytes]:
-    """Compress a stream of buffers into one zstd frame, flushing a block after each piece so the
-    receiver can decode every piece as soon as it arrives (streams stay streams).
+    """Compress a stream of buffers into one zstd frame (streams stay streams).
 
     >>> ZstdDecoder().decompress(b"".join(compress_stream([b"a", b"b"])))
     b'ab'
     """
-    _require()
-    compressor = _zstd.ZstdCompressor(level=level)
-    flush_block = _zstd.ZstdCompressor.FLUSH_BLOCK
+    compressor = StreamCompressor(level)
     for piece in pieces:
-        out = compressor.compress(piece, mode=flush_block)
+        out = compressor.compress(piece)
         if out:
             yield out
-    yield compressor.flush(mode=_zstd.ZstdCompressor.FLUSH_FRAME)
+    yield compressor.flush()
 
 
 class ZstdDecoder:

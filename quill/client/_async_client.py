@@ -1,0 +1,295 @@
+"""AsyncQuillClient: Quill RPCs over one pool of keep-alive connections.
+
+The sync QuillClient is generated from this file by tools/unasync.py: edit this one, then run
+``python tools/unasync.py`` (a test checks that the two agree).
+
+One client holds one pool of keep-alive connections. Unary calls send bytes or JSON; streaming
+calls give async iterators of messages, token batches or a tensor as the frames arrive.
+
+>>> async with AsyncQuillClient("http://127.0.0.1:8080", timeout_ms=5000) as client:  # doctest: +SKIP
+...     await client.call("echo.v1.EchoService", "Echo", b"hi")
+b'hi'
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterable, Mapping
+
+from ..errors import DecodeError, LimitExceededError, QuillConnectionError, QuillTimeoutError, RpcError
+from ..protocol.calls import HEALTH_TIMEOUT_MS, ClientCore
+from ..protocol.requests import Request
+from ..protocol.responses import ERROR_BODY_LIMIT, BytesConsumer, error_for_response
+from ..protocol.retries import RetryState, TransportError, quill_error_for
+from ..tensor import Tensor
+from ..transports.aio_http11 import AsyncHTTP11Transport
+from ._async_streams import AsyncMessageStream, AsyncTokenStream
+
+__all__ = ["AsyncQuillClient"]
+
+
+class AsyncQuillClient:
+    """A Quill RPC client: unary, JSON, streaming, token and tensor calls over one connection pool.
+
+    ``base_url`` is ``http://host:port[/prefix]``, ``https://...`` or, for a Unix domain socket,
+    ``http+unix://<percent-encoded path>[/prefix]`` (``http+unix://%2Ftmp%2Fquill.sock``).
+    ``timeout_ms`` bounds connecting and every wait for the server (per call overridable).
+    Failures before any byte of a request was sent are retried ``retries`` times with exponential
+    backoff from ``backoff_ms``; a request that may have reached the server is resent only when
+    the call is idempotent (``idempotent=True`` per call, or ``idempotent_methods`` such as
+    ``["echo.v1.EchoService/Echo"]``). ``status_retries`` opts in to retrying 429/503 answers,
+    waiting as ``Retry-After`` says. Retries resend the body already built, never a copy.
+    For ``https://``, certificates are verified unless ``verify=False``; ``ca_file`` adds a CA
+    bundle, ``client_cert``/``client_key`` present a client certificate.
+
+    >>> async with AsyncQuillClient("http://127.0.0.1:8080") as client:  # doctest: +SKIP
+    ...     client.set_api_key("key-123")
+    ...     await client.call_json("inference.v1.LLMService", "Generate", {"prompt": "Hello"})
+    {'text': '...'}
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_ms: int = 30000,
+        enable_compression: bool = False,
+        *,
+        max_connections: int = 10,
+        retries: int = 2,
+        status_retries: int = 0,
+        backoff_ms: int = 50,
+        verify: bool = True,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        max_response_bytes: int = 1 << 30,
+        max_tensor_bytes: int = 4 << 30,
+        tensor_chunk_size: int = 64 * 1024,
+        idempotent_methods: tuple = (),
+        headers: Mapping[str, str] | None = None,
+    ):
+        config = dict(
+            base_url=base_url, timeout_ms=timeout_ms, enable_compression=enable_compression,
+            max_connections=max_connections, retries=retries, status_retries=status_retries,
+            backoff_ms=backoff_ms, verify=verify, ca_file=ca_file, client_cert=client_cert,
+            client_key=client_key, max_response_bytes=max_response_bytes, max_tensor_bytes=max_tensor_bytes,
+            tensor_chunk_size=tensor_chunk_size, idempotent_methods=tuple(idempotent_methods),
+        )
+        self._setup(config, headers or {})
+
+    def _setup(self, config: dict, headers: Mapping[str, str]) -> None:
+        self._core = ClientCore(config, headers)
+        self._transport = AsyncHTTP11Transport(self._core)
+
+    def __getstate__(self) -> dict:
+        return {"config": dict(self._core.config), "headers": self._core.get_headers()}
+
+    def __setstate__(self, state: dict) -> None:
+        self._setup(state["config"], state["headers"])
+
+    async def aclose(self) -> None:
+        """Close every pooled connection; later calls raise :class:`QuillConnectionError`."""
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> "AsyncQuillClient":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.base_url!r}, timeout_ms={self.timeout_ms}, "
+            f"enable_compression={self.compression_enabled})"
+        )
+
+    # ------------------------------------------------------------------ properties, headers
+
+    @property
+    def base_url(self) -> str:
+        """The server URL calls go to (without a trailing slash)."""
+        return self._core.endpoint.base_url
+
+    @property
+    def timeout_ms(self) -> int:
+        """The default timeout of a call in milliseconds."""
+        return self._core.timeout_ms
+
+    @property
+    def compression_enabled(self) -> bool:
+        """Whether request bodies of 1,024 bytes or more are sent zstd-compressed."""
+        return self._core.compression
+
+    def set_header(self, name: str, value: str) -> None:
+        """Send ``name: value`` with every request (replacing a header of the same name)."""
+        self._core.set_header(name, value)
+
+    def remove_header(self, name: str) -> None:
+        """Stop sending header ``name`` (case-insensitive); absent names are ignored."""
+        self._core.remove_header(name)
+
+    def get_headers(self) -> dict[str, str]:
+        """The headers set on this client, as {name: value}."""
+        return self._core.get_headers()
+
+    def set_bearer_token(self, token: str) -> None:
+        """Send ``Authorization: Bearer <token>`` with every request."""
+        self.set_header("Authorization", f"Bearer {token}")
+
+    def set_api_key(self, key: str, header_name: str | None = None) -> None:
+        """Send the API key in ``header_name`` (default ``X-API-Key``) with every request."""
+        self.set_header(header_name or "X-API-Key", key)
+
+    # ------------------------------------------------------------------ one exchange
+
+    async def _open(self, request: Request, status_retries: int | None = None) -> Any:
+        """Send ``request`` (resending as the retry policy allows); the 2xx response, or raise."""
+        policy = self._core.retry_policy
+        state = RetryState()
+        while True:
+            try:
+                response = await self._transport.open(request)
+            except TransportError as failure:
+                wait = policy.delay(failure, request.replayable, request.idempotent, request.timeout, state)
+                if wait is None:
+                    raise quill_error_for(failure, request.call.describe(), request.timeout) from failure
+                await asyncio.sleep(wait)
+                continue
+            if 200 <= response.status < 300:
+                return response
+            error = await self._status_error(response, request)
+            wait = policy.delay(error, request.replayable, True, request.timeout, state, status_retries)
+            if wait is None:
+                raise error
+            await asyncio.sleep(wait)
+
+    async def _status_error(self, response: Any, request: Request) -> RpcError:
+        """Read (at most 64 KiB of) an error body, release the connection, build the RpcError."""
+        complete = False
+        raw = b""
+        try:
+            consumer = BytesConsumer(response.headers, ERROR_BODY_LIMIT, request.call.describe())
+            consumer.feed(await response.read_all(ERROR_BODY_LIMIT, request.call.describe()))
+            raw = consumer.finish()
+            complete = True
+        except (TransportError, DecodeError):
+            pass
+        finally:
+            response.release(complete)
+        return error_for_response(response.status, response.headers, raw, request.call)
+
+    async def _read_whole(self, response: Any, request: Request) -> Any:
+        """Read a 2xx answer through its consumer, then release the connection."""
+        ok = False
+        try:
+            consumer = self._core.consumer(request, response.headers)
+            if request.expect == "tensor":
+                while True:
+                    data = await response.read()
+                    if not data:
+                        break
+                    consumer.feed(data)
+            else:
+                limit = self._core.config["max_response_bytes"]
+                consumer.feed(await response.read_all(limit, request.call.describe()))
+            result = consumer.finish()
+            ok = True
+            return result
+        except TransportError as failure:
+            when = "while receiving the tensor" if request.expect == "tensor" else "while reading the response"
+            raise quill_error_for(failure, request.call.describe(), request.timeout, when) from failure
+        finally:
+            response.release(ok)
+
+    async def _unary(self, expect: str, service: str, method: str, payload: Any, timeout_ms: int | None,
+                     headers: Mapping[str, str] | None, idempotent: bool | None) -> Any:
+        request = self._core.request(expect, service, method, payload, timeout_ms=timeout_ms, headers=headers,
+                                     idempotent=idempotent)
+        return await self._read_whole(await self._open(request), request)
+
+    async def _stream(self, stream_class: type, expect: str, service: str, method: str, payload: Any,
+                      timeout_ms: int | None, headers: Mapping[str, str] | None, idempotent: bool | None) -> Any:
+        request = self._core.request(expect, service, method, payload, timeout_ms=timeout_ms, headers=headers,
+                                     idempotent=idempotent)
+        response = await self._open(request)
+        try:
+            consumer = self._core.consumer(request, response.headers)
+        except BaseException:
+            response.release(False)
+            raise
+        return stream_class(response, consumer, request)
+
+    # ------------------------------------------------------------------ unary calls
+
+    async def call(self, service: str, method: str, request: Any, *, timeout_ms: int | None = None,
+                   headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> bytes:
+        """Unary RPC: POST the request bytes (any bytes-like object), return the response bytes.
+
+        >>> await client.call("echo.v1.EchoService", "Echo", b"hello")  # doctest: +SKIP
+        b'hello'
+        """
+        return await self._unary("unary", service, method, request, timeout_ms, headers, idempotent)
+
+    async def call_json(self, service: str, method: str, obj: Any, *, timeout_ms: int | None = None,
+                        headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> Any:
+        """Unary RPC with JSON both ways (None for an empty answer).
+
+        >>> await client.call_json("inference.v1.LLMService", "Generate", {"prompt": "Hi"})  # doctest: +SKIP
+        {'text': 'Hello!'}
+        """
+        return await self._unary("json", service, method, obj, timeout_ms, headers, idempotent)
+
+    async def health_check(self, timeout_ms: int = HEALTH_TIMEOUT_MS) -> bool:
+        """``GET /health`` with a short timeout: True only for a 2xx answer, False otherwise."""
+        request = self._core.health_request(timeout_ms)
+        try:
+            await self._read_whole(await self._open(request, status_retries=0), request)
+        except (RpcError, QuillConnectionError, QuillTimeoutError, LimitExceededError, DecodeError):
+            return False
+        return True
+
+    async def call_client_stream(self, service: str, method: str, messages: Any, *, timeout_ms: int | None = None,
+                                 headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> bytes:
+        """Client-streaming RPC: send each message of ``messages`` (an iterable of bytes-like objects,
+        or an async iterable with the async client), consumed lazily, as stream frames; return the
+        response bytes."""
+        return await self._unary("client_stream", service, method, messages, timeout_ms, headers, idempotent)
+
+    async def call_tensor(self, service: str, method: str, request: Any, *, timeout_ms: int | None = None,
+                          headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> Tensor:
+        """Tensor RPC: send ``request`` (a Tensor as tensor frames, bytes, or a dict as JSON) and receive a
+        Tensor, written straight into one allocation (limit ``max_tensor_bytes``)."""
+        return await self._unary("tensor", service, method, request, timeout_ms, headers, idempotent)
+
+    async def send_tensor(self, service: str, method: str, tensor: Tensor, *, timeout_ms: int | None = None,
+                          headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> bytes:
+        """Send a Tensor as tensor frames straight from its memory; return the response bytes."""
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"send_tensor needs a quill Tensor, got {type(tensor).__name__}")
+        return await self._unary("send_tensor", service, method, tensor, timeout_ms, headers, idempotent)
+
+    # ------------------------------------------------------------------ streaming calls
+
+    async def call_stream(self, service: str, method: str, request: Any = b"", *, timeout_ms: int | None = None,
+                          headers: Mapping[str, str] | None = None,
+                          idempotent: bool | None = None) -> AsyncMessageStream:
+        """Server-streaming RPC: the response messages as their frames arrive. ``request`` is bytes
+        (application/proto) or a dict/list (JSON). Close or cancel the stream to stop early.
+
+        >>> async with await client.call_stream("demo.v1.Feed", "Watch", b"topic") as stream:  # doctest: +SKIP
+        ...     async for message in stream:
+        ...         handle(message)
+        """
+        return await self._stream(AsyncMessageStream, "messages", service, method, request, timeout_ms, headers,
+                                  idempotent)
+
+    async def stream_tokens(self, service: str, method: str, request: Any = b"", *, timeout_ms: int | None = None,
+                            headers: Mapping[str, str] | None = None,
+                            idempotent: bool | None = None) -> AsyncTokenStream:
+        """Token-streaming RPC: a TokenBatch for each TOKEN_BATCH frame as it arrives.
+
+        >>> async for batch in await client.stream_tokens("inference.v1.LLMService", "Generate", {"prompt": "Hi"}):  # doctest: +SKIP
+        ...     print(batch.text(), end="")
+        """
+        return await self._stream(AsyncTokenStream, "tokens", service, method, request, timeout_ms, headers,
+                                  idempotent)

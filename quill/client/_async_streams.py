@@ -1,0 +1,142 @@
+"""The async iterators of streaming calls (the sync ones are generated from this file by
+tools/unasync.py). A stream owns its connection until it ends: a clean end gives the connection
+back to the pool, closing or cancelling early discards it (the server sees the disconnect).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import IncompleteStreamError, StreamCancelledError
+from ..protocol.requests import Request
+from ..protocol.retries import TransportError, quill_error_for
+
+__all__ = ["AsyncFrameStream", "AsyncMessageStream", "AsyncTokenStream"]
+
+
+class AsyncFrameStream:
+    """Iterates the items a frame consumer produces from a streamed response body.
+
+    Each read hands out the items whose frames are complete, so an item arrives as soon as the
+    server sends it; the whole body is never buffered. ``cancel()`` may be called from any task
+    or thread: a pending read ends with StreamCancelledError, later iteration ends.
+    """
+
+    _what = "stream"
+
+    def __init__(self, response: Any, consumer: Any, request: Request):
+        self._response = response
+        self._consumer = consumer
+        self._request = request
+        self._items: list = []
+        self._index = 0
+        self._open = True
+        self.cancelled = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The response headers (lower-case names)."""
+        return dict(self._response.headers)
+
+    def __aiter__(self) -> "AsyncFrameStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        while self._index >= len(self._items):
+            if not self._open:
+                raise StopAsyncIteration
+            await self._fill()
+        item = self._items[self._index]
+        self._index += 1
+        return item
+
+    async def _fill(self) -> None:
+        """Read until the consumer hands out items or the stream ends (then release the connection)."""
+        self._items, self._index = [], 0
+        consumer = self._consumer
+        try:
+            while True:
+                if consumer.done:
+                    await self._drain()
+                    return
+                data = await self._response.read()
+                if not data:
+                    consumer.finish()  # raises IncompleteStreamError without END_STREAM
+                    self._finish(True)
+                    return
+                items = consumer.feed(data)
+                if items:
+                    self._items = items
+                    if consumer.done:
+                        await self._drain()
+                    return
+        except TransportError as failure:
+            self._finish(False)
+            if self.cancelled:
+                raise StreamCancelledError(f"{self._request.call.describe()}: the {self._what} was cancelled") from None
+            when = f"mid-{self._what} after {consumer.count} item(s)"
+            raise quill_error_for(failure, self._request.call.describe(), self._request.timeout, when) from failure
+        except IncompleteStreamError:
+            self._finish(False)
+            raise
+        except BaseException:
+            self._finish(False)
+            raise
+
+    async def _drain(self) -> None:
+        """After END_STREAM only the end of the HTTP body may follow; read it so the connection is reused."""
+        while True:
+            data = await self._response.read()
+            if not data:
+                break
+            self._consumer.feed(data)  # raises: data after END_STREAM
+        self._finish(True)
+
+    def _finish(self, reusable: bool) -> None:
+        if self._open:
+            self._open = False
+            self._response.release(reusable)
+
+    async def aclose(self) -> None:
+        """Stop reading; an unfinished stream's connection is closed (the server sees the disconnect)."""
+        self._finish(False)
+
+    def cancel(self) -> None:
+        """Cancel the call from any task or thread: the connection is closed so the server stops
+        producing; a pending read raises StreamCancelledError and iteration ends."""
+        if self._open:
+            self.cancelled = True
+            self._response.abort()
+        self._items, self._index = [], 0
+        self._finish(False)
+
+    async def __aenter__(self) -> "AsyncFrameStream":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        try:
+            self._finish(False)
+        except Exception:
+            pass
+
+
+class AsyncMessageStream(AsyncFrameStream):
+    """The response messages (bytes) of a server-streaming call, in order.
+
+    >>> stream = await client.call_stream("demo.v1.Feed", "Watch", b"")  # doctest: +SKIP
+    >>> first = await stream.__anext__(); stream.cancel()                # doctest: +SKIP
+    """
+
+    _what = "message stream"
+
+
+class AsyncTokenStream(AsyncFrameStream):
+    """The TokenBatch objects of a token-streaming call, in order.
+
+    >>> ids = [t.id async for batch in await client.stream_tokens("s", "Generate", b"") for t in batch]  # doctest: +SKIP
+    """
+
+    _what = "token stream"

@@ -1,0 +1,285 @@
+"""The client side of Quill over HTTP, without IO: configuration, headers, and the request of
+every call kind. :class:`ClientCore` is shared by :class:`~quill.QuillClient` and
+:class:`~quill.AsyncQuillClient`; each pairs it with a transport.
+
+>>> core = ClientCore(dict(base_url="http://127.0.0.1:8080/api"))
+>>> request = core.request("unary", "echo.v1.Echo", "Echo", b"hi")
+>>> request.method, request.target, request.body.length
+('POST', b'/api/echo.v1.Echo/Echo', 2)
+>>> ClientCore(dict(base_url="http+unix://%2Ftmp%2Fq.sock")).endpoint.uds
+'/tmp/q.sock'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+from urllib.parse import unquote, urlsplit
+
+from ..frames import MessageStreamDecoder, TokenStreamDecoder, encode_tensor_frames
+from ..tensor import Tensor
+from . import compression
+from .constants import COMPRESSION_THRESHOLD, JSON, PREFER, PROTO, TENSOR_FRAMES
+from .names import check_header, check_rpc_name
+from .requests import Body, CallInfo, Request, aframe_messages, as_buffer, buffer_size, encode_json, frame_messages
+from .responses import BytesConsumer, FrameConsumer, JsonConsumer, TensorConsumer
+from .retries import RetryPolicy
+
+__all__ = ["ClientCore", "Endpoint", "DEFAULTS", "HEALTH_TIMEOUT_MS"]
+
+HEALTH_TIMEOUT_MS = 2000
+#: Every client option and its default (the keyword arguments of both clients).
+DEFAULTS: dict[str, Any] = {
+    "timeout_ms": 30000,
+    "enable_compression": False,
+    "max_connections": 10,
+    "retries": 2,
+    "status_retries": 0,
+    "backoff_ms": 50,
+    "verify": True,
+    "ca_file": None,
+    "client_cert": None,
+    "client_key": None,
+    "max_response_bytes": 1 << 30,
+    "max_tensor_bytes": 4 << 30,
+    "tensor_chunk_size": 64 * 1024,
+    "idempotent_methods": (),
+}
+# (Content-Type, Accept) by the way a request is sent.
+_MEDIA = {
+    "proto": (PROTO, PROTO),
+    "json": (JSON, JSON),
+    "json-request": (JSON, PROTO),  # JSON to a streaming or tensor method: frames come back
+    "tensor-frames": (TENSOR_FRAMES, PROTO),
+    "get": (None, JSON),
+}
+
+
+class Endpoint:
+    """Where a client connects: ``scheme`` (http, https), ``host``/``port`` or ``uds`` (a Unix
+    socket path), the path ``prefix``, the ``Host`` header value and the printable ``base_url``."""
+
+    __slots__ = ("scheme", "host", "port", "uds", "prefix", "host_header", "base_url")
+
+    def __init__(self, base_url: str):
+        if not isinstance(base_url, str):
+            raise TypeError(f"base_url must be a str, got {type(base_url).__name__}")
+        parts = urlsplit(base_url)
+        if parts.query or parts.fragment:
+            raise ValueError(f"base_url must not have a query or fragment: {base_url!r}")
+        self.prefix = parts.path.rstrip("/")
+        if parts.scheme == "http+unix":
+            if not parts.netloc:
+                raise ValueError(f"an http+unix:// URL needs the percent-encoded socket path: {base_url!r}")
+            self.scheme, self.host, self.port, self.uds = "http", "localhost", None, unquote(parts.netloc)
+            self.host_header = "localhost"
+        elif parts.scheme in ("http", "https") and parts.hostname:
+            self.scheme, self.host, self.uds = parts.scheme, parts.hostname, None
+            default_port = 443 if parts.scheme == "https" else 80
+            try:
+                self.port = parts.port or default_port
+            except ValueError as exc:
+                raise ValueError(f"bad port in base_url {base_url!r}: {exc}") from None
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            self.host_header = host if self.port == default_port else f"{host}:{self.port}"
+        else:
+            raise ValueError(
+                f"base_url must be an http://, https:// or http+unix:// URL with a host, got {base_url!r}"
+            )
+        self.base_url = f"{parts.scheme}://{parts.netloc}{self.prefix}"
+
+
+def _check_config(config: dict) -> None:
+    unknown = set(config) - set(DEFAULTS) - {"base_url"}
+    if unknown:
+        raise TypeError(f"unknown client option(s): {', '.join(sorted(unknown))}")
+    if config["timeout_ms"] is None or config["timeout_ms"] <= 0:
+        raise ValueError(f"timeout_ms must be positive, got {config['timeout_ms']!r}")
+    if config["max_connections"] < 1:
+        raise ValueError(f"max_connections must be at least 1, got {config['max_connections']!r}")
+    if not 1 <= config["tensor_chunk_size"] <= 0xFFFFFFFF:
+        raise ValueError(f"tensor_chunk_size must be 1..2**32-1, got {config['tensor_chunk_size']!r}")
+    if config["enable_compression"] and not compression.available():
+        raise ImportError("enable_compression=True needs zstd support: pip install 'urllib3[zstd]'")
+
+
+def _method_key(path: str) -> tuple[str, str]:
+    service, slash, method = str(path).lstrip("/").partition("/")
+    if not slash:
+        raise ValueError(f"idempotent_methods entries look like 'package.Service/Method', got {path!r}")
+    return check_rpc_name("service", service), check_rpc_name("method", method)
+
+
+class ClientCore:
+    """Configuration, headers and request building for one client (thread-safe: headers are
+    replaced copy-on-write, never edited in place)."""
+
+    def __init__(self, config: Mapping[str, Any], headers: Mapping[str, str] | None = None):
+        merged = dict(DEFAULTS)
+        merged.update(config)
+        _check_config(merged)
+        self.config = merged
+        self.endpoint = Endpoint(merged["base_url"])
+        self.timeout_ms = merged["timeout_ms"]
+        self.compression = bool(merged["enable_compression"])
+        self.retry_policy = RetryPolicy(merged["retries"], merged["status_retries"], max(0, merged["backoff_ms"]) / 1000)
+        self._idempotent = frozenset(_method_key(path) for path in merged["idempotent_methods"])
+        self._headers: dict[str, tuple[str, str]] = {}
+        self._fixed: dict[str, tuple] = {}
+        self._generation = 0
+        self._calls: dict[tuple[str, str], CallInfo] = {}
+        from .. import __version__
+
+        self._user_agent = f"quill-python/{__version__}"
+        for name, value in (headers or {}).items():
+            self.set_header(name, value)
+
+    # -- headers ------------------------------------------------------------------------
+    def set_header(self, name: str, value: str) -> None:
+        name, value = check_header(name, value)
+        headers = dict(self._headers)
+        headers[name.lower()] = (name, value)
+        self._replace_headers(headers)
+
+    def remove_header(self, name: str) -> None:
+        headers = dict(self._headers)
+        headers.pop(str(name).lower(), None)
+        self._replace_headers(headers)
+
+    def _replace_headers(self, headers: dict) -> None:
+        self._headers = headers
+        self._fixed = {}
+        self._generation += 1
+
+    def get_headers(self) -> dict[str, str]:
+        return dict(self._headers.values())
+
+    def _header_list(self, media: str, extra: Mapping[str, str] | None) -> tuple:
+        content_type, accept = _MEDIA[media]
+        merged: dict[str, Any] = {
+            "host": ("Host", self.endpoint.host_header),
+            "user-agent": ("User-Agent", self._user_agent),
+            "content-type": ("Content-Type", content_type) if content_type else None,
+            "accept": ("Accept", accept),
+            "prefer": ("Prefer", PREFER),
+        }
+        if self.compression:
+            merged["accept-encoding"] = ("Accept-Encoding", "zstd")
+        merged.update(self._headers)
+        for name, value in (extra or {}).items():
+            name, value = check_header(name, value)
+            merged[name.lower()] = (name, value)
+        return tuple(pair for pair in merged.values() if pair is not None)
+
+    def _headers_for(self, media: str, extra: Mapping[str, str] | None) -> tuple[tuple, Any]:
+        """(headers, key): the fixed header tuple per media kind is built once per header change."""
+        if extra:
+            return self._header_list(media, extra), None
+        fixed = self._fixed  # taken first: set_header() replaces the dict, never edits it
+        headers = fixed.get(media)
+        if headers is None:
+            headers = fixed[media] = self._header_list(media, None)
+        return headers, (media, self._generation)
+
+    # -- calls --------------------------------------------------------------------------
+    def call_info(self, service: str, method: str) -> CallInfo:
+        key = (service, method)
+        info = self._calls.get(key)
+        if info is None:
+            check_rpc_name("service", service)
+            check_rpc_name("method", method)
+            path = f"/{service}/{method}"
+            info = CallInfo(f"{service}/{method}", (self.endpoint.prefix + path).encode("ascii"),
+                            self.endpoint.base_url + path, key in self._idempotent)
+            if len(self._calls) < 4096:
+                self._calls[key] = info
+        return info
+
+    def timeout_s(self, timeout_ms: int | None) -> float:
+        if timeout_ms is None:
+            return self.timeout_ms / 1000.0
+        if timeout_ms <= 0:
+            raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
+        return timeout_ms / 1000.0
+
+    def request(self, expect: str, service: str, method: str, payload: Any = b"", *,
+                timeout_ms: int | None = None, headers: Mapping[str, str] | None = None,
+                idempotent: bool | None = None) -> Request:
+        """The request of a call. ``expect``: unary, json, messages, tokens, tensor (answer read as
+        a Tensor), client_stream (``payload`` an iterable of messages) or send_tensor."""
+        info = self.call_info(service, method)
+        timeout = self.timeout_s(timeout_ms)
+        if expect == "json":
+            body, media = self._bytes_body(encode_json(payload)), "json"
+        elif expect == "client_stream":
+            body, media = self._stream_body(payload), "proto"
+        elif expect == "unary":
+            body, media = self._bytes_body(as_buffer(payload)), "proto"
+        else:
+            body, media = self._payload_body(payload)
+        header_list, key = self._headers_for(media, headers)
+        marked = info.idempotent if idempotent is None else bool(idempotent)
+        answer = "bytes" if expect in ("unary", "client_stream", "send_tensor") else expect
+        return Request("POST", info, header_list, key, body, timeout, marked, answer)
+
+    def health_request(self, timeout_ms: int) -> Request:
+        endpoint = self.endpoint
+        info = CallInfo("health", f"{endpoint.prefix}/health".encode("ascii"), f"{endpoint.base_url}/health", True)
+        timeout = min(self.timeout_s(timeout_ms), self.timeout_ms / 1000.0)
+        header_list, key = self._headers_for("get", None)
+        return Request("GET", info, header_list, key, None, timeout, True, "bytes")
+
+    def _bytes_body(self, data: Any) -> Body:
+        if self.compression and buffer_size(data) >= COMPRESSION_THRESHOLD:
+            return Body.of_buffer(compression.compress(data), encoding="zstd")
+        return Body.of_buffer(data)
+
+    def _payload_body(self, payload: Any) -> tuple[Body, str]:
+        """A streaming or tensor call's body: Tensor -> tensor frames, dict/list -> JSON, else bytes."""
+        if isinstance(payload, Tensor):
+            parts = list(encode_tensor_frames(payload, chunk_size=self.config["tensor_chunk_size"]))
+            length = sum(buffer_size(p) for p in parts)
+            if self.compression and length >= COMPRESSION_THRESHOLD:
+                return Body(chunks=lambda: compression.compress_stream(parts), encoding="zstd"), "tensor-frames"
+            return Body(parts, length), "tensor-frames"
+        if isinstance(payload, (dict, list)):
+            return self._bytes_body(encode_json(payload)), "json-request"
+        return self._bytes_body(as_buffer(payload)), "proto"
+
+    def _stream_body(self, messages: Iterable) -> Body:
+        if hasattr(messages, "__aiter__"):  # the async client's async iterables: compressed from the start
+            compressor = compression.StreamCompressor() if self.compression else None
+            return Body(chunks=lambda: aframe_messages(messages, compressor),
+                        encoding="zstd" if compressor else None, rewindable=False)
+        frames = frame_messages(messages)
+        if not self.compression:
+            return Body(chunks=lambda: frames, rewindable=False)
+        # Compress once at least 1,024 bytes are on their way; a shorter stream goes out plain.
+        head, size = [], 0
+        for part in frames:
+            head.append(part)
+            size += buffer_size(part)
+            if size >= COMPRESSION_THRESHOLD:
+                break
+        else:
+            return Body(head, size)
+
+        def pieces():
+            yield from head
+            yield from frames
+
+        return Body(chunks=lambda: compression.compress_stream(pieces()), encoding="zstd", rewindable=False)
+
+    # -- answers ------------------------------------------------------------------------
+    def consumer(self, request: Request, headers: Mapping[str, str]) -> Any:
+        """The consumer that reads a 2xx answer to ``request`` (``headers``: lower-case names)."""
+        call = request.call.describe()
+        expect = request.expect
+        if expect == "bytes":
+            return BytesConsumer(headers, self.config["max_response_bytes"], call)
+        if expect == "json":
+            return JsonConsumer(headers, self.config["max_response_bytes"], call)
+        if expect == "messages":
+            return FrameConsumer(headers, MessageStreamDecoder(), call, "message stream")
+        if expect == "tokens":
+            return FrameConsumer(headers, TokenStreamDecoder(), call, "token stream")
+        return TensorConsumer(headers, self.config["max_tensor_bytes"], call)

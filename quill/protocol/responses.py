@@ -1,0 +1,238 @@
+"""Reading answers without IO: content decoding, the consumers that turn body chunks into results,
+and the mapping of a non-2xx answer to its :class:`~quill.errors.RpcError`.
+
+A transport hands each chunk of a response body (after HTTP framing, before content decoding)
+to a consumer's ``feed``; ``finish`` gives the result or raises.
+
+>>> consumer = BytesConsumer({}, limit=10, call="s/M at http://h/s/M")
+>>> consumer.feed(b"hello"); consumer.finish()
+b'hello'
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from typing import Any, Mapping
+
+from ..errors import (
+    DecodeError,
+    IncompleteStreamError,
+    LimitExceededError,
+    ProblemDetails,
+    RpcError,
+    rpc_error_for_status,
+)
+from .compression import ZstdDecoder
+from .compression import available as zstd_available
+from .constants import media_type
+
+__all__ = [
+    "ERROR_BODY_LIMIT",
+    "DECODE_PIECE",
+    "ContentDecoder",
+    "BytesConsumer",
+    "JsonConsumer",
+    "FrameConsumer",
+    "TensorConsumer",
+    "error_for_response",
+    "parse_retry_after",
+]
+
+#: At most this much of an error body is read (the rest is dropped with the connection).
+ERROR_BODY_LIMIT = 64 * 1024
+#: A compressed chunk is decoded in pieces of at most this size.
+DECODE_PIECE = 1 << 20
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or an HTTP date); None if absent or bad.
+
+    >>> parse_retry_after("1.5"), parse_retry_after("soon")
+    (1.5, None)
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class ContentDecoder:
+    """Undo a response's Content-Encoding (identity or zstd); ``limit`` bounds the decoded size.
+
+    ``decode(raw)`` returns a list of decoded pieces (each at most :data:`DECODE_PIECE` bytes for
+    zstd, so a small chunk that expands hugely is handed on piece by piece).
+    """
+
+    __slots__ = ("_zstd",)
+
+    def __init__(self, headers: Mapping[str, str], limit: int | None, what: str):
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding in ("", "identity"):
+            self._zstd = None
+        elif encoding == "zstd" and zstd_available():
+            self._zstd = ZstdDecoder(limit, what)
+        else:
+            raise DecodeError(f"{what}: unsupported response Content-Encoding {encoding!r}")
+
+    @property
+    def identity(self) -> bool:
+        return self._zstd is None
+
+    def decode(self, raw) -> list:
+        if self._zstd is None:
+            return [raw] if raw else []
+        pieces = []
+        piece = self._zstd.decompress(raw, DECODE_PIECE)
+        while piece:
+            pieces.append(piece)
+            piece = self._zstd.decompress(b"", DECODE_PIECE) if self._zstd.has_output else b""
+        return pieces
+
+    def finish(self) -> None:
+        if self._zstd is not None:
+            self._zstd.finish()
+
+
+class BytesConsumer:
+    """A whole response body as bytes, bounded by ``limit`` (wire size and decoded size)."""
+
+    __slots__ = ("_decoder", "_pieces", "_size", "_limit", "_call")
+
+    def __init__(self, headers: Mapping[str, str], limit: int, call: str):
+        self._call = call
+        self._limit = limit
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise LimitExceededError(f"{call}: response of {int(declared)} bytes exceeds max_response_bytes={limit}")
+        self._decoder = ContentDecoder(headers, limit, f"{call}: response body")
+        self._pieces: list = []
+        self._size = 0
+
+    def feed(self, raw) -> None:
+        for piece in self._decoder.decode(raw):
+            self._size += len(piece)
+            if self._size > self._limit:
+                raise LimitExceededError(f"{self._call}: response exceeds max_response_bytes={self._limit}")
+            self._pieces.append(piece)
+
+    def finish(self) -> Any:
+        self._decoder.finish()
+        pieces = self._pieces
+        return pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
+
+
+class JsonConsumer(BytesConsumer):
+    """A JSON answer, parsed (None for an empty body)."""
+
+    __slots__ = ()
+
+    def finish(self) -> Any:
+        data = super().finish()
+        if not data.strip():
+            return None
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"{self._call}: response is not valid JSON ({exc}); starts with {data[:80]!r}") from None
+
+
+class FrameConsumer:
+    """The items (messages or token batches) a frame decoder finds in a streamed body."""
+
+    __slots__ = ("_decoder", "_frames", "count", "_call", "_what")
+
+    def __init__(self, headers: Mapping[str, str], frames: Any, call: str, what: str):
+        self._decoder = ContentDecoder(headers, None, f"{call}: {what}")
+        self._frames = frames
+        self._call = call
+        self._what = what
+        self.count = 0
+
+    @property
+    def done(self) -> bool:
+        """True once END_STREAM has been seen (only the end of the body may follow)."""
+        return self._frames.done
+
+    def feed(self, raw) -> list:
+        items: list = []
+        for piece in self._decoder.decode(raw):
+            got = self._frames.feed(piece)
+            if got:
+                items.extend(got)
+        self.count += len(items)
+        return items
+
+    def finish(self) -> None:
+        """The body ended: raise IncompleteStreamError unless END_STREAM was seen."""
+        try:
+            self._decoder.finish()
+            self._frames.finish()
+        except IncompleteStreamError as exc:
+            raise IncompleteStreamError(
+                f"{self._call}: the {self._what} ended without END_STREAM after {self.count} item(s): {exc.message}",
+                exc.offset,
+            ) from None
+
+
+class TensorConsumer:
+    """A Tensor received from tensor frames into one allocation (limit ``max_bytes``)."""
+
+    __slots__ = ("_decoder", "_receiver", "_tensor", "_call")
+
+    def __init__(self, headers: Mapping[str, str], max_bytes: int, call: str):
+        from ..frames import TensorReceiver
+
+        self._decoder = ContentDecoder(headers, None, f"{call}: tensor")
+        self._receiver = TensorReceiver(max_bytes=max_bytes)
+        self._tensor = None
+        self._call = call
+
+    def feed(self, raw) -> None:
+        for piece in self._decoder.decode(raw):
+            got = self._receiver.feed(piece)
+            if got is not None:
+                self._tensor = got
+
+    def finish(self) -> Any:
+        # Always: it raises for a stream without END_STREAM and for bytes after the tensor.
+        try:
+            self._decoder.finish()
+            self._receiver.finish()
+        except IncompleteStreamError as exc:
+            raise IncompleteStreamError(f"{self._call}: {exc.message}", exc.offset) from None
+        return self._tensor
+
+
+def error_for_response(status: int, headers: Mapping[str, str], body: bytes, call: Any) -> RpcError:
+    """The RpcError for a non-2xx answer: Problem Details when the body is one, else the status and
+    the start of the body. ``headers`` has lower-case names.
+
+    >>> error = error_for_response(404, {"content-type": "text/plain"}, b"nope", None)
+    >>> type(error).__name__, error.status
+    ('NotFoundError', 404)
+    """
+    problem = None
+    if media_type(headers.get("content-type", "")) in ("application/problem+json", "application/json"):
+        try:
+            problem = ProblemDetails.from_json(body)
+        except DecodeError:
+            problem = None
+    text = body[:ERROR_BODY_LIMIT].decode("utf-8", "replace")
+    return rpc_error_for_status(
+        status,
+        problem,
+        text,
+        call=call.name if call is not None else None,
+        url=call.url if call is not None else None,
+        retry_after=parse_retry_after(headers.get("retry-after")),
+    )

@@ -1,0 +1,24 @@
+"""Transports: they move a :class:`~quill.protocol.requests.Request` to a server and hand back
+the answer's status, headers and raw body chunks. Every failure leaves a transport as a
+:class:`~quill.protocol.retries.TransportError` (mapped once, here at the boundary); what to do
+about it is the protocol layer's decision.
+
+The interface, for the sync transport (the async one has the same methods as coroutines):
+
+``open(request) -> response``
+    Send the request and read the status line and headers. ``response.status`` (int),
+    ``response.headers`` (dict, lower-case names, repeated headers joined with ", ").
+``response.read() -> bytes``
+    The next raw chunk of the body (after HTTP framing, before content decoding); b"" at its end.
+``response.read_all(limit) -> bytes``
+    The rest of the body in one piece (``limit`` bounds it: LimitExceededError past it).
+``response.release(reusable)``
+    Give the connection back: kept alive when ``reusable`` and the server allows, else closed.
+``response.abort()``
+    Close the connection now, from any thread; a pending read fails.
+``close()``
+    Close every pooled connection.
+
+- :mod:`quill.transports.http11`: sync HTTP/1.1 on a urllib3 connection pool (TCP, TLS, Unix sockets).
+- :mod:`quill.transports.aio_http11`: asyncio HTTP/1.1 with httptools (TCP, TLS, Unix sockets).
+"""

@@ -1,0 +1,414 @@
+"""Asyncio HTTP/1.1: a small keep-alive pool of asyncio connections, responses parsed by httptools
+(uvicorn's C parser, the ``aio`` extra). TCP, TLS and Unix sockets; failures leave as
+:class:`~quill.protocol.retries.TransportError`. Same interface as :mod:`quill.transports.http11`,
+with ``open``, ``read``, ``read_all`` and ``aclose`` as coroutines.
+
+Reads are flow-controlled (the socket is paused while more than 4 MiB wait unread), every wait is
+bounded by the call's timeout, and ``abort()`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import threading
+import warnings
+from typing import Any
+
+from ..errors import LimitExceededError, QuillConnectionError, QuillTimeoutError
+from ..protocol.requests import Request, buffer_size
+from ..protocol.retries import TransportError
+from .head import request_head
+
+try:
+    import httptools
+except ImportError:  # pragma: no cover - depends on the environment
+    httptools = None
+
+__all__ = ["AsyncHTTP11Transport", "AsyncHTTP11Response"]
+
+_PAUSE_AT = 4 << 20
+_RESUME_AT = 1 << 20
+_SMALL_BODY = 16 * 1024
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: writes requests, parses answers into a head and body chunks."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.transport: Any = None
+        self.parser = None
+        self.lost = False
+        self.reset = False
+        self._waiter: asyncio.Future | None = None
+        self._drain: asyncio.Future | None = None
+        self._paused_writing = False
+        self._paused_reading = False
+        self.begin()
+
+    # -- one exchange at a time -----------------------------------------------------------
+    def begin(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.head_done = False
+        self.complete = False
+        self.any_byte = False
+        self.error: TransportError | None = None
+        self.chunks: collections.deque = collections.deque()
+        self.buffered = 0
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and not self.lost and self.parser.should_keep_alive()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.any_byte = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(TransportError("response", sent=True, detail="unexpected protocol upgrade"))
+        except httptools.HttpParserError as exc:
+            self._fail(TransportError("body" if self.head_done else "response", sent=True,
+                                      detail=f"malformed HTTP response: {exc}"))
+        if self.buffered > _PAUSE_AT and not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.head_done and not self.complete and "content-length" not in self.headers \
+                and "chunked" not in self.headers.get("transfer-encoding", "").lower():
+            self.complete = True  # a body delimited by the end of the connection
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self.reset = isinstance(exc, (ConnectionResetError, BrokenPipeError))
+        if not self.complete:
+            if self.head_done:
+                self._fail(TransportError("body", sent=True, detail="body cut short"))
+            else:
+                # A reset means our bytes went unread; a clean close, that the server may have read them.
+                self._fail(TransportError("response", sent=not self.reset, detail=str(exc or "connection closed"),
+                                          reused=True))
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._wake()
+
+    # -- waiting ----------------------------------------------------------------------------
+    def _fail(self, error: TransportError) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float, stage: str) -> None:
+        """Wait for the next event (head, body bytes, end, loss) at most ``timeout`` seconds."""
+        waiter = self._waiter = self.loop.create_future()
+        timer = self.loop.call_later(timeout, self._time_out, waiter, stage)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _time_out(self, waiter: asyncio.Future, stage: str) -> None:
+        if not waiter.done():
+            self._fail(TransportError(stage, sent=True, detail="timed out", timeout=True))
+
+    async def drain(self, timeout: float) -> None:
+        if self._paused_writing and not self.lost:
+            self._drain = self.loop.create_future()
+            try:
+                await asyncio.wait_for(self._drain, timeout)
+            except asyncio.TimeoutError:
+                raise TransportError("send", sent=True, detail="timed out", timeout=True) from None
+
+    def take(self) -> bytes:
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self._paused_reading and self.buffered < _RESUME_AT and not self.lost:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return chunk
+
+    def close(self) -> None:
+        """Close now (abort: no graceful flush); safe on a closed loop."""
+        transport = self.transport
+        if transport is None or self.lost and transport.is_closing():
+            return
+        try:
+            transport.abort()
+        except RuntimeError:  # the loop is closed: close the socket ourselves, without warnings
+            sock = transport.get_extra_info("socket")
+            raw = getattr(sock, "_sock", None)
+            if raw is not None:
+                raw.close()
+        self.lost = True
+
+
+class AsyncHTTP11Response:
+    """An answer being read off one pooled asyncio connection (see :mod:`quill.transports`)."""
+
+    __slots__ = ("status", "headers", "_conn", "_pool", "_timeout", "_open")
+
+    def __init__(self, conn: _Connection, pool: "AsyncHTTP11Transport", timeout: float):
+        self._conn = conn
+        self._pool = pool
+        self._timeout = timeout
+        self._open = True
+        self.status = conn.status
+        self.headers = conn.headers
+
+    async def read(self) -> bytes:
+        conn = self._conn
+        while not conn.chunks:
+            if conn.error is not None and conn.error.stage != "response":
+                raise conn.error
+            if conn.complete:
+                return b""
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait(self._timeout, "body")
+        return conn.take()
+
+    async def read_all(self, limit: int, what: str) -> bytes:
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise LimitExceededError(f"{what}: response of {int(declared)} bytes exceeds max_response_bytes={limit}")
+        pieces, size = [], 0
+        while True:
+            piece = await self.read()
+            if not piece:
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            size += len(piece)
+            if size > limit:
+                raise LimitExceededError(f"{what}: response exceeds max_response_bytes={limit}")
+            pieces.append(piece)
+
+    def release(self, reusable: bool) -> None:
+        if self._open:
+            self._open = False
+            self._pool._release(self._conn, reusable and self._conn.reusable)
+
+    def abort(self) -> None:
+        """Close the connection now, from any thread: a pending read fails at once."""
+        conn = self._conn
+        loop = conn.loop
+        if loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            conn.close()
+        else:
+            loop.call_soon_threadsafe(conn.close)
+
+
+class AsyncHTTP11Transport:
+    """Asyncio HTTP/1.1 over a pool of at most ``max_connections`` connections per event loop."""
+
+    def __init__(self, core: Any):
+        if httptools is None:
+            raise ImportError("AsyncQuillClient needs httptools: pip install 'quill[aio]'")
+        self._endpoint = core.endpoint
+        self._config = core.config
+        self._heads: dict = {}
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[_Connection] = []
+        self._slots: asyncio.Semaphore | None = None
+        self._ssl = self._ssl_context() if self._endpoint.scheme == "https" else None
+        self._lock = threading.Lock()
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        config = self._config
+        context = ssl.create_default_context(cafile=config["ca_file"])
+        if not config["verify"]:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if config["client_cert"]:
+            context.load_cert_chain(config["client_cert"], config["client_key"])
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    def _bind(self) -> None:
+        """Pools belong to one event loop: a client used from a new loop starts a new pool."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            with self._lock:
+                self._loop = loop
+                self._idle = []
+                self._slots = asyncio.Semaphore(self._config["max_connections"])
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _release(self, conn: _Connection, reusable: bool) -> None:
+        if reusable and not self._closed and conn.loop is self._loop:
+            conn.begin()
+            self._idle.append(conn)
+        else:
+            conn.close()
+        if conn.loop is self._loop and self._slots is not None:
+            self._slots.release()
+
+    async def _connect(self, timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        endpoint = self._endpoint
+        conn = _Connection(loop)
+        try:
+            if endpoint.uds is not None:
+                connecting = loop.create_unix_connection(lambda: conn, endpoint.uds)
+            else:
+                connecting = loop.create_connection(lambda: conn, endpoint.host, endpoint.port, ssl=self._ssl,
+                                                    server_hostname=endpoint.host if self._ssl else None)
+            await asyncio.wait_for(connecting, timeout)
+        except asyncio.TimeoutError:
+            raise TransportError("connect", sent=False, detail="timed out", timeout=True) from None
+        except ssl.SSLError as exc:
+            raise TransportError("tls", sent=False, detail=str(exc)) from exc
+        except OSError as exc:
+            raise TransportError("connect", sent=False, detail=str(exc)) from exc
+        if self._ssl is not None and not self._config["verify"]:
+            warnings.warn(
+                f"Unverified HTTPS request is being made to host '{endpoint.host}' (verify=False). "
+                "Adding certificate verification is strongly advised.",
+                _insecure_warning(),
+                stacklevel=5,
+            )
+        return conn
+
+    async def _checkout(self, request: Request) -> tuple[_Connection, bool]:
+        where = request.call.describe()
+        if self._closed:
+            raise QuillConnectionError(f"{where}: the client is closed")
+        self._bind()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), request.timeout)
+        except asyncio.TimeoutError:
+            raise QuillTimeoutError(
+                f"{where}: no free connection within {request.timeout:g} s "
+                f"(all {self._config['max_connections']} in use; raise max_connections?)"
+            ) from None
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.lost and not conn.transport.is_closing():
+                return conn, True
+            conn.close()
+        try:
+            return await self._connect(request.timeout), False
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def open(self, request: Request) -> AsyncHTTP11Response:
+        conn, reused = await self._checkout(request)
+        try:
+            await self._send(conn, request, reused)
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(request.timeout, "response")
+        except BaseException as exc:
+            if isinstance(exc, TransportError):
+                exc.reused = reused
+                if exc.stage == "response" and not reused:
+                    exc.sent = True  # a fresh connection that fails: the request may have been read
+            self._release(conn, False)
+            raise
+        return AsyncHTTP11Response(conn, self, request.timeout)
+
+    async def _send(self, conn: _Connection, request: Request, reused: bool) -> None:
+        if conn.lost:
+            raise TransportError("send", sent=False, detail="connection closed", reused=reused)
+        write = conn.transport.write
+        head = request_head(self._heads, request)
+        body = request.body
+        if body is None:
+            write(head)
+        elif body.chunks is None:
+            if body.length <= _SMALL_BODY and len(body.parts) == 1:
+                write(head + body.parts[0])
+            else:
+                write(head)
+                for part in body.parts:
+                    if conn.head_done or conn.lost:
+                        break  # the server answered early (or left): stop sending
+                    write(part)
+                    await conn.drain(request.timeout)
+        else:
+            write(head)
+            chunks = body.iter_chunks()
+            if hasattr(chunks, "__aiter__"):
+                async for chunk in chunks:
+                    if not await self._write_chunk(conn, chunk, request.timeout):
+                        return
+            else:
+                for chunk in chunks:
+                    if not await self._write_chunk(conn, chunk, request.timeout):
+                        return
+            if not conn.lost:
+                write(b"0\r\n\r\n")
+        await conn.drain(request.timeout)
+
+    @staticmethod
+    async def _write_chunk(conn: _Connection, chunk: Any, timeout: float) -> bool:
+        if conn.head_done or conn.lost:
+            return False
+        size = buffer_size(chunk)
+        if size:
+            conn.transport.writelines([b"%x\r\n" % size, chunk, b"\r\n"])
+            await conn.drain(timeout)
+        return True
+
+
+def _insecure_warning() -> type[Warning]:
+    try:
+        from urllib3.exceptions import InsecureRequestWarning
+    except ImportError:  # pragma: no cover
+        return UserWarning
+    return InsecureRequestWarning
