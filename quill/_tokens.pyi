@@ -1,4 +1,4 @@
-"""Type stubs for quill._tokens (Token, TokenBatch, TokenBatchBuilder)."""
+"""Type stubs for quill._tokens (Token, TokenBatch, TokenBatchBuilder, PinnedBatch)."""
 
 from collections.abc import Iterable, Iterator
 from typing import Any, final, overload
@@ -97,6 +97,13 @@ class TokenBatch:
     def decode(buf: Buffer) -> TokenBatch: ...
     def __eq__(self, other: object) -> bool: ...
     __hash__: None  # type: ignore[assignment]
+
+@final
+class PinnedBatch:
+    def __len__(self) -> int: ...
+    def column(self, name: str) -> memoryview: ...
+
+def pin_batch(batch: TokenBatch) -> PinnedBatch: ...
 
 @final
 class TokenBatchBuilder:

@@ -5,7 +5,7 @@ Exit codes a script can rely on:
 == =========================================================================
 0  success
 1  the server answered with an error (Problem Details printed on stderr)
-2  bad command line
+2  bad command line: arguments, names, headers, server URL, --output file
 3  the server could not be reached, or the call timed out
 4  the answer could not be decoded, or the stream was cancelled or cut short
 5  a package the command needs is missing (uvicorn for serve, demo, bench)
@@ -87,26 +87,48 @@ def _run_client_command(action: Callable[[], int]) -> int:
 
 
 def _parse_headers(values: Sequence[str]) -> dict[str, str]:
+    from .protocol.names import check_header
+
     headers = {}
     for value in values:
         name, colon, text = value.partition(":")
         if not colon or not name.strip():
             raise _UsageError(f"header {value!r} must look like 'Name: value'")
-        headers[name.strip()] = text.strip()
+        try:
+            name, text = check_header(name.strip(), text.strip())
+        except ValueError as exc:
+            raise _UsageError(f"-H {value!r}: {exc}") from None
+        headers[name] = text
     return headers
+
+
+def _check_names(service: str, method: str) -> None:
+    from .protocol.names import check_rpc_name
+
+    try:
+        check_rpc_name("service", service)
+        check_rpc_name("method", method)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _client(args: argparse.Namespace):
     from .client import QuillClient
 
-    return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress)
+    try:
+        return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress)
+    except ValueError as exc:  # the URL: scheme, host, port
+        raise _UsageError(f"bad server URL {args.url!r}: {exc}") from None
 
 
 def _write_bytes(data: bytes, output: str | None) -> None:
     """Write a binary answer: to a file, raw to a pipe, or as text / a hex preview on a terminal."""
     if output:
-        with open(output, "wb") as handle:
-            handle.write(data)
+        try:
+            with open(output, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            raise _UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
         print(f"wrote {len(data)} bytes to {output}", file=sys.stderr)
         return
     if not sys.stdout.isatty():
@@ -152,8 +174,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             [ApiKeyAuth(*args.api_key)] if args.api_key else [])
         if hooks:
             app.auth = hooks
-    elif args.bearer_token or args.api_key or args.max_request_mb is not None:
-        _error(f"{args.app} is not a QuillApp: --bearer-token, --api-key and --max-request-mb do not apply")
+        if args.public_metrics:
+            app.public_paths = app.public_paths | {"/metrics"}
+    elif args.bearer_token or args.api_key or args.max_request_mb is not None or args.public_metrics:
+        _error(f"{args.app} is not a QuillApp: --bearer-token, --api-key, --public-metrics and --max-request-mb "
+               "do not apply")
         return EXIT_USAGE
 
     def listening(url: str) -> None:
@@ -187,6 +212,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_call(args: argparse.Namespace) -> int:
     def action() -> int:
         headers = _parse_headers(args.header)
+        _check_names(args.service, args.method)
         with _client(args) as client:
             if args.json is not None:
                 try:
@@ -227,6 +253,7 @@ def _print_message(message: bytes) -> None:
 def _cmd_generate(args: argparse.Namespace) -> int:
     def action() -> int:
         headers = _parse_headers(args.header)
+        _check_names(args.service, args.method)
         request = {"prompt": args.prompt, "max_tokens": args.max_tokens, "batch_size": args.batch_size}
         if args.seed is not None:
             request["seed"] = args.seed
@@ -241,7 +268,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                     first_token = time.perf_counter() - started
                 for token in batch:
                     if args.logprobs:
-                        sys.stdout.write(f"{token.text!r}\t{token.logprob:.3f}\n")
+                        logprob = "-" if token.logprob is None else f"{token.logprob:.3f}"
+                        sys.stdout.write(f"{token.text!r}\t{logprob}\n")
                     else:
                         sys.stdout.write(token.text or "")
                 sys.stdout.flush()
@@ -390,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require 'Authorization: Bearer TOKEN' (repeatable; any listed token or key passes)")
     serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
                        help="require 'X-API-Key: KEY' (repeatable)")
+    serve.add_argument("--public-metrics", action="store_true",
+                       help="answer /metrics without credentials (by default only /health and /ready are open "
+                            "when --bearer-token or --api-key is given)")
     serve.add_argument("--workers", type=_positive_int, default=1,
                        help="worker processes sharing the listening socket (default 1; more than 1 needs POSIX fork)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -423,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None, help="sampling seed")
     generate.add_argument("--service", default=DEMO_SERVICE, help=f"service (default {DEMO_SERVICE})")
     generate.add_argument("--method", default="Generate", help="method (default Generate)")
-    generate.add_argument("--logprobs", action="store_true", help="print one token per line with its logprob")
+    generate.add_argument("--logprobs", action="store_true", help="print one token per line with its logprob ('-' for a token sent without one)")
     generate.add_argument("--quiet", "-q", action="store_true", help="no statistics line on stderr")
     _add_client_options(generate)
     generate.set_defaults(run=_cmd_generate)

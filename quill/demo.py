@@ -19,8 +19,14 @@ work); any other body is read as the protobuf message of the reference's ``infer
 ``Embed`` (tensor: tensor frames, or JSON with ``Accept: application/json``)
     ``{"input": "text" | ["text", ...], "dim": 256, "dtype": "float32" | "bfloat16" | "float16"}``
     answers a ``(len(input), dim)`` Tensor named ``"embedding"`` of unit-length rows. A
-    tensor-frame body embeds each row of that tensor (its bytes), as 256-dim float32.
-    Protobuf: ``EmbedRequest`` (``input_ids`` = 1; one 256-dim float32 row).
+    tensor-frame body (Content-Type ``application/proto; frames=tensor``) embeds each row of
+    that tensor (its bytes), as 256-dim float32.
+    Protobuf: ``EmbedRequest`` (``input_ids`` = 1, uint32; one 256-dim float32 row).
+
+The service is safe to expose: every answer is bounded by counts checked before any work,
+never by request bytes alone (a ``(2**63, 0)`` tensor is 0 bytes on the wire). At most
+``MAX_EMBED_ELEMENTS`` elements per embedding (inputs x dim, or tensor rows x 256),
+``MAX_TOKENS`` tokens per generation, and ids within uint32; anything else is a 400.
 
 ``Echo`` (tensor)
     answers its request unchanged: bytes as bytes, a Tensor as tensor frames.
@@ -45,7 +51,8 @@ from typing import Any, AsyncIterator, Iterator, TextIO
 import numpy as np
 
 from .errors import BadRequestError, ProblemDetails
-from .server import QuillApp, _media_type
+from .protocol.constants import media_type
+from .server import QuillApp
 
 __all__ = [
     "SERVICE",
@@ -65,6 +72,8 @@ MAX_BATCH = 4096
 MAX_DELAY_MS = 1000.0
 MAX_EMBED_DIM = 65_536
 MAX_EMBED_ELEMENTS = 16 * 1024 * 1024
+TENSOR_EMBED_DIM = 256  # the width of the rows embedded from a tensor or protobuf request
+MAX_TOKEN_ID = 2**32 - 1
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 (Token.is_eos() ids)
 
@@ -158,7 +167,7 @@ def _int_member(obj: dict, names: tuple[str, ...], default: int | None, low: int
 def _is_json_body(body: bytes, content_type: str | None) -> bool:
     """JSON when the Content-Type says so, or when the body starts with ``{`` (a byte no
     protobuf message of ours starts with: it would be field 15 opening a group)."""
-    if content_type is not None and _media_type(content_type) in ("application/json", "text/json"):
+    if content_type is not None and media_type(content_type) in ("application/json", "text/json"):
         return True
     return body[:1] == b"{"
 
@@ -189,7 +198,7 @@ def parse_generate_request(body: bytes, content_type: str | None = None) -> Gene
         return GenerateParams()
     if not _is_json_body(body, content_type):
         fields = _protobuf_fields(body)
-        ids = fields.get(1, [])
+        ids = _input_ids(fields)
         max_tokens = fields.get(2, [16])[-1]
         if max_tokens > MAX_TOKENS:
             raise _bad_request(f"max_new_tokens must be at most {MAX_TOKENS}, got {max_tokens}")
@@ -259,6 +268,15 @@ def _protobuf_fields(body: bytes) -> dict[int, list[int]]:
     return fields
 
 
+def _input_ids(fields: dict[int, list[int]]) -> list[int]:
+    """Field 1 of a protobuf request, ``repeated uint32 input_ids``, range-checked."""
+    ids = fields.get(1, [])
+    for value in ids:
+        if value > MAX_TOKEN_ID:
+            raise _bad_request(f"input_ids are uint32: {value} is out of range 0..{MAX_TOKEN_ID}")
+    return ids
+
+
 def embed_texts(texts: list[bytes], dim: int) -> np.ndarray:
     """Deterministic unit-length float32 rows, one per input, seeded by a BLAKE2 hash.
 
@@ -278,13 +296,17 @@ def _embed_request(request: Any, content_type: str | None) -> tuple[list[bytes],
     from .tensor import Tensor
 
     if isinstance(request, Tensor):
+        # Limited by rows, not bytes: a (rows, 0) tensor is 0 bytes on the wire whatever its rows.
         rows = request.shape[0] if request.ndim >= 1 else 1
+        if rows * TENSOR_EMBED_DIM > MAX_EMBED_ELEMENTS:
+            raise _bad_request(f"a tensor of {rows} rows would embed to {rows} x {TENSOR_EMBED_DIM} elements; "
+                               f"at most {MAX_EMBED_ELEMENTS // TENSOR_EMBED_DIM} rows")
         data = request.tobytes()
         step = len(data) // rows if rows else 0
-        return [data[i * step:(i + 1) * step] for i in range(rows)], 256, "float32"
+        return [data[i * step:(i + 1) * step] for i in range(rows)], TENSOR_EMBED_DIM, "float32"
     if not _is_json_body(request, content_type):
-        ids = _protobuf_fields(request).get(1, [])
-        return [np.asarray(ids, "<u4").tobytes()], 256, "float32"
+        ids = _input_ids(_protobuf_fields(request))
+        return [np.asarray(ids, "<u4").tobytes()], TENSOR_EMBED_DIM, "float32"
     obj = _json_object(request)
     inputs = obj.get("input", "")
     if isinstance(inputs, str):

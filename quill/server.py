@@ -23,13 +23,19 @@ kind                 handler                                         response bo
 ``tensor``           ``f(request: bytes | Tensor, ctx) -> Tensor``   tensor frames (the Tensor's memory, uncopied)
 ===================  ==============================================  ==========================================
 
+A tensor handler gets a :class:`~quill.tensor.Tensor` when the request's Content-Type is
+``application/proto; frames=tensor`` (:data:`quill.protocol.constants.TENSOR_FRAMES`, what
+the client sends with a Tensor), and the body's bytes otherwise: the body's first byte cannot
+tell them apart (0x10 is TENSOR_META and also the protobuf tag of field 2).
+
 Errors become ``application/problem+json`` answers: a handler may return a
 :class:`~quill.errors.ProblemDetails` or raise a quill error (``RpcError(404, problem)``
 answers exactly that); unexpected exceptions answer 500 without leaking the traceback
 (it is logged with the ``trace_id`` the client sees). A handler failing after its
 stream started ends the stream with a CANCEL frame carrying the reason, so the client
 sees an error, never a normal end. The app also answers ``GET /health``, ``/ready`` and
-``/metrics`` (Prometheus text).
+``/metrics`` (Prometheus text); with ``auth`` set, ``/metrics`` needs credentials and the
+two probes do not (``public_paths`` changes that).
 """
 
 from __future__ import annotations
@@ -62,14 +68,16 @@ from .errors import (
     StreamCancelledError,
 )
 from .metrics import UNMATCHED_METHOD, ServerMetrics
-
-try:  # Python 3.14+
-    from compression import zstd as _zstd
-except ImportError:  # the backport that urllib3[zstd] installs
-    try:
-        from backports import zstd as _zstd
-    except ImportError:
-        _zstd = None
+from .protocol import compression
+from .protocol.constants import (
+    COMPRESSION_THRESHOLD,
+    JSON,
+    PROBLEM_JSON,
+    PROTO,
+    is_json,
+    is_tensor_frames,
+    media_type,
+)
 
 __all__ = [
     "QuillApp",
@@ -81,19 +89,19 @@ __all__ = [
     "load_app",
     "HANDLER_KINDS",
     "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_PUBLIC_PATHS",
 ]
 
 logger = logging.getLogger("quill.server")
 
 HANDLER_KINDS = ("unary", "server_stream", "client_stream", "token_stream", "tensor")
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-MIN_COMPRESS_BYTES = 1024  # PROTOCOL.md section 6: bodies below this are sent as they are
-COMPRESSION_LEVEL = 3  # the reference default
 BUILTIN_PATHS = ("/health", "/ready", "/metrics")
-PROTO = "application/proto"
-JSON = "application/json"
-PROBLEM_JSON = "application/problem+json"
-_TENSOR_META_TYPE = 0x10  # the first byte of a tensor-frame stream
+#: Paths a QuillApp with ``auth`` still answers without credentials (the health probes).
+DEFAULT_PUBLIC_PATHS = ("/health", "/ready")
+#: Most bytes one zstd-decoding step hands on: a small compressed chunk that expands hugely
+#: reaches the handler (or the frame decoder) piece by piece, within the request limit.
+DECODED_PIECE_BYTES = 1 << 20
 _END = object()
 
 
@@ -247,15 +255,6 @@ def _cancel_reason(exc: BaseException, method_path: str, max_chars: int = 2000) 
 # --------------------------------------------------------------------------------------
 # Content negotiation and compression
 # --------------------------------------------------------------------------------------
-def _media_type(value: str) -> str:
-    return value.split(";", 1)[0].strip().lower()
-
-
-def _is_json(content_type: str) -> bool:
-    media = _media_type(content_type)
-    return media == JSON or media.endswith("+json")
-
-
 def _wants_json(headers: dict[str, str]) -> bool:
     """True when the client asked for JSON and not protobuf (``Accept: application/json``)."""
     accept = headers.get("accept", "").lower()
@@ -264,56 +263,23 @@ def _wants_json(headers: dict[str, str]) -> bool:
 
 def _unary_content_type(headers: dict[str, str]) -> str:
     accept = headers.get("accept", "").lower()
-    if _wants_json(headers) or (PROTO not in accept and _is_json(headers.get("content-type", ""))):
+    if _wants_json(headers) or (PROTO not in accept and is_json(headers.get("content-type", ""))):
         return JSON
     return PROTO
 
 
-def _accepts_zstd(headers: dict[str, str]) -> bool:
-    return _zstd is not None and "zstd" in headers.get("accept-encoding", "").lower()
-
-
-class _ZstdBodyDecoder:
-    """Incremental zstd decompression that never produces more than ``limit`` bytes.
-
-    Concatenated zstd frames are decompressed one after another, as RFC 8878 allows.
-    """
-
-    def __init__(self, limit: int | None):
-        self._room = limit
-        self._limit = limit
-        self._decompressor = _zstd.ZstdDecompressor()
-        self._seen_input = False
-
-    def feed(self, data: bytes) -> bytes:
-        pieces = []
-        self._seen_input = self._seen_input or bool(data)
-        while True:
-            if self._decompressor.eof:
-                data = self._decompressor.unused_data + data
-                if not data:
-                    break
-                self._decompressor = _zstd.ZstdDecompressor()
-            if not data and self._decompressor.needs_input:
-                break
-            max_length = -1 if self._room is None else self._room + 1
-            try:
-                piece = self._decompressor.decompress(data, max_length)
-            except _zstd.ZstdError as exc:
-                raise DecodeError(f"request body is not valid zstd: {exc}") from None
-            data = b""
-            if self._room is not None:
-                self._room -= len(piece)
-                if self._room < 0:
-                    raise LimitExceededError(
-                        f"decompressed request body exceeds the limit of {self._limit} bytes"
-                    )
-            pieces.append(piece)
-        return b"".join(pieces)
-
-    def finish(self) -> None:
-        if self._seen_input and not self._decompressor.eof:
-            raise IncompleteStreamError("zstd request body ends in the middle of a frame")
+def _decoded_pieces(decoder: compression.ZstdDecoder, chunk: bytes, last: bool) -> Iterator[bytes]:
+    """What ``chunk`` decodes to, in pieces of at most :data:`DECODED_PIECE_BYTES`; after the
+    ``last`` chunk, raises IncompleteStreamError if the body ended inside a zstd frame."""
+    piece = decoder.decompress(chunk, DECODED_PIECE_BYTES)
+    while True:
+        if piece:
+            yield piece
+        if not decoder.has_output:
+            break
+        piece = decoder.decompress(b"", DECODED_PIECE_BYTES)
+    if last:
+        decoder.finish()
 
 
 # --------------------------------------------------------------------------------------
@@ -414,16 +380,17 @@ class _Exchange:
         declared = self.headers.get("content-length")
         if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
             raise LimitExceededError(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
-        encoding = _media_type(self.headers.get("content-encoding", "identity"))
-        if encoding == "zstd" and _zstd is not None:
-            decoder = _ZstdBodyDecoder(limit)
+        encoding = media_type(self.headers.get("content-encoding", "identity"))
+        if encoding == "zstd" and compression.available():
+            decoder = compression.ZstdDecoder(limit=limit, what="request body")
         elif encoding in ("identity", ""):
             decoder = None
         else:
+            zstd = compression.available()
             raise _HttpProblem(
                 _problem(415, "Unsupported content encoding", f"Content-Encoding {encoding!r} is not supported; "
-                         "send identity" + (" or zstd" if _zstd is not None else "")),
-                [("accept-encoding", "zstd" if _zstd is not None else "identity")],
+                         "send identity" + (" or zstd" if zstd else "")),
+                [("accept-encoding", "zstd" if zstd else "identity")],
             )
         while not self.body_complete:
             message = await self._receive()
@@ -434,12 +401,12 @@ class _Exchange:
             if limit is not None and self.bytes_in > limit:
                 raise LimitExceededError(f"request body exceeds the limit of {limit} bytes")
             self.body_complete = not message.get("more_body", False)
-            if decoder is not None:
-                chunk = decoder.feed(chunk)
-                if self.body_complete:
-                    decoder.finish()
-            if chunk:
-                yield chunk
+            if decoder is None:
+                if chunk:
+                    yield chunk
+            else:
+                for piece in _decoded_pieces(decoder, chunk, last=self.body_complete):
+                    yield piece
 
     async def discard_small_body(self, limit: int = 65536) -> None:
         """Read and drop an unread body of known small size, so the connection stays reusable."""
@@ -456,22 +423,21 @@ class _Exchange:
         return b"".join([chunk async for chunk in self.body_chunks()])
 
     async def read_tensor_or_body(self) -> Any:
-        """A Tensor when the body is tensor frames (starts with TENSOR_META), else bytes."""
-        chunks = self.body_chunks()
-        try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            return b""
-        if _is_json(self.headers.get("content-type", "")) or first[0] != _TENSOR_META_TYPE:
-            rest = [chunk async for chunk in chunks]
-            return b"".join([first, *rest])
+        """A Tensor when the Content-Type says the body is tensor frames
+        (:data:`~quill.protocol.constants.TENSOR_FRAMES`), else the body's bytes."""
+        if not is_tensor_frames(self.headers.get("content-type", "")):
+            return await self.read_body()
         from .frames import TensorReceiver
 
         receiver = TensorReceiver(max_bytes=self.app.max_request_bytes)
-        tensor = receiver.feed(first)
-        async for chunk in chunks:
-            tensor = receiver.feed(chunk) or tensor
-        receiver.finish()  # raises for a missing END_STREAM or bytes after it
+        tensor = None
+        async for chunk in self.body_chunks():
+            result = receiver.feed(chunk)
+            if result is not None:
+                tensor = result
+        receiver.finish()  # raises for a missing END_STREAM, or bytes after it
+        if tensor is None:
+            raise DecodeError("the request says it is tensor frames (frames=tensor) but holds no tensor")
         return tensor
 
     async def messages(self) -> AsyncIterator[bytes]:
@@ -506,8 +472,8 @@ class _Exchange:
     async def respond(self, status: int, body: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         """A complete response; zstd-compressed when the client accepts it and it is large."""
         headers = [("content-type", content_type), *headers]
-        if len(body) >= MIN_COMPRESS_BYTES and _accepts_zstd(self.headers):
-            body = _zstd.compress(body, COMPRESSION_LEVEL)
+        if len(body) >= COMPRESSION_THRESHOLD and compression.accepts_zstd(self.headers.get("accept-encoding")):
+            body = compression.compress(body)
             headers.append(("content-encoding", "zstd"))
         headers.append(("content-length", str(len(body))))
         await self.start(status, headers)
@@ -586,6 +552,12 @@ class QuillApp:
     hook (or a list of hooks, any of which may accept) called with the
     :class:`Context` before routing; returning False answers 401.
 
+    ``public_paths`` are the paths answered without auth: by default the probes
+    ``/health`` and ``/ready`` (load balancers and orchestrators call them without
+    credentials), while ``/metrics`` needs credentials like any RPC once ``auth`` is set.
+    Pass ``DEFAULT_PUBLIC_PATHS + ("/metrics",)`` for an open scrape endpoint, ``()`` to
+    protect everything, or add RPC paths (``"/pkg.Service/Method"``) to open them.
+
     >>> app = QuillApp()
     >>> @app.unary("echo.v1.EchoService/Echo")
     ... def echo(request, context):
@@ -599,7 +571,13 @@ class QuillApp:
         *,
         max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
         auth: AuthHook | Sequence[AuthHook] | None = None,
+        public_paths: Iterable[str] = DEFAULT_PUBLIC_PATHS,
     ):
+        public_paths = tuple(public_paths)
+        for path in public_paths:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ValueError(f"public_paths holds request paths starting with '/', got {path!r}")
+        self.public_paths = frozenset(public_paths)
         if max_request_bytes is not None and max_request_bytes < 0:
             raise ValueError(f"max_request_bytes must be >= 0 or None, got {max_request_bytes}")
         self.max_request_bytes = max_request_bytes
@@ -716,12 +694,15 @@ class QuillApp:
         if path in BUILTIN_PATHS:
             exchange = _Exchange(self, scope, receive, send, path)
             exchange.body_complete = True  # GET: nothing to drain
-            if http_method in ("GET", "HEAD"):
-                await self._builtin(exchange, path)
-            else:
-                await exchange.respond_problem(
-                    _problem(405, "Method not allowed", f"{path} answers GET and HEAD"), [("allow", "GET, HEAD")]
-                )
+            try:
+                if http_method not in ("GET", "HEAD"):
+                    raise _HttpProblem(_problem(405, "Method not allowed", f"{path} answers GET and HEAD"),
+                                       [("allow", "GET, HEAD")])
+                await self._check_auth(exchange)
+            except _HttpProblem as exc:
+                await exchange.respond_problem(exc.problem, exc.headers)
+                return
+            await self._builtin(exchange, path)
             return
         method_path = path[1:]
         route = self._routes.get(method_path)
@@ -747,13 +728,7 @@ class QuillApp:
                 raise _HttpProblem(
                     _problem(405, "Method not allowed", "Only POST is supported for RPC calls"), [("allow", "POST")]
                 )
-            if self.auth is not None and not await self._authorized(exchange.context):
-                hooks = self.auth if isinstance(self.auth, (list, tuple)) else [self.auth]
-                challenges = [h.challenge for h in hooks if getattr(h, "challenge", None)]
-                raise _HttpProblem(
-                    _problem(401, "Unauthorized", "missing or invalid credentials"),
-                    [("www-authenticate", c) for c in challenges],
-                )
+            await self._check_auth(exchange)
             if route is None:
                 raise _HttpProblem(
                     _problem(404, "Method not found", f"No handler registered for path: {exchange.scope['path']}")
@@ -770,9 +745,22 @@ class QuillApp:
                 await exchange.discard_small_body()
             await exchange.respond_problem(problem, headers)
 
+    async def _check_auth(self, exchange: _Exchange) -> None:
+        """Raise a 401 problem unless auth is off, the path is public, or a hook accepts."""
+        if self.auth is None or exchange.scope["path"] in self.public_paths:
+            return
+        if not await self._authorized(exchange.context):
+            challenges = [h.challenge for h in self._auth_hooks() if getattr(h, "challenge", None)]
+            raise _HttpProblem(
+                _problem(401, "Unauthorized", "missing or invalid credentials"),
+                [("www-authenticate", c) for c in challenges],
+            )
+
+    def _auth_hooks(self) -> Sequence[AuthHook]:
+        return self.auth if isinstance(self.auth, (list, tuple)) else [self.auth]
+
     async def _authorized(self, context: Context) -> bool:
-        hooks = self.auth if isinstance(self.auth, (list, tuple)) else [self.auth]
-        for hook in hooks:
+        for hook in self._auth_hooks():
             verdict = hook(context)
             if inspect.isawaitable(verdict):
                 verdict = await verdict

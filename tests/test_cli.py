@@ -91,6 +91,50 @@ def test_call_exit_codes_for_usage_and_unreachable(demo_url):
     assert done.returncode == 3 and "quill: error:" in done.stderr
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (("SERVICE", "bad/svc", "Echo", "-d", "x"), "invalid service name 'bad/svc'"),
+    (("SERVICE", SERVICE, "Ec ho", "-d", "x"), "invalid method name 'Ec ho'"),
+    (("SERVICE", SERVICE, "..", "-d", "x"), "invalid method name '..'"),
+    (("SERVICE", SERVICE, "Echo", "-d", "x", "-H", "Content-Length: 5"), "'Content-Length'"),
+    (("SERVICE", SERVICE, "Echo", "-d", "x", "-H", "Bad Name: 5"), "invalid HTTP header name"),
+    (("ftp://127.0.0.1/", SERVICE, "Echo", "-d", "x"), "ftp://127.0.0.1/"),
+    (("http://[::1", SERVICE, "Echo", "-d", "x"), "http://[::1"),
+    (("http://127.0.0.1:99999", SERVICE, "Echo", "-d", "x"), "99999"),
+    (("SERVICE", SERVICE, "Echo", "-d", "x", "-o", "/nonexistent-dir/answer.bin"), "cannot write --output"),
+])
+def test_bad_usage_is_exit_2_with_one_line(demo_url, args, fragment):
+    args = tuple(demo_url if a == "SERVICE" else a for a in args)
+    done = quill("call", *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("quill: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert fragment in done.stderr and "Traceback" not in done.stderr
+
+
+def test_generate_bad_usage_is_exit_2(demo_url):
+    done = quill("generate", demo_url, "Hi", "--service", "bad/svc")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "bad/svc" in done.stderr
+
+
+def test_generate_logprobs_when_a_token_has_none():
+    """A server may send tokens without a logprob: --logprobs prints a dash for them."""
+    from quill._tokens import Token, TokenBatch
+    from quill.server import QuillApp
+
+    app = QuillApp()
+
+    @app.token_stream(f"{SERVICE}/Generate")
+    def generate(request, context):
+        batch = TokenBatch()
+        batch.add(Token(5, 0, text=" with", logprob=-0.25))
+        batch.add(Token(6, 1, text=" without"))
+        yield batch
+
+    with serve_in_thread(app) as url:
+        done = quill("generate", url, "x", "--logprobs", "--quiet")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == ["' with'\t-0.250", "' without'\t-"]
+
+
 def test_generate_prints_tokens(demo_url):
     done = quill("generate", demo_url, "Tell me", "--max-tokens", "20", "--batch-size", "3")
     assert done.returncode == 0
@@ -180,6 +224,22 @@ def test_serve_imports_the_app_from_the_working_directory(tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+@pytest.mark.parametrize("public_metrics", [False, True])
+def test_serve_with_auth_keeps_the_probes_open(public_metrics):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from serve_process import quill_serve
+
+    options = ["--bearer-token", "t0ken"] + (["--public-metrics"] if public_metrics else [])
+    http = urllib3.PoolManager(retries=False)
+    with quill_serve(*options) as server:
+        assert http.request("GET", f"{server.url}/health").status == 200
+        assert http.request("GET", f"{server.url}/ready").status == 200
+        assert http.request("GET", f"{server.url}/metrics").status == (200 if public_metrics else 401)
+        r = http.request("GET", f"{server.url}/metrics", headers={"Authorization": "Bearer t0ken"})
+        assert r.status == 200 and b"quill_" in r.data
+        assert http.request("POST", f"{server.url}/{SERVICE}/Echo", body=b"x").status == 401
 
 
 def test_serve_rejects_a_bad_app():

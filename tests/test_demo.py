@@ -10,7 +10,8 @@ import urllib3
 
 from quill.demo import SERVICE, VOCABULARY, ToyLanguageModel, create_demo_app, embed_texts, parse_generate_request
 from quill.errors import BadRequestError
-from quill.frames import TensorReceiver, TokenStreamDecoder, encode_tensor_frames
+from quill.frames import END_STREAM_FRAME, TensorReceiver, TokenStreamDecoder, encode_tensor_frames
+from quill.protocol.constants import TENSOR_FRAMES
 from quill.server import serve_in_thread
 from quill.tensor import Tensor
 
@@ -24,6 +25,9 @@ def url():
 @pytest.fixture(scope="module")
 def http():
     return urllib3.PoolManager(retries=False)
+
+
+TENSOR_HEADERS = {"Content-Type": TENSOR_FRAMES}
 
 
 def post(http, url, method, body, **headers):
@@ -81,6 +85,8 @@ def test_generate_protobuf_request(http, url):
     (b'[1, 2]', "JSON object"),
     (b"\x0a\x05\x01", "runs past the end"),
     (b"\x13", "wire type"),  # field 2 with wire type 3 (groups are not supported)
+    (b"\x08" + protobuf_varint(2**35), "input_ids"),  # a uint32 field holding 2**35
+    (b"\x0a\x05" + protobuf_varint(2**32), "input_ids"),  # packed
 ])
 def test_generate_bad_requests_are_400(http, url, body, fragment):
     content_type = "application/json" if body[:1] in b"{[" else "application/proto"
@@ -115,7 +121,7 @@ def test_embed_layouts(http, url):
 
 def test_embed_tensor_and_protobuf_requests(http, url):
     ids = Tensor.from_numpy(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int32))
-    r = post(http, url, "Embed", b"".join(encode_tensor_frames(ids)))
+    r = post(http, url, "Embed", b"".join(encode_tensor_frames(ids)), **TENSOR_HEADERS)
     rows = TensorReceiver().feed(r.data).to_numpy()
     assert rows.shape == (2, 256)
     assert np.array_equal(rows, embed_texts([ids.to_numpy()[0].tobytes(), ids.to_numpy()[1].tobytes()], 256))
@@ -131,10 +137,38 @@ def test_embed_bad_requests_are_400(http, url, request_object):
     assert r.status == 400 and json.loads(r.data)["title"] == "Invalid request"
 
 
+def tensor_request(meta: bytes) -> bytes:
+    """Tensor frames of a tensor with no elements: a TENSOR_META frame, then END_STREAM."""
+    return b"\x10\0\0\0\0" + len(meta).to_bytes(4, "big") + meta + END_STREAM_FRAME
+
+
+@pytest.mark.parametrize("rows", [65_537, 2**40, 2**63, 2**64 - 1])
+def test_embed_of_many_empty_rows_is_400_not_a_huge_answer(http, url, rows):
+    """A (rows, 0) tensor is 0 bytes on the wire; the answer would be rows x 256 floats."""
+    meta = b"\x02" + rows.to_bytes(8, "little") + bytes(8) + b"\x01\x00" + bytes(8) + b"\x00\x00"  # float32, cpu
+    body = tensor_request(meta)
+    assert len(body) < 64
+    r = post(http, url, "Embed", body, **TENSOR_HEADERS)
+    assert r.status == 400 and "rows" in json.loads(r.data)["detail"]
+    assert len(r.data) < 1000
+
+
+def test_embed_row_limit_is_the_element_limit(http, url):
+    ok = Tensor.from_numpy(np.zeros((65_536, 0), dtype=np.float32))  # 65,536 x 256 = the element limit
+    r = post(http, url, "Embed", b"".join(encode_tensor_frames(ok)), **TENSOR_HEADERS)
+    assert r.status == 200 and TensorReceiver().feed(r.data).shape == (65_536, 256)
+
+
+@pytest.mark.parametrize("body", [b"\x08" + protobuf_varint(2**35), b"\x0a\x05" + protobuf_varint(2**32)])
+def test_embed_protobuf_id_out_of_uint32_range_is_400(http, url, body):
+    r = post(http, url, "Embed", body, **{"Content-Type": "application/proto"})
+    assert r.status == 400 and "input_ids" in json.loads(r.data)["detail"]
+
+
 def test_echo_bytes_and_tensor(http, url):
     assert post(http, url, "Echo", b"\x00\x01 any bytes").data == b"\x00\x01 any bytes"
     tensor = Tensor.from_numpy(np.linspace(0, 1, 100_000, dtype=np.float64), name="ramp")
-    r = post(http, url, "Echo", b"".join(encode_tensor_frames(tensor)))
+    r = post(http, url, "Echo", b"".join(encode_tensor_frames(tensor)), **TENSOR_HEADERS)
     assert TensorReceiver().feed(r.data) == tensor
 
 

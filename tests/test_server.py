@@ -222,6 +222,32 @@ def test_auth_hooks():
         assert pool.request("GET", f"{url}/health").status == 200
 
 
+@pytest.mark.parametrize("public_paths, open_paths", [
+    (None, {"/health", "/ready"}),  # the default: the probes are open, /metrics is not
+    (("/health", "/ready", "/metrics"), {"/health", "/ready", "/metrics"}),
+    ((), set()),
+    (("/" + ECHO,), {"/" + ECHO}),  # an RPC can be opened too
+])
+def test_auth_public_paths(public_paths, open_paths):
+    options = {} if public_paths is None else {"public_paths": public_paths}
+    app = build_app(auth=BearerAuth("t0ken"), **options)
+    pool = urllib3.PoolManager(retries=False)
+    token = {"Authorization": "Bearer t0ken"}
+    with serve_in_thread(app) as url:
+        for path in ("/health", "/ready", "/metrics", "/" + ECHO):
+            verb = "POST" if path == "/" + ECHO else "GET"
+            anonymous = pool.request(verb, url + path, body=b"")
+            assert anonymous.status == (200 if path in open_paths else 401), path
+            if anonymous.status == 401:
+                assert anonymous.headers["www-authenticate"] == 'Bearer realm="quill"'
+            assert pool.request(verb, url + path, body=b"", headers=token).status == 200, path
+        # without auth configured every path is open, whatever public_paths says
+    with serve_in_thread(build_app(public_paths=())) as url:
+        assert pool.request("GET", url + "/metrics").status == 200
+    with pytest.raises(ValueError, match="starting with '/'"):
+        QuillApp(public_paths=("metrics",))
+
+
 def test_async_auth_hook_sees_context():
     seen = []
 
@@ -531,6 +557,7 @@ import numpy as np  # noqa: E402
 from quill.client import QuillClient  # noqa: E402
 from quill.demo import SERVICE, create_demo_app, embed_texts  # noqa: E402
 from quill.errors import NotFoundError  # noqa: E402
+from quill.protocol.constants import TENSOR_FRAMES  # noqa: E402
 from quill.tensor import Tensor  # noqa: E402
 
 
@@ -590,12 +617,15 @@ def test_client_tensor_calls(client):
     half = client.call_tensor(SERVICE, "Embed", b'{"input": ["a", "bc"], "dim": 96, "dtype": "bfloat16"}')
     assert half.dtype.name == "bfloat16"
     assert np.abs(half.to_numpy(dtype="float32") - embedding.to_numpy()).max() < 1e-2
+    # A tensor request says so in its Content-Type (frames=tensor), set here explicitly so the test
+    # does not depend on the client version.
+    frames = {"Content-Type": TENSOR_FRAMES}
     big = Tensor.from_numpy(np.arange(300_000, dtype=np.float32).reshape(600, 500), name="x")
-    assert client.call_tensor(SERVICE, "Echo", big) == big  # several 64 KiB payload frames each way
-    doubled = client.call_tensor("t.v1.Tensors", "Double", big)
+    assert client.call_tensor(SERVICE, "Echo", big, headers=frames) == big  # several 64 KiB payload frames each way
+    doubled = client.call_tensor("t.v1.Tensors", "Double", big, headers=frames)
     assert np.array_equal(doubled.to_numpy(), big.to_numpy() * 2) and doubled.name == "x"
     empty = Tensor.from_numpy(np.zeros((0, 3), dtype=np.int64))
-    assert client.call_tensor(SERVICE, "Echo", empty) == empty
+    assert client.call_tensor(SERVICE, "Echo", empty, headers=frames) == empty
 
 
 def test_client_streams(client):
@@ -649,34 +679,48 @@ def test_lifespan_hooks_and_readiness():
 
 
 # ----------------------------------------------------------------------------------------
-# The incremental zstd request decoder on random splits and random garbage
+# The server's zstd request decoding (quill.protocol's decoder, in bounded pieces) on random
+# splits and random garbage
 # ----------------------------------------------------------------------------------------
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from quill.errors import DecodeError  # noqa: E402
-from quill.server import _ZstdBodyDecoder  # noqa: E402
+from quill.protocol.compression import ZstdDecoder  # noqa: E402
+from quill.server import _decoded_pieces  # noqa: E402
+
+
+def decode_body(pieces: list[bytes], limit: int | None) -> bytes:
+    decoder = ZstdDecoder(limit=limit)
+    out = []
+    for index, piece in enumerate(pieces):
+        for decoded in _decoded_pieces(decoder, piece, last=index == len(pieces) - 1):
+            assert 0 < len(decoded) <= 1 << 20
+            out.append(decoded)
+    return b"".join(out)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=3000), min_size=1, max_size=4), st.data())
-def test_zstd_decoder_any_split(frames, data):
+def test_zstd_request_decoding_any_split(frames, data):
     wire = b"".join(zstd.compress(f) for f in frames)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
-    decoder = _ZstdBodyDecoder(limit=None)
     pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
-    out = b"".join(decoder.feed(p) for p in pieces)
-    decoder.finish()
-    assert out == b"".join(frames)
+    assert decode_body(pieces, limit=None) == b"".join(frames)
+
+
+def test_zstd_request_decoding_hands_out_a_bomb_piece_by_piece():
+    wire = zstd.compress(bytes(5 << 20))
+    assert decode_body([wire], limit=None) == bytes(5 << 20)
+    with pytest.raises(LimitExceededError):
+        decode_body([wire], limit=3 << 20)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200), st.integers(0, 5000))
-def test_zstd_decoder_garbage_and_limits(garbage, limit):
-    decoder = _ZstdBodyDecoder(limit=limit)
+def test_zstd_request_decoding_garbage_and_limits(garbage, limit):
     try:
-        out = decoder.feed(garbage)
-        decoder.finish()
+        out = decode_body([garbage], limit=limit)
     except DecodeError:  # includes LimitExceededError and IncompleteStreamError
         return
     assert len(out) <= limit

@@ -143,7 +143,7 @@ def test_embed_tensor_frames_both_ways(url, tmp_path):
     tensor = Tensor.from_numpy(np.arange(70_000, dtype=np.int32).reshape(700, 100), name="ids")
     frames = tmp_path / "tensor.bin"
     frames.write_bytes(b"".join(encode_tensor_frames(tensor)))
-    status, _, body = curl("--data-binary", f"@{frames}", "-H", "Content-Type: application/proto",
+    status, _, body = curl("--data-binary", f"@{frames}", "-H", "Content-Type: application/proto; frames=tensor",
                            f"{url}/{SERVICE}/Echo")
     assert status == 200 and TensorReceiver().feed(body) == tensor
 
