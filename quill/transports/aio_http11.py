@@ -185,11 +185,13 @@ class _Connection(asyncio.Protocol):
             return
         try:
             transport.abort()
-        except RuntimeError:  # the loop is closed: close the socket ourselves, without warnings
-            sock = transport.get_extra_info("socket")
-            raw = getattr(sock, "_sock", None)
-            if raw is not None:
-                raw.close()
+        except RuntimeError:
+            # The loop is closed, and asyncio has no way to close a transport after that: close its
+            # socket here and detach it, so the transport's finalizer neither leaks nor warns.
+            sock = getattr(transport, "_sock", None)
+            if sock is not None:
+                sock.close()
+                transport._sock = None
         self.lost = True
 
 
