@@ -274,9 +274,13 @@ cdef class Token:
     cdef uint32_t _text_len
     cdef uint8_t _flags
     cdef uint8_t _lazy_text
+    cdef uint8_t _initialised       # set once the fields hold a token: they never change again
 
     def __init__(self, id, position, text=None, logprob=None, is_special=False):
-        # Calls of the class itself take _token_vectorcall; this serves explicit __init__ calls.
+        # Calls of the class itself take _token_vectorcall; this serves explicit __init__ calls,
+        # which may only fill a bare Token.__new__(Token): a token is immutable (and hashed).
+        if self._initialised:
+            raise TypeError("Token is immutable: __init__ cannot re-initialise an existing token")
         _init_token(self, id, position, text, logprob, is_special)
 
     @staticmethod
@@ -466,6 +470,7 @@ cdef Token _new_token(uint32_t id, uint32_t position, uint8_t flags, uint32_t lo
     tok._flags = flags
     tok._logprob_bits = logprob_bits
     tok._text = text
+    tok._initialised = 1
     return tok
 
 
@@ -484,6 +489,7 @@ cdef int _init_token(Token tok, object id, object position, object text, object 
     if text is not None:
         tok._text = _checked_text(text)
         tok._flags |= HAS_TEXT
+    tok._initialised = 1
     return 0
 
 
