@@ -126,7 +126,7 @@ def serve(kind: str, port: int) -> None:
         return
     import uvicorn
 
-    from quill.server import _bind
+    from quill.server.sockets import bind_tcp
 
     app = _bare_asgi_app() if kind == "bare" else _quill_app()
     if kind == "nagle":
@@ -135,7 +135,7 @@ def serve(kind: str, port: int) -> None:
         sock.bind(("127.0.0.1", port))
         sock.listen(128)
     else:
-        sock = _bind("127.0.0.1", port)
+        sock = bind_tcp("127.0.0.1", port)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -281,9 +281,9 @@ def test_registration_errors():
 def test_listening_socket_gets_tcp_nodelay():
     """Small responses must not wait for the peer's delayed ACK (Nagle): the sockets
     the server accepts on its listening socket carry TCP_NODELAY."""
-    from quill.server import _bind
+    from quill.server.sockets import bind_tcp
 
-    listener = _bind("127.0.0.1", 0)
+    listener = bind_tcp("127.0.0.1", 0)
     seen = []
 
     async def main():
@@ -557,7 +557,6 @@ import numpy as np  # noqa: E402
 from quill.client import QuillClient  # noqa: E402
 from quill.demo import SERVICE, create_demo_app, embed_texts  # noqa: E402
 from quill.errors import NotFoundError  # noqa: E402
-from quill.protocol.constants import TENSOR_FRAMES  # noqa: E402
 from quill.tensor import Tensor  # noqa: E402
 
 
@@ -617,15 +616,12 @@ def test_client_tensor_calls(client):
     half = client.call_tensor(SERVICE, "Embed", b'{"input": ["a", "bc"], "dim": 96, "dtype": "bfloat16"}')
     assert half.dtype.name == "bfloat16"
     assert np.abs(half.to_numpy(dtype="float32") - embedding.to_numpy()).max() < 1e-2
-    # A tensor request says so in its Content-Type (frames=tensor), set here explicitly so the test
-    # does not depend on the client version.
-    frames = {"Content-Type": TENSOR_FRAMES}
     big = Tensor.from_numpy(np.arange(300_000, dtype=np.float32).reshape(600, 500), name="x")
-    assert client.call_tensor(SERVICE, "Echo", big, headers=frames) == big  # several 64 KiB payload frames each way
-    doubled = client.call_tensor("t.v1.Tensors", "Double", big, headers=frames)
+    assert client.call_tensor(SERVICE, "Echo", big) == big  # several 64 KiB payload frames each way
+    doubled = client.call_tensor("t.v1.Tensors", "Double", big)
     assert np.array_equal(doubled.to_numpy(), big.to_numpy() * 2) and doubled.name == "x"
     empty = Tensor.from_numpy(np.zeros((0, 3), dtype=np.int64))
-    assert client.call_tensor(SERVICE, "Echo", empty, headers=frames) == empty
+    assert client.call_tensor(SERVICE, "Echo", empty) == empty
 
 
 def test_client_streams(client):
@@ -679,24 +675,24 @@ def test_lifespan_hooks_and_readiness():
 
 
 # ----------------------------------------------------------------------------------------
-# The server's zstd request decoding (quill.protocol's decoder, in bounded pieces) on random
-# splits and random garbage
+# zstd request decoding as the server does it (quill.protocol's ContentDecoder, in bounded
+# pieces) on random splits and random garbage
 # ----------------------------------------------------------------------------------------
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from quill.errors import DecodeError  # noqa: E402
-from quill.protocol.compression import ZstdDecoder  # noqa: E402
-from quill.server import _decoded_pieces  # noqa: E402
+from quill.protocol.responses import ContentDecoder  # noqa: E402
 
 
 def decode_body(pieces: list[bytes], limit: int | None) -> bytes:
-    decoder = ZstdDecoder(limit=limit)
+    decoder = ContentDecoder({"content-encoding": "zstd"}, limit, "request body")
     out = []
-    for index, piece in enumerate(pieces):
-        for decoded in _decoded_pieces(decoder, piece, last=index == len(pieces) - 1):
+    for piece in pieces:
+        for decoded in decoder.decode(piece):
             assert 0 < len(decoded) <= 1 << 20
             out.append(decoded)
+    decoder.finish()
     return b"".join(out)
 
 

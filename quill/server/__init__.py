@@ -1,0 +1,71 @@
+"""The reference Quill server: an ASGI application speaking PROTOCOL.md section 6, and the
+ways to run it.
+
+Register handlers on a :class:`QuillApp` by decorator (or :meth:`QuillApp.add_method`) and
+run it under any ASGI server; ``quill serve module:app`` runs it on uvicorn::
+
+    from quill.server import QuillApp
+
+    app = QuillApp()
+
+    @app.unary("echo.v1.EchoService/Echo")
+    def echo(request: bytes, context) -> bytes:
+        return request
+
+Five handler kinds, sync or async:
+
+===================  ==============================================  ==========================================
+kind                 handler                                         response body
+===================  ==============================================  ==========================================
+``unary``            ``f(request: bytes, ctx) -> bytes``             the message
+``server_stream``    ``f(request: bytes, ctx) -> (async) iterator``  message-stream frames, then END_STREAM
+``client_stream``    ``async f(messages: AsyncIterator, ctx)``       the message (request: message frames)
+``token_stream``     ``f(request: bytes, ctx) -> iter[TokenBatch]``  TOKEN_BATCH frames, then END_STREAM
+``tensor``           ``f(request: bytes | Tensor, ctx) -> Tensor``   tensor frames (the Tensor's memory, uncopied)
+===================  ==============================================  ==========================================
+
+A tensor handler gets a :class:`~quill.tensor.Tensor` when the request's Content-Type is
+``application/proto; frames=tensor`` (:data:`quill.protocol.constants.TENSOR_FRAMES`, what
+the client sends with a Tensor), and the body's bytes otherwise: the body's first byte cannot
+tell them apart (0x10 is TENSOR_META and also the protobuf tag of field 2).
+
+Errors become ``application/problem+json`` answers: a handler may return a
+:class:`~quill.errors.ProblemDetails` or raise a quill error (``RpcError(404, problem)``
+answers exactly that); unexpected exceptions answer 500 without leaking the traceback
+(it is logged with the ``trace_id`` the client sees). A handler failing after its
+stream started ends the stream with a CANCEL frame carrying the reason, so the client
+sees an error, never a normal end. The app also answers ``GET /health``, ``/ready`` and
+``/metrics`` (Prometheus text); with ``auth`` set, ``/metrics`` needs credentials and the
+two probes do not (``public_paths`` changes that).
+
+The package, one concept per module: :mod:`~quill.server.app` (QuillApp: routing, auth,
+built-in paths, lifespan), :mod:`~quill.server.kinds` (serving each handler kind),
+:mod:`~quill.server.handlers` (calling handlers from the event loop),
+:mod:`~quill.server.exchange` (reading the request, sending the answer),
+:mod:`~quill.server.problems` (failures as Problem Details), :mod:`~quill.server.auth`,
+:mod:`~quill.server.context`; running it: :mod:`~quill.server.running` (serve,
+serve_in_thread, workers), :mod:`~quill.server.sockets` (listening sockets and URLs).
+"""
+
+from __future__ import annotations
+
+from .app import BUILTIN_PATHS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PUBLIC_PATHS, QuillApp
+from .auth import ApiKeyAuth, AuthHook, BearerAuth
+from .context import Context
+from .handlers import HANDLER_KINDS
+from .running import load_app, serve, serve_in_thread
+
+__all__ = [
+    "QuillApp",
+    "Context",
+    "AuthHook",
+    "BearerAuth",
+    "ApiKeyAuth",
+    "serve_in_thread",
+    "serve",
+    "load_app",
+    "HANDLER_KINDS",
+    "BUILTIN_PATHS",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_PUBLIC_PATHS",
+]

@@ -1,0 +1,234 @@
+"""One HTTP exchange on the ASGI interface: the request body read within its limit (zstd
+decoded, as bytes, messages or a tensor), and the answer sent (whole, or as a stream of frames
+that a CANCEL frame ends when the handler fails midway).
+
+Content negotiation lives here too: ``Accept: application/json`` asks for JSON answers, and a
+tensor request says so in its Content-Type (``application/proto; frames=tensor``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, AsyncIterator, Callable, Iterable
+
+from ..errors import DecodeError, LimitExceededError, ProblemDetails
+from ..protocol import compression
+from ..protocol.constants import COMPRESSION_THRESHOLD, JSON, PROBLEM_JSON, PROTO, is_json, is_tensor_frames
+from ..protocol.problems import problem
+from ..protocol.responses import ContentDecoder
+from .context import Context
+from .handlers import close_async_iterator
+from .problems import ClientGone, HttpProblem, cancel_reason
+
+__all__ = ["Exchange", "header_dict", "wants_json", "unary_content_type"]
+
+logger = logging.getLogger("quill.server")
+_END = object()
+
+
+def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """ASGI headers as a dict of lower-case names; repeated headers joined by ``", "``.
+
+    >>> header_dict([(b"X-A", b"1"), (b"x-a", b"2")])
+    {'x-a': '1, 2'}
+    """
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def wants_json(headers: dict[str, str]) -> bool:
+    """True when the client asked for JSON and not protobuf (``Accept: application/json``)."""
+    accept = headers.get("accept", "").lower()
+    return JSON in accept and PROTO not in accept
+
+
+def unary_content_type(headers: dict[str, str]) -> str:
+    """The Content-Type of a message answer: JSON when asked for, or for a JSON request that
+    did not ask for protobuf; protobuf otherwise."""
+    accept = headers.get("accept", "").lower()
+    if wants_json(headers) or (PROTO not in accept and is_json(headers.get("content-type", ""))):
+        return JSON
+    return PROTO
+
+
+class Exchange:
+    """The state of one request/response: body reading with limits, sending, counters.
+
+    ``max_request_bytes`` bounds the body on the wire and after decompression (None: no limit).
+    """
+
+    def __init__(self, scope: dict, receive: Callable, send: Callable, method_path: str,
+                 max_request_bytes: int | None):
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.max_request_bytes = max_request_bytes
+        self.headers = header_dict(scope.get("headers", ()))
+        self.context = Context(method_path, self.headers, scope.get("client"))
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.body_complete = False
+        self.stream_failed = False
+
+    # -- receiving ------------------------------------------------------------------
+    def _content_decoder(self) -> ContentDecoder:
+        encoding = self.headers.get("content-encoding", "").strip().lower()
+        zstd = compression.available()
+        if encoding not in ("", "identity") and not (encoding == "zstd" and zstd):
+            raise HttpProblem(
+                problem(415, "Unsupported content encoding", f"Content-Encoding {encoding!r} is not supported; "
+                        "send identity" + (" or zstd" if zstd else "")),
+                [("accept-encoding", "zstd" if zstd else "identity")],
+            )
+        return ContentDecoder(self.headers, self.max_request_bytes, "request body")
+
+    async def body_chunks(self) -> AsyncIterator[bytes]:
+        """The request body as it arrives, zstd-decoded (in pieces of at most 1 MiB), within
+        ``max_request_bytes``."""
+        limit = self.max_request_bytes
+        declared = self.headers.get("content-length")
+        if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
+            raise LimitExceededError(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+        decoder = self._content_decoder()
+        while not self.body_complete:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            self.bytes_in += len(chunk)
+            if limit is not None and self.bytes_in > limit:
+                raise LimitExceededError(f"request body exceeds the limit of {limit} bytes")
+            self.body_complete = not message.get("more_body", False)
+            for piece in decoder.decode(chunk):
+                yield piece
+        decoder.finish()
+
+    async def discard_small_body(self, limit: int = 65536) -> None:
+        """Read and drop an unread body of known small size, so the connection stays reusable."""
+        declared = self.headers.get("content-length", "" if "transfer-encoding" in self.headers else "0")
+        if self.body_complete or not declared.isdigit() or int(declared) > limit:
+            return
+        while not self.body_complete:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+            self.body_complete = not message.get("more_body", False)
+
+    async def read_body(self) -> bytes:
+        return b"".join([chunk async for chunk in self.body_chunks()])
+
+    async def read_tensor_or_body(self) -> Any:
+        """A Tensor when the Content-Type says the body is tensor frames
+        (:data:`~quill.protocol.constants.TENSOR_FRAMES`), else the body's bytes."""
+        if not is_tensor_frames(self.headers.get("content-type", "")):
+            return await self.read_body()
+        from ..frames import TensorReceiver
+
+        receiver = TensorReceiver(max_bytes=self.max_request_bytes)
+        tensor = None
+        async for chunk in self.body_chunks():
+            result = receiver.feed(chunk)
+            if result is not None:
+                tensor = result
+        receiver.finish()  # raises for a missing END_STREAM, or bytes after it
+        if tensor is None:
+            raise DecodeError("the request says it is tensor frames (frames=tensor) but holds no tensor")
+        return tensor
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        """Client-streaming request messages, decoded from message-stream frames."""
+        from ..frames import MessageStreamDecoder
+
+        decoder = MessageStreamDecoder()
+        async for chunk in self.body_chunks():
+            for message in decoder.feed(chunk):
+                yield message
+        decoder.finish()
+
+    async def wait_disconnect(self) -> None:
+        """Return when the client goes away (call only once the body is fully read)."""
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    # -- sending --------------------------------------------------------------------
+    async def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        self.status = status
+        raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        if not self.body_complete:
+            raw.append((b"connection", b"close"))  # the rest of an unread body is not worth draining
+        await self._send({"type": "http.response.start", "status": status, "headers": raw})
+
+    async def body(self, data: bytes | memoryview, more: bool) -> None:
+        self.bytes_out += len(data) if not isinstance(data, memoryview) else data.nbytes
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def respond(self, status: int, body: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """A complete response; zstd-compressed when the client accepts it and it is large."""
+        headers = [("content-type", content_type), *headers]
+        if len(body) >= COMPRESSION_THRESHOLD and compression.accepts_zstd(self.headers.get("accept-encoding")):
+            body = compression.compress(body)
+            headers.append(("content-encoding", "zstd"))
+        headers.append(("content-length", str(len(body))))
+        await self.start(status, headers)
+        await self.body(body, more=False)
+
+    async def respond_problem(self, answer: ProblemDetails, headers: Iterable[tuple[str, str]] = ()) -> None:
+        body = answer.to_dict()  # a copy: a handler's ProblemDetails is never modified
+        body.setdefault("instance", self.scope.get("path"))
+        status = answer.status
+        if not 400 <= status <= 599:
+            logger.error("%s answered a ProblemDetails with status %r; sending 500", self.context.method_path, status)
+            status = body["status"] = 500
+        await self.respond(status, json.dumps(body, separators=(",", ":")).encode(), PROBLEM_JSON, headers)
+
+    async def stream(self, items: AsyncIterator, encode: Callable, end_frame: bytes, cancel_frame: Callable) -> None:
+        """Send ``items`` as frames; a failing handler ends the stream with a CANCEL frame.
+
+        The first item is fetched before the response starts, so a handler that fails
+        straight away still gets a proper Problem Details status (its exception propagates
+        from here). A client that disconnects, even before the first item, cancels the
+        handler's iterator: its ``finally`` blocks run and it does no more work.
+        """
+        pump = asyncio.ensure_future(self._pump(items, encode, end_frame, cancel_frame))
+        watcher = asyncio.ensure_future(self.wait_disconnect())
+        try:
+            await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not pump.done():
+                pump.cancel()
+                self.stream_failed = True
+                logger.info("client left %s mid-stream; handler stopped", self.context.method_path)
+            watcher.cancel()
+            outcome, _ = await asyncio.gather(pump, watcher, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            raise outcome
+
+    async def _pump(self, items: AsyncIterator, encode: Callable, end_frame: bytes, cancel_frame: Callable) -> None:
+        try:
+            try:
+                item = await items.__anext__()
+            except StopAsyncIteration:
+                item = _END
+            await self.start(200, [("content-type", PROTO)])
+            try:
+                while item is not _END:
+                    await self.body(encode(item), more=True)
+                    try:
+                        item = await items.__anext__()
+                    except StopAsyncIteration:
+                        item = _END
+                await self.body(end_frame, more=False)
+            except Exception as exc:  # the status is out: end the stream with a CANCEL frame
+                self.stream_failed = True
+                await self.body(cancel_frame(cancel_reason(exc, self.context.method_path)), more=False)
+        finally:
+            await close_async_iterator(items)

@@ -1,0 +1,156 @@
+"""Serving each handler kind: read the request as the kind expects, call the handler, send
+its answer (a message, a stream of frames, or a tensor).
+
+============================  ======================================================
+kind                          answer
+============================  ======================================================
+``unary``, ``client_stream``  the message (JSON when the call asked for JSON)
+``server_stream``             message-stream frames, then END_STREAM
+``token_stream``              TOKEN_BATCH frames, then END_STREAM (one JSON answer
+                              with ``Accept: application/json``)
+``tensor``                    tensor frames whose payloads are views of the Tensor
+============================  ======================================================
+
+A handler may answer a :class:`~quill.errors.ProblemDetails` instead, in every kind.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from ..errors import ProblemDetails
+from ..protocol.constants import JSON, PROTO
+from .exchange import Exchange, unary_content_type, wants_json
+from .handlers import Route, as_async_iterator, as_body, close_async_iterator, invoke
+
+__all__ = ["SERVE_KIND"]
+
+
+async def _serve_unary(exchange: Exchange, route: Route) -> None:
+    request = await exchange.read_body()
+    result = await invoke(route.function, request, exchange.context)
+    await _answer_message(exchange, route, result)
+
+
+async def _serve_client_stream(exchange: Exchange, route: Route) -> None:
+    messages = exchange.messages()
+    try:
+        result = await route.function(messages, exchange.context)
+    finally:
+        await messages.aclose()
+    await _answer_message(exchange, route, result)
+
+
+async def _answer_message(exchange: Exchange, route: Route, result: Any) -> None:
+    if isinstance(result, ProblemDetails):
+        await exchange.respond_problem(result)
+        return
+    body = as_body(result, route.path)
+    await exchange.respond(200, bytes(body), unary_content_type(exchange.headers))
+
+
+async def _stream_items(exchange: Exchange, route: Route) -> AsyncIterator | None:
+    """Call a streaming handler with the request body: its items, or None once a
+    ProblemDetails it returned has been answered."""
+    request = await exchange.read_body()
+    result = await invoke(route.function, request, exchange.context)
+    if isinstance(result, ProblemDetails):
+        await exchange.respond_problem(result)
+        return None
+    return as_async_iterator(result, route.path)
+
+
+async def _serve_server_stream(exchange: Exchange, route: Route) -> None:
+    from ..frames import encode_end_stream, encode_stream_cancel, encode_stream_frame
+
+    items = await _stream_items(exchange, route)
+    if items is None:
+        return
+
+    def encode(message: Any) -> bytes:
+        return encode_stream_frame(as_body(message, route.path))
+
+    await exchange.stream(items, encode, encode_end_stream(), encode_stream_cancel)
+
+
+async def _serve_token_stream(exchange: Exchange, route: Route) -> None:
+    from .._tokens import TokenBatch
+    from ..frames import END_STREAM_FRAME, encode_cancel_frame, encode_token_batch_frame
+
+    items = await _stream_items(exchange, route)
+    if items is None:
+        return
+
+    def encode(batch: Any) -> bytes:
+        if not isinstance(batch, TokenBatch):
+            raise TypeError(f"token_stream handler for {route.path} yielded {type(batch).__name__}, expected TokenBatch")
+        return encode_token_batch_frame(batch)
+
+    if wants_json(exchange.headers):
+        await _answer_tokens_as_json(exchange, items, encode)
+        return
+    await exchange.stream(items, encode, END_STREAM_FRAME, encode_cancel_frame)
+
+
+async def _answer_tokens_as_json(exchange: Exchange, items: AsyncIterator, check: Callable) -> None:
+    """``Accept: application/json``: collect the whole generation into one JSON answer."""
+    tokens = []
+    try:
+        async for batch in items:
+            check(batch)
+            tokens.extend(
+                {"id": t.id, "text": t.text, "logprob": t.logprob, "position": t.position, "is_special": t.is_special}
+                for t in batch
+            )
+    finally:
+        await close_async_iterator(items)
+    text = "".join(t["text"] or "" for t in tokens)
+    body = json.dumps({"text": text, "tokens": tokens}, separators=(",", ":")).encode()
+    await exchange.respond(200, body, JSON)
+
+
+async def _serve_tensor(exchange: Exchange, route: Route) -> None:
+    from ..tensor import Tensor
+
+    request = await exchange.read_tensor_or_body()
+    result = await invoke(route.function, request, exchange.context)
+    if isinstance(result, ProblemDetails):
+        await exchange.respond_problem(result)
+    elif isinstance(result, Tensor):
+        if wants_json(exchange.headers):
+            await exchange.respond(200, _tensor_json(result), JSON)
+        else:
+            await _send_tensor(exchange, result)
+    else:
+        await exchange.respond(200, bytes(as_body(result, route.path)), unary_content_type(exchange.headers))
+
+
+async def _send_tensor(exchange: Exchange, tensor: Any) -> None:
+    """Tensor frames with a Content-Length; payload frames are views of the tensor's memory."""
+    from ..frames import encode_tensor_frames
+
+    pieces = list(encode_tensor_frames(tensor))
+    total = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
+    await exchange.start(200, [("content-type", PROTO), ("content-length", str(total))])
+    last = len(pieces) - 1
+    for index, piece in enumerate(pieces):
+        await exchange.body(piece, more=index < last)
+
+
+def _tensor_json(tensor: Any) -> bytes:
+    """A tensor as JSON: name, shape, dtype and the elements as nested lists (floats for half types)."""
+    dtype = tensor.dtype
+    array = tensor.to_numpy(dtype="float32") if dtype.name in ("bfloat16", "float16") else tensor.to_numpy()
+    payload = {"name": tensor.name, "shape": list(tensor.shape), "dtype": dtype.name, "data": array.tolist()}
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+#: How each handler kind is served.
+SERVE_KIND: dict[str, Callable[[Exchange, Route], Awaitable[None]]] = {
+    "unary": _serve_unary,
+    "server_stream": _serve_server_stream,
+    "client_stream": _serve_client_stream,
+    "token_stream": _serve_token_stream,
+    "tensor": _serve_tensor,
+}
