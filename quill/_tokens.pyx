@@ -32,6 +32,11 @@ import numpy as np
 
 from quill.errors import DecodeError, EncodeError
 
+from quill._arrow cimport export_token_columns, token_schema
+from quill._arrow_import cimport TokenChunk, import_token_chunks
+
+from quill._arrow import token_batch_stream
+
 cnp.import_array()
 
 cdef extern from "_tokens_wire.h" nogil:
@@ -995,13 +1000,7 @@ cdef class TokenBatch:
             # From a pin: when tokens is self, the reservations below move self onto a copy and
             # the pinned original is read, so nothing read is ever written or freed meanwhile.
             source = pin_batch(tokens)
-            n = source.columns.count
-            self._reserve(self._count + n)
-            if source.columns.text_size:
-                self._reserve_text(source.columns.text_size)
-            for i in range(n):
-                self._push_from(&source.columns, i)
-            return 0
+            return self._extend_columns(&source.columns)
         items = tokens if type(tokens) is list else list(tokens)
         n = len(items)
         for i in range(n):
@@ -1016,6 +1015,16 @@ cdef class TokenBatch:
             self._push_token(<Token>items[i])
         return 0
 
+
+    cdef int _extend_columns(self, const TokenColumns *source) except -1:
+        """Append every token of ``source`` (pinned, or otherwise unchanged until this returns)."""
+        cdef Py_ssize_t i
+        self._reserve(self._count + source.count)
+        if source.text_size:
+            self._reserve_text(source.text_size)
+        for i in range(source.count):
+            self._push_from(source, i)
+        return 0
     def clear(self):
         """Remove every token (sequence_id, is_final and metadata stay)."""
         self._count = 0
@@ -1253,6 +1262,69 @@ cdef class TokenBatch:
     def text_bytes(self):
         """All token texts concatenated, as UTF-8 bytes."""
         return PyBytes_FromStringAndSize(<const char *>self._text, self._text_size)
+
+    # -- Arrow (the PyCapsule Interface: quill/_arrow.pyx exports, _arrow_import.pyx imports) --
+
+    cdef dict _arrow_metadata(self):
+        cdef dict metadata = {"is_final": "true" if self._is_final else "false"}
+        if self._has_sequence_id:
+            metadata["sequence_id"] = str(self._sequence_id)
+        return metadata
+
+    def __arrow_c_schema__(self):
+        """The batch's Arrow schema (an "arrow_schema" PyCapsule): a record batch of ``id`` uint32,
+        ``position`` uint32, ``logprob`` float32 (null where a token has none), ``text``
+        large_utf8 (null where a token has none; large because the batch's offsets are int64)
+        and ``is_special`` bool, with ``sequence_id`` (when set) and ``is_final`` ("true" or
+        "false") as schema metadata."""
+        return token_schema(self._arrow_metadata())
+
+    def __arrow_c_array__(self, requested_schema=None):
+        """The batch as an Arrow record batch: ("arrow_schema", "arrow_array") PyCapsules.
+
+        Not copied: ids, positions, logprob values, text offsets and text bytes are the batch's
+        own memory. Copied: three bitmaps (logprob and text validity, is_special values), which
+        Arrow stores as bits. The arrays hold a ``PinnedBatch`` of the batch as it was at this
+        call: they stay valid after the batch is dropped, and a later mutation moves the batch
+        onto a copy instead of changing them. ``requested_schema`` is accepted and not used (the
+        PyCapsule Interface makes it a best-effort request).
+
+        >>> schema, array = TokenBatch.from_tokens([Token(7, 0, "Hi")]).__arrow_c_array__()
+        >>> type(array).__name__
+        'PyCapsule'
+        """
+        cdef PinnedBatch pin = pin_batch(self)
+        return export_token_columns(&pin.columns, pin, self._arrow_metadata())
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        """The batch as a one-batch Arrow stream (an "arrow_array_stream" PyCapsule), exported as
+        ``__arrow_c_array__`` exports it: what ``pyarrow.table(batch)``,
+        ``polars.DataFrame(batch)`` and DuckDB's ``FROM batch`` read."""
+        return token_batch_stream((self,), self._arrow_metadata())
+
+    @staticmethod
+    def from_arrow(source):
+        """A new batch from any object with the Arrow PyCapsule Interface (a pyarrow Table,
+        RecordBatch or RecordBatchReader, a polars DataFrame, a DuckDB relation, a TokenBatch...),
+        all its chunks in order, copied into the batch.
+
+        Columns ``id`` and ``position`` (uint32) are required; ``logprob`` (float32), ``text``
+        (utf8, large_utf8 or utf8_view) and ``is_special`` (bool) are optional, null meaning "none"
+        in the first two; other columns are ignored. ``sequence_id`` and ``is_final`` come from
+        the schema metadata. A missing column or a wrong type raises TypeError naming the column
+        and the type expected; malformed data (a null id, offsets that decrease, invalid UTF-8,
+        wrong buffer counts...) raises DecodeError.
+
+        >>> batch = TokenBatch.from_tokens([Token(7, 0, "Hi", -0.5), Token(8, 1)], sequence_id=3)
+        >>> TokenBatch.from_arrow(batch) == batch
+        True
+        """
+        cdef TokenBatch batch = TokenBatch.__new__(TokenBatch)
+        sequence_id, batch._is_final, chunks = import_token_chunks(source)
+        batch._set_sequence_id(sequence_id)
+        for chunk in chunks:
+            batch._extend_columns(&(<TokenChunk>chunk).columns)
+        return batch
 
     # -- wire ---------------------------------------------------------------------------------
 
