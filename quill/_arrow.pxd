@@ -40,7 +40,7 @@ cdef extern from "_arrow_abi.h" nogil:
         void *private_data
 
 
-# Token flags (PROTOCOL.md section 2): the bits of TokenColumns.flags (quill/_tokens.pxd).
+# Token flags (docs/protocol.md section 2): the bits of TokenColumns.flags (quill/_tokens.pxd).
 cdef enum:
     TOKEN_HAS_TEXT = 0x01
     TOKEN_HAS_LOGPROB = 0x02

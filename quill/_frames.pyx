@@ -1,4 +1,4 @@
-"""Tensor frames (PROTOCOL.md section 4) and message-stream frames (section 5).
+"""Tensor frames (docs/protocol.md section 4) and message-stream frames (section 5).
 
 Encoders build exact wire bytes; incremental parsers accept byte chunks of any size
 (one byte at a time works) and hand out complete frames only. Public names are

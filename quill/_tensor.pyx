@@ -1,7 +1,7 @@
 """Compiled core of :mod:`quill.tensor`: the TENSOR_META wire codec, DLPack export, byte equality.
 
 The public classes live in ``quill/tensor.py``; this module holds only the parts that touch raw
-memory. Every length is checked before a byte is read (PROTOCOL.md section 4 and its **Ours**
+memory. Every length is checked before a byte is read (docs/protocol.md section 4 and its **Ours**
 rules), and bad input raises :class:`~quill.errors.DecodeError` with the offset of the bad field.
 
 >>> from quill._tensor import encode_meta, decode_meta
@@ -140,7 +140,7 @@ cdef inline Py_ssize_t checked_byte_size(const uint64_t *dims, Py_ssize_t ndim,
 # -- TENSOR_META codec ---------------------------------------------------------------------------
 
 def encode_meta(shape, dtype, name, int device_code):
-    """The TENSOR_META payload (PROTOCOL.md section 4) for ``shape`` of ``dtype`` on ``device_code``.
+    """The TENSOR_META payload (docs/protocol.md section 4) for ``shape`` of ``dtype`` on ``device_code``.
 
     Raises :class:`~quill.errors.EncodeError` where the reference would silently wrap a field:
     more than 255 dimensions, a name over 65,535 UTF-8 bytes, a name that is not valid Unicode,

@@ -1,4 +1,4 @@
-"""LLM tokens on the wire: ``Token``, ``TokenBatch`` and ``TokenBatchBuilder`` (PROTOCOL.md sections 2-3).
+"""LLM tokens on the wire: ``Token``, ``TokenBatch`` and ``TokenBatchBuilder`` (docs/protocol.md sections 2-3).
 
 A ``TokenBatch`` stores its tokens by columns (ids, positions, raw float32 logprob bits, flags,
 one UTF-8 text buffer with offsets) and creates ``Token`` objects only when asked for one, so
@@ -257,7 +257,7 @@ cdef class _Columns:
 @cython.no_gc
 @cython.freelist(1024)
 cdef class Token:
-    """One generated token (PROTOCOL.md section 2). Immutable and hashable.
+    """One generated token (docs/protocol.md section 2). Immutable and hashable.
 
     ``logprob`` is carried as float32: the value read back is the float32 rounding of the one
     given, and tokens compare (and hash) their logprobs by those 32 bits.
@@ -723,7 +723,7 @@ cdef Py_ssize_t _write_tokens(const TokenColumns *c, unsigned char *p, const uns
 @cython.no_gc
 @cython.freelist(64)
 cdef class TokenBatch:
-    """A batch of tokens for streaming (PROTOCOL.md section 3), stored by columns.
+    """A batch of tokens for streaming (docs/protocol.md section 3), stored by columns.
 
     Token objects are created only when asked for (``tokens()``, ``batch[i]``, iteration); the
     column accessors (``ids_array()``, ``logprobs_array()``...) return numpy arrays directly.

@@ -1,7 +1,7 @@
 """Tensors and their metadata, with zero-copy NumPy, buffer, DLPack and pickle interop.
 
 A :class:`Tensor` is a :class:`TensorMeta` (shape, dtype, name, device label) plus the tensor's
-element bytes exactly as they travel on the wire (PROTOCOL.md section 4): little-endian,
+element bytes exactly as they travel on the wire (docs/protocol.md section 4): little-endian,
 row-major, densely packed, bool as one byte 0/1.
 
 Memory sharing (as with ``torch.from_numpy``)
@@ -47,7 +47,7 @@ from quill.dtypes import DType
 __all__ = ["Shape", "Tensor", "TensorMeta"]
 
 _U64_MAX = 2**64 - 1
-_DEVICE_CODES = {"cpu": 0, "cuda": 1}  # PROTOCOL.md section 1
+_DEVICE_CODES = {"cpu": 0, "cuda": 1}  # docs/protocol.md section 1
 _DEVICE_NAMES = tuple(_DEVICE_CODES)
 _KDL_CPU = 1  # DLPack's DLDeviceType for host memory
 _REPR_VALUES = 6
@@ -252,7 +252,7 @@ class TensorMeta:
         (checked before anything is allocated) and :class:`~quill.errors.DecodeError`, with the
         offset, for truncation, unknown dtype/device codes, a shape whose size overflows u64, a
         ``byte_size`` that disagrees with the shape, a name running past the end, or trailing
-        bytes (the last three are accepted by the reference; PROTOCOL.md section 4, **Ours**).
+        bytes (the last three are accepted by the reference; docs/protocol.md section 4, **Ours**).
         Invalid UTF-8 in the name becomes U+FFFD, as in the reference.
 
         >>> TensorMeta.decode(bytes.fromhex("00010004000000000000000000"))

@@ -162,7 +162,7 @@ def test_meta_encode_limits_are_ours():
 
 
 def meta_bytes(shape, code=1, device=0, byte_size=None, name=b""):
-    """A hand-built TENSOR_META payload (PROTOCOL.md section 4), independent of the encoder."""
+    """A hand-built TENSOR_META payload (docs/protocol.md section 4), independent of the encoder."""
     if byte_size is None:
         byte_size = int(np.prod(shape, dtype=object)) * {1: 4, 2: 2, 3: 2, 4: 8, 5: 1, 6: 4, 7: 8, 8: 1, 9: 1}[code]
     out = bytes([len(shape)]) + b"".join(d.to_bytes(8, "little") for d in shape)

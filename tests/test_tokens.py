@@ -1,6 +1,6 @@
 """Token, TokenBatch and TokenBatchBuilder (quill._tokens).
 
-The independent oracle is a small `struct` implementation of PROTOCOL.md sections 2-3 written
+The independent oracle is a small `struct` implementation of docs/protocol.md sections 2-3 written
 here from the spec; numpy supplies the float32 rounding. Golden vectors of the Rust reference
 are checked in tests/interop/test_token_vectors.py.
 """
