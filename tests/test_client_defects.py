@@ -124,3 +124,23 @@ def test_header_names_with_a_newline_are_refused(name):
         with pytest.raises(ValueError, match="invalid HTTP header name"):
             client.call(SERVICE, METHOD, b"x", headers={name: "1"})
         assert server.requests == []
+
+
+def test_the_current_trace_context_goes_out_with_every_call():
+    trace = pytest.importorskip("opentelemetry.trace")
+    from opentelemetry import context
+
+    span = trace.NonRecordingSpan(trace.SpanContext(trace_id=0xABC, span_id=0xDEF, is_remote=False,
+                                                    trace_flags=trace.TraceFlags(1)))
+    with ScriptedServer(echo) as server:
+        client = QuillClient(server.url)
+        client.call(SERVICE, METHOD, b"untraced")
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            client.call(SERVICE, METHOD, b"traced")
+        finally:
+            context.detach(token)
+        client.call(SERVICE, METHOD, b"untraced again")
+    untraced, traced, after = server.requests
+    assert "traceparent" not in untraced.headers and "traceparent" not in after.headers
+    assert traced.headers["traceparent"] == f"00-{0xABC:032x}-{0xDEF:016x}-01"
