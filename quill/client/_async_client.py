@@ -14,7 +14,7 @@ b'hi'
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterable, Mapping
+from typing import Any, Mapping
 
 from ..errors import DecodeError, LimitExceededError, QuillConnectionError, QuillTimeoutError, RpcError
 from ..protocol.calls import HEALTH_TIMEOUT_MS, ClientCore

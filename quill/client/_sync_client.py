@@ -15,7 +15,7 @@ b'hi'
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from ..errors import DecodeError, LimitExceededError, QuillConnectionError, QuillTimeoutError, RpcError
 from ..protocol.calls import HEALTH_TIMEOUT_MS, ClientCore
