@@ -31,13 +31,19 @@ __all__ = ["AsyncHTTP11Transport", "AsyncHTTP11Response"]
 _PAUSE_AT = 4 << 20
 _RESUME_AT = 1 << 20
 _SMALL_BODY = 16 * 1024
+_READ_SIZE = 1 << 20
 
 
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection: writes requests, parses answers into a head and body chunks."""
+class _Connection(asyncio.BufferedProtocol):
+    """One HTTP/1.1 connection: writes requests, parses answers into a head and body chunks.
+
+    A buffered protocol: the socket is read into one reused buffer of :data:`_READ_SIZE` bytes
+    and parsed at once (httptools copies only the body bytes out of it).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
+        self._read_buffer = memoryview(bytearray(_READ_SIZE))
         self.transport: Any = None
         self.parser = None
         self.lost = False
@@ -69,7 +75,13 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read_buffer[:nbytes])
+
+    def data_received(self, data: Any) -> None:
         self.any_byte = True
         if self.complete:  # bytes after the answer (a lying Content-Length): never reuse this connection
             self.keep_alive = False
