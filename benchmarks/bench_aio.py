@@ -2,7 +2,7 @@
 
 Server: the bench app (quill.benchmark:app) under uvicorn with httptools in a child process.
 Rows: 100 B echo sequential and 64-concurrent for AsyncQuillClient, raw aiohttp ClientSession,
-httpx.AsyncClient (if installed); the sync QuillClient and raw urllib3 sequential; a message
+grpc.aio against a grpcio servicer (bench_client.py's), httpx.AsyncClient (if installed); the sync QuillClient and raw urllib3 sequential; a message
 stream of 64 x 1 MiB and a 64 MiB tensor for both quill clients; the Unix socket against TCP.
 Each figure is the median of ``--repeat`` runs; p50/p99 are per call of the median run.
 
@@ -123,6 +123,19 @@ async def httpx_unary(url: str, calls: int, concurrency: int) -> dict | None:
         return await timed_async(op, calls, concurrency)
 
 
+async def grpc_aio_unary(target: str, calls: int, concurrency: int) -> dict | None:
+    """grpc.aio against the grpcio servicer of bench_client.py (raw bytes, no protobuf codegen)."""
+    try:
+        import grpc
+    except ImportError:
+        return None
+    payload = os.urandom(100)
+    async with grpc.aio.insecure_channel(target) as channel:
+        echo = channel.unary_unary(f"/{SVC}/Echo")
+        await echo(payload)
+        return await timed_async(lambda: echo(payload), calls, concurrency)
+
+
 def sync_unary(url: str, calls: int) -> dict:
     payload = os.urandom(100)
     with QuillClient(url) as client:
@@ -186,9 +199,13 @@ def main() -> None:
     uds = os.path.join(tempfile.mkdtemp(), "bench.sock")
     tcp_url, uds_url = f"http://127.0.0.1:{port}", "http+unix://" + quote(uds, safe="")
     servers = [start(["--port", str(port)]), start(["--uds", uds])]
+    grpc_port = port + 1
+    bench_client = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_client.py")
+    servers.append(subprocess.Popen([sys.executable, bench_client, "--serve-grpc", str(grpc_port)]))
     try:
         wait_up(tcp_url)
         wait_up(uds_url)
+        time.sleep(1.0)  # the grpcio server binds within a second
         rows = []
         for concurrency in (1, 64):
             label = f"unary 100 B, {'sequential' if concurrency == 1 else '64 concurrent'}"
@@ -202,6 +219,10 @@ def main() -> None:
                 measured["AsyncQuillClient, Unix socket"] = median_run(
                     [asyncio.run(quill_unary(uds_url, args.calls, 1)) for _ in range(args.repeat)])
                 measured["QuillClient (sync), Unix socket"] = median_run([sync_unary(uds_url, args.calls) for _ in range(args.repeat)])
+            grpc_runs = [asyncio.run(grpc_aio_unary(f"127.0.0.1:{grpc_port}", args.calls, concurrency))
+                         for _ in range(args.repeat)]
+            if grpc_runs[0] is not None:
+                measured["grpc.aio (grpcio server)"] = median_run(grpc_runs)
             hx = [asyncio.run(httpx_unary(tcp_url, args.calls // 4, concurrency)) for _ in range(3)]
             if hx[0] is not None:
                 measured["httpx.AsyncClient"] = median_run(hx)

@@ -20,6 +20,7 @@ WORDS = {
     "AsyncFrameStream": "FrameStream",
     "AsyncMessageStream": "MessageStream",
     "AsyncTokenStream": "TokenStream",
+    "AsyncTokenArrowExport": "TokenArrowExport",
     "AsyncHTTP11Transport": "HTTP11Transport",
     "aio_http11": "http11",
     "_async_streams": "_sync_streams",
