@@ -350,7 +350,10 @@ class AsyncHTTP11Transport:
             raise QuillConnectionError(f"{where}: the client is closed")
         self._bind()
         try:
-            await asyncio.wait_for(self._slots.acquire(), request.timeout)
+            if self._slots.locked():  # every connection busy: wait, at most the call's timeout
+                await asyncio.wait_for(self._slots.acquire(), request.timeout)
+            else:
+                await self._slots.acquire()
         except asyncio.TimeoutError:
             raise QuillTimeoutError(
                 f"{where}: no free connection within {request.timeout:g} s "
