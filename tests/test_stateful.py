@@ -11,11 +11,13 @@ sanitizer build: QUILL_STATEFUL_EXAMPLES=5000 python tools/native_builds.py run 
 python -m pytest tests/test_stateful.py
 """
 
+import collections
 import os
 import pickle
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -34,6 +36,16 @@ from quill.errors import DecodeError, IncompleteStreamError, LimitExceededError,
 from quill.tensor import Tensor, TensorMeta
 
 EXAMPLES = int(os.environ.get("QUILL_STATEFUL_EXAMPLES", "40"))
+STEPS = collections.Counter()   # steps checked per machine (an invariant runs after each)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_steps():
+    """The figures of a long run (docs/bad-inputs.md): pytest -s shows them."""
+    yield
+    print(f"\nsteps checked against the models: {dict(STEPS)}, {sum(STEPS.values())} in all")
+
+
 SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -177,6 +189,7 @@ class TokenBatchMachine(RuleBasedStateMachine):
 
     @invariant()
     def matches_the_model(self):
+        STEPS["TokenBatch"] += 1
         assert len(self.batch) == len(self.model)
         assert self.batch.token_ids() == [f[0] for f in self.model]
         assert self.batch.texts() == [f[2] for f in self.model]
@@ -243,6 +256,7 @@ class TokenBatchBuilderMachine(RuleBasedStateMachine):
 
     @invariant()
     def pending_count(self):
+        STEPS["TokenBatchBuilder"] += 1
         if hasattr(self, "builder"):
             assert len(self.builder) == len(self.pending)
 
@@ -563,6 +577,7 @@ def parser_machine(make_parser, model, streams):
 
         @invariant()
         def outputs_are_a_prefix(self):
+            STEPS[type(self.parser).__name__] += 1
             assert self.outputs == self.expected[:len(self.outputs)]
 
         def teardown(self):
