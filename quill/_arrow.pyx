@@ -351,7 +351,7 @@ def export_tensor(data, shape, dtype, name):
     such type) and a 0-d tensor ValueError (it has no rows).
 
     >>> from quill.dtypes import DType
-    >>> schema, array = export_tensor(bytearray(8), (2, 2), DType.uint8(), "t")
+    >>> schema, array = export_tensor(bytearray(4), (2, 2), DType.uint8(), "t")
     """
     cdef ArrowArray *array
     cdef ArrayPrivate *values
