@@ -60,17 +60,46 @@ static inline int quill_bit(const uint8_t *bitmap, int64_t i)
     return (bitmap[i >> 3] >> (i & 7)) & 1;
 }
 
-/* Set bits of a zeroed bitmap of n bits where (values[i] & mask) != 0; return how many were set. */
-static inline int64_t quill_pack_bits(uint8_t *bitmap, const uint8_t *values, uint8_t mask, int64_t n)
+/* Write k bitmaps of n bits in one pass over values: bit i of bitmaps[m] is
+ * (values[i] & masks[m]) != 0 (whole bytes: the last byte's spare bits are 0), and set[m] counts
+ * the bits set. Branch-free, eight values a byte; k is at most 4. */
+static inline unsigned quill_pack_byte(const uint8_t *v, int64_t count, uint8_t mask)
 {
-    int64_t i, set = 0;
-    for (i = 0; i < n; i++) {
-        if (values[i] & mask) {
-            bitmap[i >> 3] |= (uint8_t)(1u << (i & 7));
-            set++;
+    uint64_t x = 0, masked, nonzero;
+    int64_t i;
+    for (i = 0; i < count; i++)   /* a single little-endian load where count is 8 */
+        x |= (uint64_t)v[i] << (8 * i);
+    masked = x & (mask * 0x0101010101010101ull);
+    /* 0x01 in each byte that is not zero, then those eight bits gathered into one byte */
+    nonzero = (((masked & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | masked) >> 7 & 0x0101010101010101ull;
+    return (unsigned)((nonzero * 0x0102040810204080ull) >> 56);
+}
+
+static inline unsigned quill_popcount8(unsigned byte)
+{
+    return ((byte * 0x08040201u) >> 3 & 0x11111111u) * 0x11111111u >> 28;
+}
+
+static inline void quill_pack_bits(const uint8_t *values, int64_t n, int k, const uint8_t *masks,
+                                   uint8_t **bitmaps, int64_t *set)
+{
+    int64_t j, full = n / 8;
+    int m;
+    for (m = 0; m < k; m++) {
+        uint8_t mask = masks[m], *out = bitmaps[m];
+        int64_t count = 0;
+        for (j = 0; j < full; j++) {
+            unsigned byte = quill_pack_byte(values + 8 * j, 8, mask);
+            out[j] = (uint8_t)byte;
+            count += quill_popcount8(byte);
         }
+        if (n % 8) {
+            unsigned byte = quill_pack_byte(values + 8 * full, n % 8, mask);
+            out[full] = (uint8_t)byte;
+            count += quill_popcount8(byte);
+        }
+        set[m] = count;
     }
-    return set;
 }
 
 /* The number of zero bits among bits [start, start + n) of a bitmap. */
