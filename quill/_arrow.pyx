@@ -51,6 +51,8 @@ cdef extern from "Python.h":
 cdef int64_t ZERO_OFFSET = 0
 cdef uint8_t EMPTY_BYTE = 0
 cdef uint8_t ALL_BITS = 0xFF
+cdef enum:
+    NOGIL_MIN_TOKENS = 65536   # below this, releasing the GIL costs more than it frees
 
 # The quill dtype names Arrow can carry, and their format strings.
 TENSOR_FORMATS = {"float32": b"f", "float64": b"g", "float16": b"e", "int8": b"c", "int32": b"i",
@@ -289,7 +291,10 @@ cdef tuple export_token_columns(const TokenColumns *columns, object owner, dict 
         masks[0], masks[1], masks[2] = TOKEN_HAS_LOGPROB, TOKEN_HAS_TEXT, TOKEN_IS_SPECIAL
         for i in range(3):
             bitmaps[i] = own_bitmap(private[i], n)
-        if n:
+        if n >= NOGIL_MIN_TOKENS:   # the pinned columns cannot change meanwhile
+            with nogil:
+                quill_pack_bits(columns.flags, n, 3, masks, bitmaps, set_bits)
+        elif n:
             quill_pack_bits(columns.flags, n, 3, masks, bitmaps, set_bits)
         else:
             set_bits[0] = set_bits[1] = set_bits[2] = 0

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h>
 
 #ifndef ARROW_C_DATA_INTERFACE
 #define ARROW_C_DATA_INTERFACE
@@ -60,18 +61,27 @@ static inline int quill_bit(const uint8_t *bitmap, int64_t i)
     return (bitmap[i >> 3] >> (i & 7)) & 1;
 }
 
-/* Write k bitmaps of n bits in one pass over values: bit i of bitmaps[m] is
- * (values[i] & masks[m]) != 0 (whole bytes: the last byte's spare bits are 0), and set[m] counts
- * the bits set. Branch-free, eight values a byte; k is at most 4. */
-static inline unsigned quill_pack_byte(const uint8_t *v, int64_t count, uint8_t mask)
+/* count (<= 8) bytes as a little-endian word, the first in the low byte. */
+static inline uint64_t quill_load8(const uint8_t *v, int64_t count)
 {
-    uint64_t x = 0, masked, nonzero;
+    uint64_t x = 0;
     int64_t i;
-    for (i = 0; i < count; i++)   /* a single little-endian load where count is 8 */
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__)
+    if (count == 8) {
+        memcpy(&x, v, 8);
+        return x;
+    }
+#endif
+    for (i = 0; i < count; i++)
         x |= (uint64_t)v[i] << (8 * i);
-    masked = x & (mask * 0x0101010101010101ull);
-    /* 0x01 in each byte that is not zero, then those eight bits gathered into one byte */
-    nonzero = (((masked & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | masked) >> 7 & 0x0101010101010101ull;
+    return x;
+}
+
+/* A byte whose bit i says whether byte i of x has a bit of mask set. */
+static inline unsigned quill_gather(uint64_t x, uint8_t mask)
+{
+    uint64_t masked = x & (mask * 0x0101010101010101ull);
+    uint64_t nonzero = (((masked & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | masked) >> 7 & 0x0101010101010101ull;
     return (unsigned)((nonzero * 0x0102040810204080ull) >> 56);
 }
 
@@ -80,25 +90,24 @@ static inline unsigned quill_popcount8(unsigned byte)
     return ((byte * 0x08040201u) >> 3 & 0x11111111u) * 0x11111111u >> 28;
 }
 
+/* Write k bitmaps of n bits in one pass over values: bit i of bitmaps[m] is
+ * (values[i] & masks[m]) != 0 (whole bytes: the last byte's spare bits are 0), and set[m] counts
+ * the bits set. Branch-free: each eight values are loaded once as a word, their masked bytes
+ * turned into 0/1 and gathered into one byte by a multiplication. */
 static inline void quill_pack_bits(const uint8_t *values, int64_t n, int k, const uint8_t *masks,
                                    uint8_t **bitmaps, int64_t *set)
 {
-    int64_t j, full = n / 8;
+    int64_t j, bytes = (n + 7) / 8;
     int m;
-    for (m = 0; m < k; m++) {
-        uint8_t mask = masks[m], *out = bitmaps[m];
-        int64_t count = 0;
-        for (j = 0; j < full; j++) {
-            unsigned byte = quill_pack_byte(values + 8 * j, 8, mask);
-            out[j] = (uint8_t)byte;
-            count += quill_popcount8(byte);
+    for (m = 0; m < k; m++)
+        set[m] = 0;
+    for (j = 0; j < bytes; j++) {
+        uint64_t x = quill_load8(values + 8 * j, n - 8 * j < 8 ? n - 8 * j : 8);
+        for (m = 0; m < k; m++) {
+            unsigned byte = quill_gather(x, masks[m]);
+            bitmaps[m][j] = (uint8_t)byte;
+            set[m] += quill_popcount8(byte);
         }
-        if (n % 8) {
-            unsigned byte = quill_pack_byte(values + 8 * full, n % 8, mask);
-            out[full] = (uint8_t)byte;
-            count += quill_popcount8(byte);
-        }
-        set[m] = count;
     }
 }
 
