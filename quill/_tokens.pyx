@@ -279,9 +279,13 @@ cdef class Token:
     cdef uint32_t _text_len
     cdef uint8_t _flags
     cdef uint8_t _lazy_text
+    cdef uint8_t _initialised       # set once the fields hold a token: they never change again
 
     def __init__(self, id, position, text=None, logprob=None, is_special=False):
-        # Calls of the class itself take _token_vectorcall; this serves explicit __init__ calls.
+        # Calls of the class itself take _token_vectorcall; this serves explicit __init__ calls,
+        # which may only fill a bare Token.__new__(Token): a token is immutable (and hashed).
+        if self._initialised:
+            raise TypeError("Token is immutable: __init__ cannot re-initialise an existing token")
         _init_token(self, id, position, text, logprob, is_special)
 
     @staticmethod
@@ -471,6 +475,7 @@ cdef Token _new_token(uint32_t id, uint32_t position, uint8_t flags, uint32_t lo
     tok._flags = flags
     tok._logprob_bits = logprob_bits
     tok._text = text
+    tok._initialised = 1
     return tok
 
 
@@ -489,6 +494,7 @@ cdef int _init_token(Token tok, object id, object position, object text, object 
     if text is not None:
         tok._text = _checked_text(text)
         tok._flags |= HAS_TEXT
+    tok._initialised = 1
     return 0
 
 
@@ -880,9 +886,9 @@ cdef class TokenBatch:
         cdef Py_ssize_t text_len = 0
         cdef bint has_text = tok._flags & HAS_TEXT
         if has_text:
-            tok._utf8(&text_len)
+            text = tok._utf8(&text_len)
         self._reserve_one(has_text, text_len)
-        if has_text:   # only now: a token of this batch points into the buffer just reserved
+        if tok._lazy_text:   # its text is in a _TextBuffer (maybe this batch's, just moved): again
             text = tok._utf8(&text_len)
         self._append(tok._id, tok._position, tok._flags, tok._logprob_bits, text, text_len)
         return 0
@@ -1331,8 +1337,12 @@ cdef class TokenBatch:
         >>> TokenBatch(sequence_id=7).encode().hex()
         '01000000070000'
         """
-        cdef PinnedBatch pin = pin_batch(self)   # first: allocating below may run other threads
-        cdef const TokenColumns *c = &pin.columns
+        # Small batches are written with the GIL held and nothing that runs Python code (a bytes
+        # allocation starts no GC pass): their storage as it is now is a snapshot. Large ones are
+        # written without the GIL, from a pin taken before anything is allocated.
+        cdef PinnedBatch pin = pin_batch(self) if self._count >= NOGIL_MIN_TOKENS else None
+        cdef TokenColumns now = self._columns_now()
+        cdef const TokenColumns *c = &pin.columns if pin is not None else &now
         cdef uint8_t flags = (HAS_SEQUENCE_ID if self._has_sequence_id else 0) | (IS_FINAL if self._is_final else 0)
         cdef uint32_t sequence_id = self._sequence_id
         cdef Py_ssize_t header = 7 if flags & HAS_SEQUENCE_ID else 3
@@ -1346,7 +1356,7 @@ cdef class TokenBatch:
         if flags & HAS_SEQUENCE_ID:
             quill_store_be32(p + 1, sequence_id)
         quill_store_be16(p + header - 2, <uint16_t>c.count)
-        if c.count >= NOGIL_MIN_TOKENS:
+        if pin is not None:
             with nogil:
                 bad = _write_tokens(c, p + header, p + header + c.wire_size)
         else:
