@@ -29,7 +29,8 @@ import sys
 
 
 cdef extern from "_arrow_abi.h" nogil:
-    int64_t quill_pack_bits(uint8_t *bitmap, const uint8_t *values, uint8_t mask, int64_t n)
+    void quill_pack_bits(const uint8_t *values, int64_t n, int k, const uint8_t *masks, uint8_t **bitmaps,
+                         int64_t *set)
 
 cdef extern from "Python.h":
     # PyObject* rather than object: capsule destructors run at refcount zero and must not
@@ -49,6 +50,9 @@ cdef extern from "Python.h":
 # and an offsets buffer always holds one entry.
 cdef int64_t ZERO_OFFSET = 0
 cdef uint8_t EMPTY_BYTE = 0
+cdef uint8_t ALL_BITS = 0xFF
+cdef enum:
+    NOGIL_MIN_TOKENS = 65536   # below this, releasing the GIL costs more than it frees
 
 # The quill dtype names Arrow can carry, and their format strings.
 TENSOR_FORMATS = {"float32": b"f", "float64": b"g", "float16": b"e", "int8": b"c", "int32": b"i",
@@ -239,24 +243,6 @@ cdef int fill_values(ArrowArray *out, int64_t length, const void *values, object
     return 0
 
 
-cdef int fill_flag_column(ArrowArray *out, const TokenColumns *columns, uint8_t flag, bint as_validity,
-                          const void *values, const void *text, object owner) except -1:
-    """A column whose bitmap comes from ``flags & flag``: the validity of ``values`` (logprob,
-    and text when ``text`` is given), or the values of a bool column (is_special)."""
-    cdef int64_t n = columns.count
-    cdef ArrayPrivate *private = new_array(out, n, 3 if text != NULL else 2, 0, owner if as_validity else None)
-    cdef uint8_t *bitmap = own_bitmap(private, n)
-    cdef int64_t set_bits = quill_pack_bits(bitmap, columns.flags, flag, n) if n else 0
-    if not as_validity:
-        private.buffers[1] = bitmap
-        return 0
-    out.null_count = n - set_bits
-    private.buffers[0] = bitmap if out.null_count else NULL
-    private.buffers[1] = values
-    private.buffers[2] = text
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------
 # TokenBatch as a record batch
 
@@ -279,11 +265,17 @@ cdef tuple token_schema_spec(dict metadata):
 cdef tuple export_token_columns(const TokenColumns *columns, object owner, dict metadata):
     """("arrow_schema", "arrow_array") capsules of a record batch over ``columns``: the id,
     position, logprob values and text offsets and bytes are not copied (``owner`` keeps them
-    alive and unchanged); the validity bitmaps and the is_special bitmap are built here."""
+    alive and unchanged); the validity bitmaps and the is_special bitmap are built here, in one
+    pass over the flags."""
     cdef ArrowArray *array = <ArrowArray *>malloc(sizeof(ArrowArray))
     cdef int64_t n = columns.count
-    cdef const void *offsets = columns.text_offsets if n else <const void *>&ZERO_OFFSET
-    cdef const void *text = columns.text if columns.text != NULL else <const void *>&EMPTY_BYTE
+    cdef ArrowArray *logprob
+    cdef ArrowArray *text
+    cdef ArrayPrivate *private[3]
+    cdef uint8_t *bitmaps[3]
+    cdef uint8_t masks[3]
+    cdef int64_t set_bits[3]
+    cdef int i
     if array == NULL:
         raise MemoryError()
     array.release = NULL
@@ -292,9 +284,28 @@ cdef tuple export_token_columns(const TokenColumns *columns, object owner, dict 
         new_array(array, n, 1, 5, None)
         fill_values(array.children[0], n, columns.ids, owner)
         fill_values(array.children[1], n, columns.positions, owner)
-        fill_flag_column(array.children[2], columns, TOKEN_HAS_LOGPROB, True, columns.logprob_bits, NULL, owner)
-        fill_flag_column(array.children[3], columns, TOKEN_HAS_TEXT, True, offsets, text, owner)
-        fill_flag_column(array.children[4], columns, TOKEN_IS_SPECIAL, False, NULL, NULL, None)
+        logprob, text = array.children[2], array.children[3]
+        private[0] = new_array(logprob, n, 2, 0, owner)
+        private[1] = new_array(text, n, 3, 0, owner)
+        private[2] = new_array(array.children[4], n, 2, 0, None)
+        masks[0], masks[1], masks[2] = TOKEN_HAS_LOGPROB, TOKEN_HAS_TEXT, TOKEN_IS_SPECIAL
+        for i in range(3):
+            bitmaps[i] = own_bitmap(private[i], n)
+        if n >= NOGIL_MIN_TOKENS:   # the pinned columns cannot change meanwhile
+            with nogil:
+                quill_pack_bits(columns.flags, n, 3, masks, bitmaps, set_bits)
+        elif n:
+            quill_pack_bits(columns.flags, n, 3, masks, bitmaps, set_bits)
+        else:
+            set_bits[0] = set_bits[1] = set_bits[2] = 0
+        logprob.null_count = n - set_bits[0]
+        private[0].buffers[0] = bitmaps[0] if logprob.null_count else NULL
+        private[0].buffers[1] = columns.logprob_bits
+        text.null_count = n - set_bits[1]
+        private[1].buffers[0] = bitmaps[1] if text.null_count else NULL
+        private[1].buffers[1] = columns.text_offsets if n else <const void *>&ZERO_OFFSET
+        private[1].buffers[2] = columns.text if columns.text != NULL else <const void *>&EMPTY_BYTE
+        private[2].buffers[1] = bitmaps[2]
         return schema, PyCapsule_New(array, b"arrow_array", array_capsule_destructor)
     except BaseException:
         if array.release != NULL:
@@ -351,11 +362,12 @@ def export_tensor(data, shape, dtype, name):
     such type) and a 0-d tensor ValueError (it has no rows).
 
     >>> from quill.dtypes import DType
-    >>> schema, array = export_tensor(bytearray(8), (2, 2), DType.uint8(), "t")
+    >>> schema, array = export_tensor(bytearray(4), (2, 2), DType.uint8(), "t")
     """
     cdef ArrowArray *array
     cdef ArrayPrivate *values
     cdef uint8_t *bitmap
+    cdef int64_t set_bits
     shape = tuple(shape)
     spec, row_size = tensor_spec(shape, dtype, name)
     cdef int64_t rows = shape[0]
@@ -378,7 +390,7 @@ def export_tensor(data, shape, dtype, name):
         if dtype.name == "bool":
             bitmap = own_bitmap(values, elements)
             if elements:
-                quill_pack_bits(bitmap, <const uint8_t *>values.view.buf, 0xFF, elements)
+                quill_pack_bits(<const uint8_t *>values.view.buf, elements, 1, &ALL_BITS, &bitmap, &set_bits)
             PyBuffer_Release(&values.view)   # copied: nothing to keep alive
             values.has_view = False
             values.buffers[1] = bitmap

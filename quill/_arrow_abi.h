@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h>
 
 #ifndef ARROW_C_DATA_INTERFACE
 #define ARROW_C_DATA_INTERFACE
@@ -60,17 +61,54 @@ static inline int quill_bit(const uint8_t *bitmap, int64_t i)
     return (bitmap[i >> 3] >> (i & 7)) & 1;
 }
 
-/* Set bits of a zeroed bitmap of n bits where (values[i] & mask) != 0; return how many were set. */
-static inline int64_t quill_pack_bits(uint8_t *bitmap, const uint8_t *values, uint8_t mask, int64_t n)
+/* count (<= 8) bytes as a little-endian word, the first in the low byte. */
+static inline uint64_t quill_load8(const uint8_t *v, int64_t count)
 {
-    int64_t i, set = 0;
-    for (i = 0; i < n; i++) {
-        if (values[i] & mask) {
-            bitmap[i >> 3] |= (uint8_t)(1u << (i & 7));
-            set++;
+    uint64_t x = 0;
+    int64_t i;
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__)
+    if (count == 8) {
+        memcpy(&x, v, 8);
+        return x;
+    }
+#endif
+    for (i = 0; i < count; i++)
+        x |= (uint64_t)v[i] << (8 * i);
+    return x;
+}
+
+/* A byte whose bit i says whether byte i of x has a bit of mask set. */
+static inline unsigned quill_gather(uint64_t x, uint8_t mask)
+{
+    uint64_t masked = x & (mask * 0x0101010101010101ull);
+    uint64_t nonzero = (((masked & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | masked) >> 7 & 0x0101010101010101ull;
+    return (unsigned)((nonzero * 0x0102040810204080ull) >> 56);
+}
+
+static inline unsigned quill_popcount8(unsigned byte)
+{
+    return ((byte * 0x08040201u) >> 3 & 0x11111111u) * 0x11111111u >> 28;
+}
+
+/* Write k bitmaps of n bits in one pass over values: bit i of bitmaps[m] is
+ * (values[i] & masks[m]) != 0 (whole bytes: the last byte's spare bits are 0), and set[m] counts
+ * the bits set. Branch-free: each eight values are loaded once as a word, their masked bytes
+ * turned into 0/1 and gathered into one byte by a multiplication. */
+static inline void quill_pack_bits(const uint8_t *values, int64_t n, int k, const uint8_t *masks,
+                                   uint8_t **bitmaps, int64_t *set)
+{
+    int64_t j, bytes = (n + 7) / 8;
+    int m;
+    for (m = 0; m < k; m++)
+        set[m] = 0;
+    for (j = 0; j < bytes; j++) {
+        uint64_t x = quill_load8(values + 8 * j, n - 8 * j < 8 ? n - 8 * j : 8);
+        for (m = 0; m < k; m++) {
+            unsigned byte = quill_gather(x, masks[m]);
+            bitmaps[m][j] = (uint8_t)byte;
+            set[m] += quill_popcount8(byte);
         }
     }
-    return set;
 }
 
 /* The number of zero bits among bits [start, start + n) of a bitmap. */

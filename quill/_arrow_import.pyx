@@ -259,7 +259,7 @@ cdef int check_no_nulls(const ArrowArray *array, int64_t start, int64_t n, str w
     if bits != NULL and quill_count_zero_bits(bits, start, n):
         for i in range(n):
             if not quill_bit(bits, start + i):
-                raise DecodeError(f"{what} is null at row {i}; {why}")
+                raise DecodeError(f"{what}: null at row {i}; {why}")
     return 0
 
 
@@ -548,7 +548,8 @@ def import_tensor(source):
 
 
 cdef tuple tensor_layout(const ArrowSchema *field, str fmt):
-    """(row shape or None, list size or 0, value format) from a tensor field's schema."""
+    """(row shape or None, list size or -1 for a primitive array, value format) from a tensor
+    field's schema."""
     metadata = schema_metadata(field, "the tensor field")
     extension = metadata.get("ARROW:extension:name")
     if field.dictionary != NULL:
@@ -558,7 +559,7 @@ cdef tuple tensor_layout(const ArrowSchema *field, str fmt):
     if not fmt.startswith("+w:"):
         if extension is not None:
             raise TypeError(f"arrow.fixed_shape_tensor over Arrow type {type_name(fmt)}; its storage is a fixed-size list")
-        return None, 0, value_format(fmt)
+        return None, -1, value_format(fmt)
     size_text = fmt[3:]
     if not (size_text.isascii() and size_text.isdigit() and int(size_text) <= INT32_MAX) or field.n_children != 1:
         raise DecodeError(f"malformed fixed-size list format {fmt!r}")
@@ -606,13 +607,13 @@ cdef tuple tensor_values(_Array array, bint in_struct, int64_t list_size, str va
         rows = node.length
         parent_offset = node.offset
         node = node.children[0]
-    check_node(node, "the tensor array", 1 if list_size else 2, 1 if list_size else 0)
+    check_node(node, "the tensor array", 1 if list_size >= 0 else 2, 1 if list_size >= 0 else 0)
     if rows < 0:
         rows = node.length
     start = child_start(node, parent_offset, rows, "the tensor array")
     values = node
     count = rows
-    if list_size:
+    if list_size >= 0:
         check_no_nulls(node, start, rows, "the tensor array", "a tensor has no nulls")
         values = node.children[0]
         check_node(values, "the tensor values", 2, 0)
