@@ -4,6 +4,7 @@ import pytest
 
 from quill.demo import create_demo_app
 from quill.server import serve_in_thread
+from quill.server.engines import ENGINES, available_engines
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,3 +25,12 @@ def demo_server_url():
     """Base URL of the demo inference service, served on a free loopback port."""
     with serve_in_thread(create_demo_app()) as url:
         yield url
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINES))
+def engine(request):
+    """Each server engine in turn (the server tests run once per engine). An engine the test
+    environment lacks fails rather than skips: the test extra installs all of them."""
+    if request.param not in available_engines():
+        pytest.fail(f"the {request.param} engine is not installed; pip install -e '.[test]'", pytrace=False)
+    return request.param

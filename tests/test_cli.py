@@ -262,8 +262,25 @@ def test_bench_progress_bar_lines():
     ]
 
 
-def test_missing_uvicorn_is_a_clear_error():
-    code = "import sys; sys.modules['uvicorn'] = None; from quill.cli import main; sys.exit(main(['demo']))"
+BLOCK_ENGINES = "import sys; sys.modules.update({name: None for name in %r}); "
+
+
+def test_missing_server_engines_are_a_clear_error():
+    code = BLOCK_ENGINES % ["uvicorn", "hypercorn", "granian"] + "from quill.cli import main; sys.exit(main(['demo']))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=NEUTRAL_CWD)
     assert done.returncode == 5
-    assert done.stderr.strip() == "quill: error: serving needs uvicorn: pip install 'quill[server]'"
+    assert done.stderr.strip() == ("quill: error: serving needs an HTTP server (uvicorn, granian, hypercorn): "
+                                   "pip install 'quill[server]'")
+    code = BLOCK_ENGINES % ["granian"] + "from quill.cli import main; sys.exit(main(['serve', '--engine', 'granian']))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=NEUTRAL_CWD)
+    assert done.returncode == 5
+    assert done.stderr.strip() == "quill: error: the granian engine needs granian: pip install 'quill[server]'"
+
+
+def test_demo_falls_back_to_an_installed_engine():
+    """Without uvicorn (the preferred engine), the demo runs on the next one installed."""
+    code = BLOCK_ENGINES % ["uvicorn"] + ("from quill.cli import main; "
+                                          "sys.exit(main(['demo', '--max-tokens', '4', '--token-delay-ms', '0']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=NEUTRAL_CWD)
+    assert done.returncode == 0, done.stderr
+    assert "identical: True" in done.stdout

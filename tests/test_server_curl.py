@@ -47,7 +47,7 @@ def curl(*args: str, data: bytes | None = None) -> tuple[int, dict, bytes]:
 
 
 @pytest.fixture(scope="module")
-def url():
+def url(engine):
     app = QuillApp(max_request_bytes=1_000_000)
 
     @app.unary("echo.v1.EchoService/Echo")
@@ -62,7 +62,7 @@ def url():
     for path, kind in demo.methods().items():
         app.add_method(path, demo._routes[path].function, kind)
 
-    with serve_in_thread(app) as base_url:
+    with serve_in_thread(app, engine=engine) as base_url:
         yield base_url
 
 
