@@ -19,8 +19,8 @@ import urllib3
 from quill.client import QuillClient
 from quill.demo import SERVICE, create_demo_app
 from quill.errors import QuillConnectionError
-from quill.server import QuillApp, serve_in_thread
-from quill.server.sockets import bind_unix, unix_url
+from quill.server import QuillApp, serve_in_thread, unix_url
+from quill.server.sockets import bind_unix
 from quill.server.tls import TLSConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -56,8 +56,9 @@ def test_unix_url_percent_encodes_the_path():
 
 
 def test_unix_socket_serves_quill_client_and_curl(engine, socket_path):
-    with serve_in_thread(create_demo_app(), uds=socket_path, engine=engine) as url:
-        assert url == unix_url(socket_path)
+    with serve_in_thread(create_demo_app(), uds=socket_path, engine=engine) as path:
+        assert path == socket_path
+        url = unix_url(path)
         mode = os.stat(socket_path).st_mode
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
         with QuillClient(url) as client:
@@ -78,10 +79,10 @@ def test_unix_socket_mode_can_be_chosen(socket_path):
 def test_stale_socket_is_replaced_but_live_socket_and_files_are_not(socket_path, tmp_path):
     stale = bind_unix(socket_path)
     stale.close()  # the file stays, nobody listens: what a crashed server leaves
-    with serve_in_thread(echo_app(), uds=socket_path) as url:
+    with serve_in_thread(echo_app(), uds=socket_path) as path:
         with pytest.raises(OSError, match="already listening"):
             bind_unix(socket_path)
-        assert QuillClient(url).call("echo.v1.EchoService", "Echo", b"x") == b"x"
+        assert QuillClient(unix_url(path)).call("echo.v1.EchoService", "Echo", b"x") == b"x"
     regular = tmp_path / "not-a-socket"
     regular.write_text("data")
     with pytest.raises(FileExistsError, match="not a socket"):

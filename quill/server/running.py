@@ -161,15 +161,18 @@ def serve_in_thread(
     graceful_timeout: float = 2.0,
     startup_timeout: float = 10.0,
 ) -> Iterator[str]:
-    """Run ``app`` in a background thread; yields its base URL.
+    """Run ``app`` in a background thread; yields its base URL, or with ``uds`` the socket's path.
 
     A free loopback port is picked unless ``port`` is given; with ``uds`` the server listens on
-    that Unix socket path instead and the URL is ``http+unix://<percent-encoded path>`` (what
-    :class:`~quill.client.QuillClient` takes). Leaving the block shuts the server down
-    (in-flight streams get ``graceful_timeout`` seconds) and removes the socket file.
+    that Unix socket path instead (:func:`~quill.server.sockets.unix_url` of the path is the URL
+    :class:`~quill.client.QuillClient` takes: ``http+unix://<percent-encoded path>``). Leaving
+    the block shuts the server down (in-flight streams get ``graceful_timeout`` seconds) and
+    removes the socket file.
 
     >>> with serve_in_thread(app) as base_url:  # doctest: +SKIP
     ...     QuillClient(base_url).call("echo.v1.EchoService", "Echo", b"hi")
+    >>> with serve_in_thread(app, uds="/tmp/q.sock") as path:  # doctest: +SKIP
+    ...     QuillClient(unix_url(path)).call("echo.v1.EchoService", "Echo", b"hi")
     """
     options = ServeOptions(log_level=log_level, graceful_timeout=graceful_timeout, tls=tls)
     engine = check_engine(engine)
@@ -198,7 +201,7 @@ def serve_in_thread(
             raise RuntimeError("quill server failed to start") from (failure[0] if failure else None)
         time.sleep(0.005)
     try:
-        yield socket_url(sock, tls=tls is not None)
+        yield uds if uds is not None else socket_url(sock, tls=tls is not None)
     finally:
         server.stop()
         thread.join(graceful_timeout + 5.0)
