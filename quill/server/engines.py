@@ -231,7 +231,7 @@ class _Granian(_AsyncioEngine):
                 self._ssp, self._shd = None, holder
 
         self._server = QuillSocketServer(
-            self._lifespan_watcher(app), interface=Interfaces.ASGI, http=HTTPModes.auto,
+            self._lifespan_watcher(_announcing_send_bytes(app)), interface=Interfaces.ASGI, http=HTTPModes.auto,
             websockets=False, log_level=LogLevels(options.log_level),
             log_access=options.access_log,
             http2_settings=HTTP2Settings(max_concurrent_streams=H2_MAX_CONCURRENT_STREAMS,
@@ -253,6 +253,20 @@ class _Granian(_AsyncioEngine):
             await self._server.serve()
         finally:
             stopper.cancel()
+
+
+def _announcing_send_bytes(app: Any) -> Any:
+    """``app`` told, through its scope, that this engine wants ``bytes`` response bodies
+    (granian extracts a memoryview element by element)."""
+    from .exchange import SEND_BYTES_EXTENSION
+
+    async def announced(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            extensions = scope.get("extensions")
+            scope["extensions"] = {**extensions, SEND_BYTES_EXTENSION: {}} if extensions else {SEND_BYTES_EXTENSION: {}}
+        await app(scope, receive, send)
+
+    return announced
 
 
 def _quiet_embedded_warning(record: logging.LogRecord) -> bool:

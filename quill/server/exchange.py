@@ -22,7 +22,7 @@ from .context import Context
 from .handlers import close_async_iterator
 from .problems import ClientGone, HttpProblem, cancel_reason
 
-__all__ = ["Exchange", "header_dict", "wants_json", "unary_content_type"]
+__all__ = ["Exchange", "SEND_BYTES_EXTENSION", "header_dict", "wants_json", "unary_content_type"]
 
 logger = logging.getLogger("quill.server")
 _END = object()
@@ -57,10 +57,16 @@ def unary_content_type(headers: dict[str, str]) -> str:
     return PROTO
 
 
+#: The ASGI scope extension by which an engine says that it takes response bodies fast only as
+#: ``bytes`` (granian converts a memoryview element by element: 76 MB/s against 1.6 GB/s).
+SEND_BYTES_EXTENSION = "quill.send_bytes"
+
+
 class Exchange:
     """The state of one request/response: body reading with limits, sending, counters.
 
     ``max_request_bytes`` bounds the body on the wire and after decompression (None: no limit).
+    ``send_bytes`` is True when the engine announced :data:`SEND_BYTES_EXTENSION`.
     """
 
     def __init__(self, scope: dict, receive: Callable, send: Callable, method_path: str,
@@ -76,6 +82,7 @@ class Exchange:
         self.bytes_out = 0
         self.body_complete = False
         self.stream_failed = False
+        self.send_bytes = SEND_BYTES_EXTENSION in (scope.get("extensions") or ())
 
     # -- receiving ------------------------------------------------------------------
     def _content_decoder(self) -> ContentDecoder:
