@@ -103,3 +103,99 @@ def test_which_engines_ask_for_bytes_bodies(engine):
     with serve_in_thread(app, engine=engine) as url:
         answer = urllib3.PoolManager(retries=False).request("GET", url + "/", timeout=10).data
     assert answer == (b"yes" if engine == "granian" else b"no")
+
+
+# ----------------------------------------------------------------------------------------
+# zstd for streamed answers: frame by frame, never buffered
+# ----------------------------------------------------------------------------------------
+from quill._tokens import Token, TokenBatch  # noqa: E402
+from quill.frames import MessageStreamDecoder, TokenStreamDecoder  # noqa: E402
+from quill.protocol.compression import ZstdDecoder  # noqa: E402
+
+ZSTD = [(b"accept-encoding", b"zstd")]
+
+
+def stream_app() -> QuillApp:
+    app = QuillApp()
+
+    @app.server_stream("s.v1.S/Count")
+    async def count(request, context):
+        for i in range(int(request)):
+            yield b"message %d " % i * 20
+
+    @app.server_stream("s.v1.S/Fail")
+    async def fail(request, context):
+        yield b"first"
+        raise RuntimeError("the model fell over")
+
+    @app.token_stream("s.v1.S/Tokens")
+    async def tokens(request, context):
+        for i in range(int(request)):
+            yield TokenBatch.from_tokens([Token(7, i, text=" tok", logprob=-0.5)])
+
+    return app
+
+
+def decoded_per_message(messages: list[dict]) -> list[bytes]:
+    """Each body message decoded as soon as it is handed on (what a streaming client sees)."""
+    decoder = ZstdDecoder()
+    out = [decoder.decompress(m["body"]) for m in messages if m["type"] == "http.response.body"]
+    decoder.finish()
+    return out
+
+
+def test_message_stream_compressed_frame_by_frame():
+    messages = call(stream_app(), "/s.v1.S/Count", b"50", headers=ZSTD)
+    assert dict(messages[0]["headers"])[b"content-encoding"] == b"zstd"
+    assert b"content-length" not in dict(messages[0]["headers"])
+    decoded = decoded_per_message(messages)
+    decoder = MessageStreamDecoder()
+    per_message = [decoder.feed(piece) for piece in decoded]  # every piece completes its own frame
+    decoder.finish()
+    assert per_message[:-1] == [[b"message %d " % i * 20] for i in range(50)] and per_message[-1] == []
+    assert sum(len(m["body"]) for m in messages[1:]) < len(b"".join(decoded)) / 2  # it did compress
+
+
+def test_token_stream_compressed_and_q0_is_not():
+    decoded = decoded_per_message(call(stream_app(), "/s.v1.S/Tokens", b"30", headers=ZSTD))
+    decoder = TokenStreamDecoder()
+    batches = [b for piece in decoded for b in decoder.feed(piece)]
+    decoder.finish()
+    assert [b.token_ids() for b in batches] == [[7]] * 30
+    plain = call(stream_app(), "/s.v1.S/Tokens", b"30", headers=[(b"accept-encoding", b"zstd;q=0")])
+    assert b"content-encoding" not in dict(plain[0]["headers"])
+    assert b"".join(decoded) == body_of(plain)
+
+
+def test_failing_stream_ends_with_a_compressed_cancel_frame():
+    from quill.frames import StreamFlags
+
+    decoded = decoded_per_message(call(stream_app(), "/s.v1.S/Fail", headers=ZSTD))
+    frames = MessageStreamDecoder()
+    assert frames.feed(decoded[0]) == [b"first"]
+    from quill.frames import StreamFrameParser
+
+    parser = StreamFrameParser()
+    (cancel,) = parser.feed(decoded[1])
+    assert cancel.flags & StreamFlags.CANCEL and b"500 Internal server error" in bytes(cancel.payload)
+
+
+def test_tensor_compressed_in_blocks_without_content_length():
+    noise = Tensor.from_numpy(np.random.default_rng(1).integers(0, 256, 3 << 20, dtype=np.uint8))
+    app = QuillApp()
+
+    @app.tensor("t.v1.T/Noise")
+    async def get(request, context):
+        return noise
+
+    messages = call(app, "/t.v1.T/Noise", headers=ZSTD)
+    headers = dict(messages[0]["headers"])
+    assert headers[b"content-encoding"] == b"zstd" and b"content-length" not in headers
+    bodies = [m["body"] for m in messages[1:]]
+    assert len(bodies) >= 3 and all(len(b) < 2 * SEND_BLOCK_BYTES for b in bodies)  # sent as it is compressed
+    decoder = ZstdDecoder()
+    wire = b"".join(decoder.decompress(b) for b in bodies)
+    decoder.finish()
+    assert wire == b"".join(bytes(p) for p in encode_tensor_frames(noise))
+    compressible = decoded_per_message(call(tensor_app(), "/t.v1.T/Get", headers=ZSTD))
+    assert b"".join(compressible) == b"".join(bytes(p) for p in encode_tensor_frames(TENSOR))

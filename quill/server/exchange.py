@@ -225,17 +225,31 @@ class Exchange:
                 item = await items.__anext__()
             except StopAsyncIteration:
                 item = _END
-            await self.start(200, [("content-type", PROTO)])
+            zstd = self.answer_compressor()
+            await self.start(200, [("content-type", PROTO), *(() if zstd is None else [("content-encoding", "zstd")])])
             try:
                 while item is not _END:
-                    await self.body(encode(item), more=True)
+                    frame = encode(item)
+                    await self.body(frame if zstd is None else zstd.compress(frame), more=True)
                     try:
                         item = await items.__anext__()
                     except StopAsyncIteration:
                         item = _END
-                await self.body(end_frame, more=False)
+                last = end_frame
             except Exception as exc:  # the status is out: end the stream with a CANCEL frame
                 self.stream_failed = True
-                await self.body(cancel_frame(cancel_reason(exc, self.context.method_path)), more=False)
+                last = cancel_frame(cancel_reason(exc, self.context.method_path))
+            await self.body(last if zstd is None else zstd.compress(last) + zstd.flush(), more=False)
         finally:
             await close_async_iterator(items)
+
+    def answer_compressor(self) -> compression.StreamCompressor | None:
+        """A zstd compressor for a streamed answer when the client accepts zstd, else None.
+
+        Streamed answers (message streams, token streams, tensors) are compressed whatever
+        their size: each frame is flushed as a zstd block of its own, so the client decodes it
+        as soon as it arrives (the stream stays a stream; nothing is buffered).
+        """
+        if compression.accepts_zstd(self.headers.get("accept-encoding")):
+            return compression.StreamCompressor()
+        return None

@@ -127,13 +127,30 @@ async def _serve_tensor(exchange: Exchange, route: Route) -> None:
 
 
 async def _send_tensor(exchange: Exchange, tensor: Any) -> None:
-    """Tensor frames with a Content-Length. Payload frames are views of the tensor's memory,
-    sent as they are; an engine that takes only ``bytes`` bodies at speed (``send_bytes``, see
-    :class:`~quill.server.exchange.Exchange`) gets the frames joined into blocks of about
-    :data:`SEND_BLOCK_BYTES` instead: one copy, a block at a time, never the whole tensor."""
+    """Tensor frames. Payload frames are views of the tensor's memory, sent as they are with a
+    Content-Length; compressed (zstd accepted) they go through the compressor view by view and
+    leave in chunked blocks of about :data:`SEND_BLOCK_BYTES`. An engine that takes only
+    ``bytes`` bodies at speed (``send_bytes``, see :class:`~quill.server.exchange.Exchange`)
+    gets uncompressed frames joined into such blocks: one copy, a block at a time, never the
+    whole tensor."""
     from ..frames import encode_tensor_frames
 
     pieces = list(encode_tensor_frames(tensor))
+    zstd = exchange.answer_compressor()
+    if zstd is not None:
+        await exchange.start(200, [("content-type", PROTO), ("content-encoding", "zstd")])
+        pending: list[bytes] = []
+        size = 0
+        for piece in pieces:
+            out = zstd.compress(piece)
+            pending.append(out)
+            size += len(out)
+            if size >= SEND_BLOCK_BYTES:
+                await exchange.body(b"".join(pending), more=True)
+                pending, size = [], 0
+        pending.append(zstd.flush())
+        await exchange.body(b"".join(pending), more=False)
+        return
     total = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
     if exchange.send_bytes:
         pieces = list(_blocks(pieces, SEND_BLOCK_BYTES))
