@@ -232,6 +232,7 @@ class QuillApp:
             if not isinstance(exc, LimitExceededError):
                 await exchange.discard_small_body()
             await exchange.respond_problem(answer, headers)
+            await exchange.linger_after_early_answer()
 
     async def _check_auth(self, exchange: Exchange) -> None:
         """Raise a 401 problem unless auth is off, the path is public, or a hook accepts."""

@@ -9,6 +9,7 @@ tensor request says so in its Content-Type (``application/proto; frames=tensor``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any, AsyncIterator, Callable, Iterable
@@ -128,6 +129,19 @@ class Exchange:
                 return
             self.body_complete = not message.get("more_body", False)
 
+    async def linger_after_early_answer(self, timeout: float = 1.0) -> None:
+        """After an answer sent before the request body was read, on HTTP/2: keep the stream open
+        (dropping what arrives) until the client stops sending, at most ``timeout`` seconds.
+
+        An HTTP/1.1 answer says ``Connection: close`` instead. On HTTP/2 an engine may reset the
+        stream as soon as the app returns with the body unread, before the answer is flushed
+        (granian 2.8 does, so the client never sees the 413).
+        """
+        if self.body_complete or self.scope.get("http_version", "1.1").startswith("1"):
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.wait_disconnect(), timeout)
+
     async def read_body(self) -> bytes:
         return b"".join([chunk async for chunk in self.body_chunks()])
 
@@ -170,8 +184,10 @@ class Exchange:
     async def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
         self.status = status
         raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-        if not self.body_complete:
-            raw.append((b"connection", b"close"))  # the rest of an unread body is not worth draining
+        if not self.body_complete and self.scope.get("http_version", "1.1").startswith("1"):
+            # HTTP/1.x: the rest of an unread body is not worth draining. (HTTP/2 forbids the
+            # header, and the engine resets just the stream.)
+            raw.append((b"connection", b"close"))
         await self._send({"type": "http.response.start", "status": status, "headers": raw})
 
     async def body(self, data: bytes | memoryview, more: bool) -> None:
