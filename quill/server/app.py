@@ -20,6 +20,7 @@ from .context import Context
 from .exchange import Exchange
 from .handlers import HANDLER_KINDS, Route, invoke
 from .kinds import SERVE_KIND
+from . import tracing
 from .problems import ClientGone, HttpProblem, problem_for
 
 __all__ = ["QuillApp", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_PUBLIC_PATHS", "BUILTIN_PATHS"]
@@ -198,7 +199,11 @@ class QuillApp:
         started = time.perf_counter()
         self.metrics.request_started()
         try:
-            await self._rpc(exchange, route, http_method)
+            if tracing.active():
+                with tracing.call_span(exchange):
+                    await self._rpc(exchange, route, http_method)
+            else:
+                await self._rpc(exchange, route, http_method)
         finally:
             self.metrics.request_finished()
             self.metrics.observe(

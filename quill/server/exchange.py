@@ -81,6 +81,7 @@ class Exchange:
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.items_out = 0
         self.body_complete = False
         self.stream_failed = False
         self.send_bytes = SEND_BYTES_EXTENSION in (scope.get("extensions") or ())
@@ -247,6 +248,7 @@ class Exchange:
                 while item is not _END:
                     frame = encode(item)
                     await self.body(frame if zstd is None else zstd.compress(frame), more=True)
+                    self.items_out += 1
                     try:
                         item = await items.__anext__()
                     except StopAsyncIteration:
