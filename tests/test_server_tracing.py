@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import urllib3
@@ -68,9 +69,15 @@ def post(url: str, path: str, body: bytes = b"", **headers) -> urllib3.BaseHTTPR
 
 
 def last_span(exporter, name: str):
-    spans = [s for s in exporter.get_finished_spans() if s.name == name]
-    assert spans, f"no span {name}"
-    return spans[-1]
+    """The latest finished span called ``name`` (it ends just after the answer's last byte went
+    out, so the client may see the answer first: wait a little)."""
+    deadline = time.monotonic() + 5
+    while True:
+        spans = [s for s in exporter.get_finished_spans() if s.name == name]
+        if spans:
+            return spans[-1]
+        assert time.monotonic() < deadline, f"no span {name}"
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("method", ["Sync", "Async"])
