@@ -9,6 +9,7 @@ Exit codes a script can rely on:
 3  the server could not be reached, or the call timed out
 4  the answer could not be decoded, or the stream was cancelled or cut short
 5  a package the command needs is missing (an HTTP server for serve, demo, bench)
+6  serve: a worker process died on its own (the others were stopped)
 == =========================================================================
 
 >>> main(["call", "--help"])  # doctest: +SKIP
@@ -31,11 +32,12 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_PROTOCOL = 4
 EXIT_MISSING_PACKAGE = 5
+EXIT_SERVER_FAILED = 6
 
 EXIT_CODES_HELP = """\
 exit codes: 0 success, 1 the server answered with an error (Problem Details on stderr),
 2 bad command line, 3 server unreachable or timed out, 4 undecodable answer or broken stream,
-5 a needed package is missing (an HTTP server: pip install 'quill[server]')"""
+5 a needed package is missing (an HTTP server: pip install 'quill[server]'), 6 a server worker died"""
 
 DEMO_SERVICE = "inference.v1.LLMService"
 
@@ -151,6 +153,7 @@ def _write_bytes(data: bytes, output: str | None) -> None:
 # --------------------------------------------------------------------------------------
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import ApiKeyAuth, BearerAuth, QuillApp, load_app, serve
+    from .server.running import WorkerDied
     from .server.tls import TLSConfig
 
     tls = None
@@ -213,6 +216,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         where = args.uds if args.uds is not None else f"{args.host}:{args.port}"
         _error(f"cannot listen on {where}: {exc.strerror or exc}")
         return EXIT_UNREACHABLE
+    except WorkerDied as exc:
+        _error(str(exc))
+        return EXIT_SERVER_FAILED
     except SystemExit as exc:
         if exc.code not in (None, EXIT_OK):
             raise

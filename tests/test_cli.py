@@ -173,11 +173,12 @@ async def slow(request, context):
 '''
 
 
-def test_serve_user_app_and_stop_gracefully_on_sigterm(tmp_path):
+def test_serve_user_app_and_stop_gracefully_on_sigterm(tmp_path, engine):
     (tmp_path / "greeter_app.py").write_text(textwrap.dedent(USER_APP))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     server = subprocess.Popen([sys.executable, "-m", "quill", "serve", "greeter_app:app", "--port", "0",
-                               "--log-level", "warning"], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                               "--log-level", "warning", "--engine", engine],
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         first_line = server.stderr.readline()
         assert first_line.startswith("quill: serving greeter_app:app on http://127.0.0.1:"), first_line

@@ -11,6 +11,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import time
 import urllib.parse
 
 import pytest
@@ -213,3 +214,25 @@ def test_quill_serve_with_workers_on_each_engine(engine):
         stop(process)
     for pid in pids:  # no worker left behind
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_a_dead_worker_takes_the_others_down(engine):
+    """A worker killed from outside is not silently lost: the supervisor stops the other
+    workers and exits with status 6, so whatever runs the server notices and restarts it."""
+    from serve_process import children
+
+    process, url = quill_serve("--engine", engine, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 10
+        while len(children(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first, second = children(process.pid)
+        os.kill(first, signal.SIGKILL)
+        assert process.wait(30) == 6
+        assert "worker %d exited with status -9" % first in process.stderr.read()
+        assert not os.path.exists(f"/proc/{second}") or open(f"/proc/{second}/stat").read().split()[2] == "Z"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()

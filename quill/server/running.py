@@ -22,7 +22,7 @@ from .engines import ServeOptions, check_engine, prepare
 from .sockets import bind_tcp, bind_unix, remove_unix_socket, socket_url
 from .tls import TLSConfig
 
-__all__ = ["serve", "serve_in_thread", "load_app"]
+__all__ = ["serve", "serve_in_thread", "load_app", "WorkerDied"]
 
 logger = logging.getLogger("quill.server")
 
@@ -101,21 +101,31 @@ def serve(
         sock.close()
 
 
+class WorkerDied(RuntimeError):
+    """A forked worker exited while the server was not stopping; the others were stopped."""
+
+
 def _run_workers(make_server: Callable[[], Any], workers: int) -> None:
-    """Fork ``workers`` servers on the shared socket; SIGINT/SIGTERM stop them all, and a
-    worker that dies takes the others down with it (no worker is left behind).
+    """Fork ``workers`` servers on the shared socket; SIGINT/SIGTERM stop them all (each
+    finishes its in-flight calls). A worker that dies on its own takes the others down and
+    raises :class:`WorkerDied`: no worker is left behind, and a supervisor (systemd, Kubernetes)
+    sees the failure and restarts the whole server.
 
     Forked rather than spawned: the workers inherit the app as built (a QuillApp with its
     handlers and options need not be importable or picklable) and the socket object itself.
     """
     children: list[int] = []
+    stopping = False
 
     def stop_children(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)  # SIGTERM: a worker that also got the SIGINT does not force-quit
 
     previous = {sig: signal.signal(sig, stop_children) for sig in (signal.SIGINT, signal.SIGTERM)}
+    died = None
     try:
         for _ in range(workers):
             pid = os.fork()
@@ -133,11 +143,15 @@ def _run_workers(make_server: Callable[[], Any], workers: int) -> None:
             children.append(pid)
         while children:
             try:
-                pid, _ = os.waitpid(-1, 0)
+                pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
             if pid in children:
                 children.remove(pid)
+                if not stopping and died is None:
+                    died = (pid, os.waitstatus_to_exitcode(status))
+                    logger.error("quill worker %d exited (%d) on its own; stopping the others", *died)
+                    stop_children(signal.SIGTERM, None)
     finally:
         stop_children(signal.SIGTERM, None)
         for pid in children:
@@ -145,6 +159,8 @@ def _run_workers(make_server: Callable[[], Any], workers: int) -> None:
                 os.waitpid(pid, 0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if died is not None:
+        raise WorkerDied(f"worker {died[0]} exited with status {died[1]}; the other workers were stopped")
 
 
 @contextlib.contextmanager
