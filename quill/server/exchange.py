@@ -244,13 +244,17 @@ class Exchange:
                 item = _END
             zstd = self.answer_compressor()
             await self.start(200, [("content-type", PROTO), *(() if zstd is None else [("content-encoding", "zstd")])])
+            send, next_item, compress = self._send, items.__anext__, None if zstd is None else zstd.compress
             try:
+                # The per-item path, kept lean (a token stream sends one message per batch):
+                # ``send`` called directly, counters updated as it goes.
                 while item is not _END:
-                    frame = encode(item)
-                    await self.body(frame if zstd is None else zstd.compress(frame), more=True)
+                    frame = encode(item) if compress is None else compress(encode(item))
+                    self.bytes_out += len(frame)
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
                     self.items_out += 1
                     try:
-                        item = await items.__anext__()
+                        item = await next_item()
                     except StopAsyncIteration:
                         item = _END
                 last = end_frame
