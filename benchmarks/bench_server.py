@@ -1,153 +1,148 @@
-"""Server benchmark: the quill reference server (QuillApp on uvicorn) and its peers, one client.
+"""Server benchmark: quill.server on each engine, read by QuillClient (the way users read) and by
+raw urllib3, every throughput row printed against the loopback ceiling measured in the same run.
 
-Each server runs in its own process; the client is raw urllib3 (one keep-alive connection),
-the same for every server, so the numbers compare servers. Peers:
+* ``ceiling`` -- a raw socket server writing a prepared chunked body (1 MiB chunks) that urllib3
+  reads: what this machine's loopback and HTTP parsing allow, with no server work at all.
+* ``quill (ENGINE)`` -- ``quill serve quill.benchmark:app --engine ENGINE`` for each engine
+  installed (uvicorn, granian, hypercorn), plus uvicorn limited to h11 and asyncio, what a plain
+  ``pip install quill`` without the ``server`` extra runs.
+* ``bare ASGI (ENGINE)`` -- a hand-written ASGI app on the same engine sending the same prepared
+  token frames: the floor of what the engine costs, for the token-streaming row.
+* ``HTTP/2`` rows -- httpx with ``http2=True`` on the engines that speak it (hypercorn, granian),
+  when httpx and h2 are installed.
 
-* ``bare ASGI`` -- a hand-written ASGI app on the same uvicorn that answers with bytes
-  prepared in advance: the floor of what uvicorn costs, with no routing, limits or codecs.
-* ``no TCP_NODELAY`` -- QuillApp on uvicorn given a socket created without
-  ``proto=IPPROTO_TCP`` (as uvicorn's own ``bind_socket`` does for ``--workers`` and
-  ``--reload``), so asyncio leaves Nagle's algorithm on: the stall ``quill.server`` avoids.
-* ``stdlib http.server`` -- ``ThreadingHTTPServer`` with an echo handler (Nagle on).
-
-Run: ``python benchmarks/bench_server.py`` (about a minute). Prints a Markdown table.
+Each server runs in its own process. Every row is the median of ``--repeats`` runs (default 3).
+Run: ``python benchmarks/bench_server.py [--quick] [--engines uvicorn,granian]`` (a few minutes).
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import urllib3
 
-SERVICE = "inference.v1.LLMService"
-TENSOR_BYTES = 64 * 1024 * 1024
-GENERATE_TOKENS = 100_000
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+
+MIB = 1 << 20
+CEILING_BYTES = 256 * MIB
+TOKENS = 100_000
+TOKEN_SERVICE = "inference.v1.LLMService"
+
+
+# --------------------------------------------------------------------------------------
+# Servers (each started as `python bench_server.py --serve KIND ENGINE PORT`)
+# --------------------------------------------------------------------------------------
+def _token_frames() -> list[bytes]:
+    from quill._tokens import Token, TokenBatch
+    from quill.frames import encode_token_batch_frame
+
+    batch = TokenBatch.from_tokens([Token(5, i, text=" word", logprob=-1.0) for i in range(32)])
+    return [encode_token_batch_frame(batch)] * (TOKENS // 32)
 
 
 def _bare_asgi_app():
-    """An ASGI app that echoes unary bodies and sends prepared token / tensor streams
-    (the same bytes quill.server sends for ``Tokens`` and ``Tensor``)."""
-    import numpy as np
+    """Sends the prepared token frames, then END_STREAM: no routing, limits or codecs."""
+    from quill.frames import END_STREAM_FRAME
 
-    from quill._tokens import Token, TokenBatch
-    from quill.frames import END_STREAM_FRAME, encode_tensor_frames, encode_token_batch_frame
-    from quill.tensor import Tensor
-
-    batch = TokenBatch.from_tokens([Token(5, i, text=" word", logprob=-1.0) for i in range(32)])
-    token_frames = [encode_token_batch_frame(batch)] * (GENERATE_TOKENS // 32) + [END_STREAM_FRAME]
-    tensor = Tensor.from_numpy(np.zeros(TENSOR_BYTES, dtype=np.uint8))
-    tensor_body = b"".join(encode_tensor_frames(tensor))
+    frames = _token_frames() + [END_STREAM_FRAME]
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        path = scope["path"]
-        if path.endswith("/Echo"):
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/proto"), (b"content-length", b"%d" % len(body))]})
-            await send({"type": "http.response.body", "body": body})
-        elif path.endswith("/Tokens"):
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/proto")]})
-            for frame in token_frames:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        elif path.endswith("/Tensor"):
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/proto"),
-                                    (b"content-length", b"%d" % len(tensor_body))]})
-            await send({"type": "http.response.body", "body": tensor_body})
-        else:
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"] == "/health":
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
             await send({"type": "http.response.body", "body": b"ok"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/proto")]})
+        for frame in frames:
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     return app
 
 
 def _quill_app():
-    import numpy as np
-
+    """quill.benchmark's app plus a token stream of the same prepared batches."""
     from quill._tokens import Token, TokenBatch
-    from quill.demo import create_demo_app
-    from quill.tensor import Tensor
+    from quill.benchmark import app
 
-    app = create_demo_app()
-    tensor = Tensor.from_numpy(np.zeros(TENSOR_BYTES, dtype=np.uint8))
     batch = TokenBatch.from_tokens([Token(5, i, text=" word", logprob=-1.0) for i in range(32)])
 
-    @app.tensor(f"{SERVICE}/Tensor")
-    def send_tensor(request, context):
-        return tensor
-
-    @app.token_stream(f"{SERVICE}/Tokens")
+    @app.token_stream(f"{TOKEN_SERVICE}/Tokens")
     async def tokens(request, context):
-        for _ in range(GENERATE_TOKENS // 32):
+        for _ in range(TOKENS // 32):
             yield batch
 
     return app
 
 
-def serve(kind: str, port: int) -> None:
-    """Run one server in this process (the benchmark starts each in a subprocess)."""
-    if kind == "stdlib":
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        class Echo(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/proto")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        ThreadingHTTPServer(("127.0.0.1", port), Echo).serve_forever()
-        return
-    import uvicorn
-
+def serve(kind: str, engine: str, port: int) -> None:
+    """Run one server in this process until SIGTERM."""
+    from quill.server.engines import ServeOptions, prepare
     from quill.server.sockets import bind_tcp
 
-    app = _bare_asgi_app() if kind == "bare" else _quill_app()
-    if kind == "nagle":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # proto 0: asyncio leaves Nagle on
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(128)
+    if kind == "demo":
+        from quill.demo import create_demo_app
+
+        app = create_demo_app()
     else:
-        sock = bind_tcp("127.0.0.1", port)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+        app = _bare_asgi_app() if kind == "bare" else _quill_app()
+    sock = bind_tcp("127.0.0.1", port)
+    if engine == "uvicorn-h11":  # uvicorn without httptools and uvloop
+        import uvicorn
+
+        config = uvicorn.Config(app, log_level="warning", http="h11", loop="asyncio", lifespan="auto")
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    prepare(app, sock, ServeOptions(log_level="warning"), engine).run()
 
 
-def start(kind: str) -> tuple[subprocess.Popen, str]:
+def serve_ceiling(port: int) -> None:
+    """A raw socket server answering every request with a prepared chunked body."""
+    chunk = b"%x\r\n%s\r\n" % (MIB, bytes(MIB))
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/proto\r\nTransfer-Encoding: chunked\r\n\r\n"
+    listener = socket.create_server(("127.0.0.1", port))
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                request, _, buffer = buffer.partition(b"\r\n\r\n")
+                if request.startswith(b"GET /health"):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    continue
+                conn.sendall(head)
+                for _ in range(CEILING_BYTES // MIB):
+                    conn.sendall(chunk)
+                conn.sendall(b"0\r\n\r\n")
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+
+def start(*args: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port)])
+    process = subprocess.Popen([sys.executable, __file__, *args, str(port)], stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     pool = urllib3.PoolManager(retries=False)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         try:
             if pool.request("GET", f"{url}/health", timeout=1).status == 200:
@@ -156,83 +151,167 @@ def start(kind: str) -> tuple[subprocess.Popen, str]:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"the {kind} server did not start")
+            raise RuntimeError(f"the server {args} did not start")
         time.sleep(0.05)
 
 
-def timed_runs(operation, repeats: int) -> list[float]:
-    operation()  # warm-up
-    out = []
+# --------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------
+def median_rate(operation, volume: float, repeats: int) -> float:
+    """``volume`` per second over the median of ``repeats`` timed runs (after one warm-up)."""
+    operation()
+    seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
         operation()
-        out.append(time.perf_counter() - started)
-    return out
+        seconds.append(time.perf_counter() - started)
+    return volume / statistics.median(seconds)
 
 
-def unary_latency(url: str, calls: int) -> float:
-    """Median seconds of one 100-byte echo call."""
-    pool = urllib3.connection_from_url(url, maxsize=1)
-    body = b"x" * 100
-    path = f"/{SERVICE}/Echo"
-
-    def one():
-        assert pool.urlopen("POST", path, body=body, headers={"Content-Type": "application/proto"}).data == body
-
-    return statistics.median(timed_runs(one, calls))
-
-
-def stream_rate(url: str, method: str, body: bytes, repeats: int) -> float:
-    """Median seconds to receive a whole streamed answer."""
+def raw_read(url: str, path: str, body: bytes = b"") -> int:
     pool = urllib3.connection_from_url(url, maxsize=1, timeout=120)
+    response = pool.urlopen("POST", path, body=body, preload_content=False,
+                            headers={"Content-Type": "application/proto"})
+    n = sum(len(chunk) for chunk in response.stream(MIB))
+    response.release_conn()
+    return n
+
+
+def quill_rows(url: str, server: str, repeats: int) -> list[tuple]:
+    """Unary, stream and tensor rows with QuillClient and raw urllib3 (quill.benchmark's runners)."""
+    from quill.benchmark import WORKLOADS, run_benchmarks
+
+    rows = []
+    for r in run_benchmarks(url, list(WORKLOADS), repeats=repeats, server=server):
+        rows.append((r["workload"], server, r["client"], r["rate"], r["unit"]))
+    return rows
+
+
+def token_rate(url: str, repeats: int) -> float:
+    from quill.client import QuillClient
+
+    client = QuillClient(url, timeout_ms=120_000)
 
     def one():
-        response = pool.urlopen("POST", f"/{SERVICE}/{method}", body=body, preload_content=False,
-                                headers={"Content-Type": "application/proto", "Accept": "application/proto"})
-        for _ in response.stream(1 << 20):
-            pass
-        response.release_conn()
+        assert sum(len(b) for b in client.stream_tokens(TOKEN_SERVICE, "Tokens", b"")) == TOKENS // 32 * 32
 
-    return statistics.median(timed_runs(one, repeats))
+    return median_rate(one, TOKENS, repeats)
+
+
+def http2_rows(url: str, server: str, repeats: int) -> list[tuple]:
+    """Unary, stream and tensor over HTTP/2 cleartext (prior knowledge) with httpx."""
+    try:
+        import httpx
+    except ImportError:
+        return []
+    from quill.benchmark import BENCH_SERVICE
+
+    rows = []
+    headers = {"Content-Type": "application/proto"}
+    calls = 200  # per run; hypercorn ends a connection after 1,000 requests (keep_alive_max_requests)
+    with httpx.Client(http1=False, http2=True, base_url=url, timeout=120) as client:
+        def unary():
+            for _ in range(calls):
+                client.post(f"/{BENCH_SERVICE}/Echo", content=b"x" * 100, headers=headers).read()
+
+        rows.append(("unary 100 B", server + ", HTTP/2", "httpx", median_rate(unary, calls, repeats), "calls/s"))
+    for label, method, body, volume in (("message stream 256 x 1 MiB", "Stream", b"256,1048576", 256 * MIB),
+                                        ("tensor 256 MiB", "Tensor", b"%d" % (256 * MIB), 256 * MIB)):
+        with httpx.Client(http1=False, http2=True, base_url=url, timeout=120) as client:
+            def download(method=method, body=body):
+                with client.stream("POST", f"/{BENCH_SERVICE}/{method}", content=body, headers=headers) as r:
+                    for _ in r.iter_raw(MIB):
+                        pass
+
+            rows.append((label, server + ", HTTP/2", "httpx", median_rate(download, volume, repeats) / 1e6, "MB/s"))
+    return rows
+
+
+def compression_rows(url: str, server: str, repeats: int) -> list[tuple]:
+    """The demo's Generate, 100,000 tokens, with and without zstd: bytes on the wire (raw urllib3,
+    undecoded) and tokens/s through QuillClient (which decodes)."""
+    import json
+
+    from quill.client import QuillClient
+
+    rows = []
+    for batch_size in (1, 32):
+        request = json.dumps({"max_tokens": TOKENS, "batch_size": batch_size, "token_delay_ms": 0}).encode()
+        for coding in ("identity", "zstd"):
+            pool = urllib3.connection_from_url(url, maxsize=1, timeout=120)
+            response = pool.urlopen("POST", f"/{TOKEN_SERVICE}/Generate", body=request, preload_content=False,
+                                    headers={"Content-Type": "application/json", "Accept": "application/proto",
+                                             "Accept-Encoding": coding})
+            wire = sum(len(chunk) for chunk in response.stream(MIB, decode_content=False))
+            response.release_conn()
+            client = QuillClient(url, timeout_ms=120_000, enable_compression=coding == "zstd")
+
+            def one():
+                assert sum(len(b) for b in client.stream_tokens(TOKEN_SERVICE, "Generate", request)) == TOKENS
+
+            rate = median_rate(one, TOKENS, repeats)
+            label = f"demo Generate {TOKENS:,} tokens, batch {batch_size}, {coding}"
+            rows.append((label + " (wire bytes)", server, "urllib3", wire / 1e6, "MB"))
+            rows.append((label, server, "quill", rate, "tokens/s"))
+    return rows
 
 
 def main() -> None:
-    rows = []
-    servers = {}
+    from quill.server.engines import available_engines
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one run per row")
+    parser.add_argument("--engines", default=None, help="comma-separated engines (default: all installed)")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    engines = args.engines.split(",") if args.engines else available_engines() + ["uvicorn-h11"]
+
+    rows: list[tuple] = []
+    process, url = start("--ceiling")
     try:
-        for kind in ("quill", "bare", "nagle", "stdlib"):
-            servers[kind] = start(kind)
-        names = {"quill": "quill.server (uvicorn)", "bare": "bare ASGI (uvicorn)",
-                 "nagle": "quill.server, no TCP_NODELAY", "stdlib": "stdlib http.server"}
-        for kind in ("quill", "bare", "nagle", "stdlib"):
-            calls = 1000 if kind in ("quill", "bare") else 20  # Nagle-bound servers take ~44 ms a call
-            seconds = unary_latency(servers[kind][1], calls)
-            rows.append(("unary 100 B echo, median latency", names[kind], seconds * 1e3, "ms"))
-        for kind in ("quill", "bare"):
-            seconds = stream_rate(servers[kind][1], "Tokens", b"", 5)
-            rows.append((f"{GENERATE_TOKENS:,} tokens in batches of 32", names[kind], GENERATE_TOKENS / seconds, "tokens/s"))
-        generate = json.dumps({"max_tokens": GENERATE_TOKENS, "batch_size": 32}).encode()
-        seconds = stream_rate(servers["quill"][1], "Generate", generate, 5)
-        rows.append((f"demo Generate, {GENERATE_TOKENS:,} tokens (toy model in the loop)", names["quill"],
-                     GENERATE_TOKENS / seconds, "tokens/s"))
-        for kind in ("quill", "bare"):
-            seconds = stream_rate(servers[kind][1], "Tensor", b"", 5)
-            rows.append(("64 MiB tensor download", names[kind], TENSOR_BYTES / seconds / 1e6, "MB/s"))
+        ceiling = median_rate(lambda: raw_read(url, "/"), CEILING_BYTES, repeats) / 1e6
     finally:
-        for process, _ in servers.values():
-            process.terminate()
-            process.wait()
-    quill_value = {workload: value for workload, server, value, _ in rows if server.startswith("quill.server (")}
-    print("| workload | server | result | quill.server / this |")
-    print("| --- | --- | ---: | ---: |")
-    for workload, server, value, unit in rows:
-        mine = quill_value[workload]
-        ratio = value / mine if unit == "ms" else mine / value  # > 1: quill.server is better
-        print(f"| {workload} | {server} | {value:,.2f} {unit} | {ratio:.2f}x |")
+        process.terminate()
+        process.wait()
+    for engine in engines:
+        label = "uvicorn (h11, asyncio)" if engine == "uvicorn-h11" else engine
+        for kind in ("quill", "bare"):
+            process, url = start("--serve", kind, engine)
+            try:
+                if kind == "quill":
+                    rows += quill_rows(url, f"quill ({label})", repeats)
+                    rows.append((f"{TOKENS:,} tokens in batches of 32", f"quill ({label})", "quill",
+                                 token_rate(url, repeats), "tokens/s"))
+                    if engine in ("hypercorn", "granian"):
+                        rows += http2_rows(url, f"quill ({label})", repeats)
+                else:
+                    rows.append((f"{TOKENS:,} tokens in batches of 32", f"bare ASGI ({label})", "quill",
+                                 token_rate(url, repeats), "tokens/s"))
+            finally:
+                process.terminate()
+                process.wait()
+    default = available_engines()[0]
+    process, url = start("--serve", "demo", default)
+    try:
+        rows += compression_rows(url, f"quill demo ({default})", repeats)
+    finally:
+        process.terminate()
+        process.wait()
+    print(f"loopback ceiling (urllib3 reading a raw socket server's chunked body): {ceiling:,.0f} MB/s\n")
+    print("| workload | server | client | rate | / ceiling |")
+    print("| --- | --- | --- | ---: | ---: |")
+    for workload, server, client, rate, unit in rows:
+        share = f"{rate / ceiling:.2f}" if unit == "MB/s" else "-"
+        value = f"{rate:,.2f}" if unit == "MB" else f"{rate:,.0f}"
+        print(f"| {workload} | {server} | {client} | {value} {unit} | {share} |")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
-        serve(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--ceiling":
+        serve_ceiling(int(sys.argv[2]))
     else:
         main()

@@ -8,7 +8,8 @@ Exit codes a script can rely on:
 2  bad command line: arguments, names, headers, server URL, --output file
 3  the server could not be reached, or the call timed out
 4  the answer could not be decoded, or the stream was cancelled or cut short
-5  a package the command needs is missing (uvicorn for serve, demo, bench)
+5  a package the command needs is missing (an HTTP server for serve, demo, bench)
+6  serve: a worker process died on its own (the others were stopped)
 == =========================================================================
 
 >>> main(["call", "--help"])  # doctest: +SKIP
@@ -31,11 +32,12 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_PROTOCOL = 4
 EXIT_MISSING_PACKAGE = 5
+EXIT_SERVER_FAILED = 6
 
 EXIT_CODES_HELP = """\
 exit codes: 0 success, 1 the server answered with an error (Problem Details on stderr),
 2 bad command line, 3 server unreachable or timed out, 4 undecodable answer or broken stream,
-5 a needed package is missing (uvicorn: pip install 'quill[server]')"""
+5 a needed package is missing (an HTTP server: pip install 'quill[server]'), 6 a server worker died"""
 
 DEMO_SERVICE = "inference.v1.LLMService"
 
@@ -151,7 +153,20 @@ def _write_bytes(data: bytes, output: str | None) -> None:
 # --------------------------------------------------------------------------------------
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import ApiKeyAuth, BearerAuth, QuillApp, load_app, serve
+    from .server.running import WorkerDied
+    from .server.tls import TLSConfig
 
+    tls = None
+    if args.certfile is not None:
+        try:
+            tls = TLSConfig(args.certfile, args.keyfile, ca_certs=args.ca_certs,
+                            require_client_cert=args.require_client_cert)
+        except ValueError as exc:
+            _error(f"--require-client-cert: {exc}")
+            return EXIT_USAGE
+    elif args.keyfile or args.ca_certs or args.require_client_cert:
+        _error("--keyfile, --ca-certs and --require-client-cert need --certfile")
+        return EXIT_USAGE
     if args.app == "quill.demo:app" or args.app is None:
         from .demo import create_demo_app
 
@@ -194,11 +209,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        serve(app, args.host, args.port, log_level=args.log_level, access_log=args.access_log,
-              graceful_timeout=args.graceful_timeout, on_listening=listening, workers=args.workers)
+        serve(app, args.host, args.port, uds=args.uds, uds_mode=args.uds_mode, tls=tls, engine=args.engine,
+              log_level=args.log_level, access_log=args.access_log, graceful_timeout=args.graceful_timeout,
+              on_listening=listening, workers=args.workers)
     except OSError as exc:
-        _error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        where = args.uds if args.uds is not None else f"{args.host}:{args.port}"
+        _error(f"cannot listen on {where}: {exc.strerror or exc}")
         return EXIT_UNREACHABLE
+    except WorkerDied as exc:
+        _error(str(exc))
+        return EXIT_SERVER_FAILED
     except SystemExit as exc:
         if exc.code not in (None, EXIT_OK):
             raise
@@ -369,6 +389,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an octal file mode such as 600, got {text}") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"must be an octal file mode between 000 and 777, got {text}")
+    return mode
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -387,6 +417,7 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quill`` command."""
     from . import __version__
+    from .server.engines import ENGINES
 
     parser = argparse.ArgumentParser(
         prog="quill",
@@ -402,14 +433,29 @@ def build_parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, description=textwrap.fill(description, 88),
                                    epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    serve = command("serve", "serve the demo service or your own app on uvicorn",
-                    "Serve a QuillApp (or any ASGI app) on uvicorn. Without APP, serves the demo "
-                    "inference.v1.LLMService. Stops gracefully on Ctrl+C or SIGTERM.")
+    serve = command("serve", "serve the demo service or your own app",
+                    "Serve a QuillApp (or any ASGI app) over HTTP, HTTPS or a Unix socket, on uvicorn, "
+                    "hypercorn or granian. Without APP, serves the demo inference.v1.LLMService. Stops "
+                    "gracefully on Ctrl+C or SIGTERM.")
     serve.add_argument("app", nargs="?", default="quill.demo:app", metavar="APP",
                        help="the app as 'module:attribute' (default: quill.demo:app)")
     serve.add_argument("--app-dir", default=".", help="directory to import APP from (default: the current one)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080; 0 picks a free one)")
+    serve.add_argument("--uds", metavar="PATH",
+                       help="listen on this Unix domain socket instead of TCP (clients use "
+                            "http+unix://<percent-encoded path>); removed when the server stops")
+    serve.add_argument("--uds-mode", type=_octal_mode, default=0o600, metavar="MODE",
+                       help="file mode of the --uds socket, octal (default 600: only this user may connect)")
+    serve.add_argument("--engine", choices=sorted(ENGINES), default=None,
+                       help="the HTTP server: uvicorn (HTTP/1.1), hypercorn (HTTP/1.1 and HTTP/2) or granian "
+                            "(HTTP/1.1 and HTTP/2, Rust I/O); default: the preferred one installed")
+    serve.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
+    serve.add_argument("--keyfile", help="the PEM private key of --certfile (if not in the same file)")
+    serve.add_argument("--ca-certs", metavar="FILE",
+                       help="verify client certificates against these CA certificates (PEM)")
+    serve.add_argument("--require-client-cert", action="store_true",
+                       help="refuse TLS clients without a certificate that --ca-certs verifies")
     serve.add_argument("--token-delay-ms", type=_non_negative_float, default=0.0,
                        help="demo service only: simulated compute per generated token (default 0)")
     serve.add_argument("--max-request-mb", type=_non_negative_float, default=None,
@@ -492,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("quill: interrupted", file=sys.stderr)
         return 130
-    except ImportError as exc:  # an optional dependency (uvicorn) is not installed
+    except ImportError as exc:  # an optional dependency (an HTTP server engine) is not installed
         _error(str(exc))
         return EXIT_MISSING_PACKAGE
     except BrokenPipeError:  # `quill generate ... | head`

@@ -4,6 +4,7 @@ import pytest
 
 from quill.demo import create_demo_app
 from quill.server import serve_in_thread
+from quill.server.engines import ENGINES, available_engines
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,3 +36,12 @@ def pytest_generate_tests(metafunc):
     if "client_kind" in metafunc.fixturenames:
         kinds = ["sync"] if metafunc.definition.get_closest_marker("sync_only") else ["sync", "async"]
         metafunc.parametrize("client_kind", kinds, indirect=True)
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINES))
+def engine(request):
+    """Each server engine in turn (the server tests run once per engine). An engine the test
+    environment lacks fails rather than skips: the test extra installs all of them."""
+    if request.param not in available_engines():
+        pytest.fail(f"the {request.param} engine is not installed; pip install -e '.[test]'", pytrace=False)
+    return request.param

@@ -173,11 +173,12 @@ async def slow(request, context):
 '''
 
 
-def test_serve_user_app_and_stop_gracefully_on_sigterm(tmp_path):
+def test_serve_user_app_and_stop_gracefully_on_sigterm(tmp_path, engine):
     (tmp_path / "greeter_app.py").write_text(textwrap.dedent(USER_APP))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     server = subprocess.Popen([sys.executable, "-m", "quill", "serve", "greeter_app:app", "--port", "0",
-                               "--log-level", "warning"], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                               "--log-level", "warning", "--engine", engine],
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         first_line = server.stderr.readline()
         assert first_line.startswith("quill: serving greeter_app:app on http://127.0.0.1:"), first_line
@@ -262,8 +263,25 @@ def test_bench_progress_bar_lines():
     ]
 
 
-def test_missing_uvicorn_is_a_clear_error():
-    code = "import sys; sys.modules['uvicorn'] = None; from quill.cli import main; sys.exit(main(['demo']))"
+BLOCK_ENGINES = "import sys; sys.modules.update({name: None for name in %r}); "
+
+
+def test_missing_server_engines_are_a_clear_error():
+    code = BLOCK_ENGINES % ["uvicorn", "hypercorn", "granian"] + "from quill.cli import main; sys.exit(main(['demo']))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=NEUTRAL_CWD)
     assert done.returncode == 5
-    assert done.stderr.strip() == "quill: error: serving needs uvicorn: pip install 'quill[server]'"
+    assert done.stderr.strip() == ("quill: error: serving needs an HTTP server (uvicorn, granian, hypercorn): "
+                                   "pip install 'quill[server]'")
+    code = BLOCK_ENGINES % ["granian"] + "from quill.cli import main; sys.exit(main(['serve', '--engine', 'granian']))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=NEUTRAL_CWD)
+    assert done.returncode == 5
+    assert done.stderr.strip() == "quill: error: the granian engine needs granian: pip install 'quill[server]'"
+
+
+def test_demo_falls_back_to_an_installed_engine():
+    """Without uvicorn (the preferred engine), the demo runs on the next one installed."""
+    code = BLOCK_ENGINES % ["uvicorn"] + ("from quill.cli import main; "
+                                          "sys.exit(main(['demo', '--max-tokens', '4', '--token-delay-ms', '0']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=NEUTRAL_CWD)
+    assert done.returncode == 0, done.stderr
+    assert "identical: True" in done.stdout

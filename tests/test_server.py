@@ -61,9 +61,9 @@ def build_app(**options) -> QuillApp:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(engine):
     app = build_app(max_request_bytes=100_000)
-    with serve_in_thread(app) as base_url:
+    with serve_in_thread(app, engine=engine) as base_url:
         yield app, base_url
 
 
@@ -208,10 +208,10 @@ def test_health_ready(server, http):
     assert r.status == 405 and r.headers["allow"] == "GET, HEAD"
 
 
-def test_auth_hooks():
+def test_auth_hooks(engine):
     app = build_app(auth=[BearerAuth("t0ken"), ApiKeyAuth("k3y")])
     pool = urllib3.PoolManager(retries=False)
-    with serve_in_thread(app) as url:
+    with serve_in_thread(app, engine=engine) as url:
         r = pool.request("POST", f"{url}/{ECHO}", body=b"hi")
         assert r.status == 401 and problem_of(r)["title"] == "Unauthorized"
         assert r.headers["www-authenticate"] == 'Bearer realm="quill"'
@@ -228,12 +228,12 @@ def test_auth_hooks():
     ((), set()),
     (("/" + ECHO,), {"/" + ECHO}),  # an RPC can be opened too
 ])
-def test_auth_public_paths(public_paths, open_paths):
+def test_auth_public_paths(engine, public_paths, open_paths):
     options = {} if public_paths is None else {"public_paths": public_paths}
     app = build_app(auth=BearerAuth("t0ken"), **options)
     pool = urllib3.PoolManager(retries=False)
     token = {"Authorization": "Bearer t0ken"}
-    with serve_in_thread(app) as url:
+    with serve_in_thread(app, engine=engine) as url:
         for path in ("/health", "/ready", "/metrics", "/" + ECHO):
             verb = "POST" if path == "/" + ECHO else "GET"
             anonymous = pool.request(verb, url + path, body=b"")
@@ -242,13 +242,13 @@ def test_auth_public_paths(public_paths, open_paths):
                 assert anonymous.headers["www-authenticate"] == 'Bearer realm="quill"'
             assert pool.request(verb, url + path, body=b"", headers=token).status == 200, path
         # without auth configured every path is open, whatever public_paths says
-    with serve_in_thread(build_app(public_paths=())) as url:
+    with serve_in_thread(build_app(public_paths=()), engine=engine) as url:
         assert pool.request("GET", url + "/metrics").status == 200
     with pytest.raises(ValueError, match="starting with '/'"):
         QuillApp(public_paths=("metrics",))
 
 
-def test_async_auth_hook_sees_context():
+def test_async_auth_hook_sees_context(engine):
     seen = []
 
     async def only_ada(context: Context) -> bool:
@@ -256,7 +256,7 @@ def test_async_auth_hook_sees_context():
         return context.headers.get("x-user") == "ada"
 
     pool = urllib3.PoolManager(retries=False)
-    with serve_in_thread(build_app(auth=only_ada)) as url:
+    with serve_in_thread(build_app(auth=only_ada), engine=engine) as url:
         assert pool.request("POST", f"{url}/{ECHO}", body=b"", headers={"X-User": "bob"}).status == 401
         assert pool.request("POST", f"{url}/{ECHO}", body=b"ok", headers={"X-User": "ada"}).data == b"ok"
     assert seen == [ECHO, ECHO]
@@ -304,7 +304,39 @@ def test_listening_socket_gets_tcp_nodelay():
     assert seen and seen[0] != 0
 
 
-def test_retry_after_header_from_rpc_error():
+def accepted_socket_of(client: socket.socket) -> socket.socket:
+    """The server side of ``client``'s connection, found among this process's descriptors
+    (the server runs in this process), as a socket object on a duplicate descriptor."""
+    import os
+
+    wanted = client.getsockname()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            candidate = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue
+        try:
+            if candidate.family == socket.AF_INET and candidate.getpeername() == wanted:
+                return candidate
+        except OSError:
+            pass
+        candidate.close()
+    raise AssertionError(f"no server socket connected to {wanted}")
+
+
+def test_every_engine_sets_tcp_nodelay_on_accepted_connections(server, engine):
+    _, url = server
+    host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.recv(65536).startswith(b"HTTP/1.1 200")  # accepted and answered
+        with accepted_socket_of(client) as accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0, engine
+
+
+def test_retry_after_header_from_rpc_error(engine):
     from quill.errors import ServiceUnavailableError
 
     app = QuillApp()
@@ -314,7 +346,7 @@ def test_retry_after_header_from_rpc_error():
         raise ServiceUnavailableError(503, ProblemDetails(503, "Service unavailable", detail="warming up"),
                                       retry_after=1.5)
 
-    with serve_in_thread(app) as url:
+    with serve_in_thread(app, engine=engine) as url:
         r = urllib3.PoolManager(retries=False).request("POST", f"{url}/a.v1.S/Busy", body=b"")
     assert r.status == 503 and r.headers["retry-after"] == "2"
     assert problem_of(r)["detail"] == "warming up"
@@ -402,9 +434,9 @@ def build_stream_app(**options) -> QuillApp:
 
 
 @pytest.fixture(scope="module")
-def stream_server():
+def stream_server(engine):
     app = build_stream_app(max_request_bytes=50_000)
-    with serve_in_thread(app) as base_url:
+    with serve_in_thread(app, engine=engine) as base_url:
         yield app, base_url
 
 
@@ -514,10 +546,10 @@ def test_client_disconnect_stops_the_generator(stream_server, method, name):
     assert event.wait(10), "the generator was not closed after the client left"
 
 
-def test_metrics_after_known_traffic():
+def test_metrics_after_known_traffic(engine):
     app = build_stream_app()
     pool = urllib3.PoolManager(retries=False)
-    with serve_in_thread(app) as url:
+    with serve_in_thread(app, engine=engine) as url:
         for _ in range(3):
             pool.request("POST", f"{url}/s.v1.Stream/Count", body=b"4")
         pool.request("POST", f"{url}/s.v1.Stream/FailLater", body=b"")
@@ -561,7 +593,7 @@ from quill.tensor import Tensor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def combined_server():
+def combined_server(engine):
     """The stream test methods and the demo service on one app."""
     app = build_stream_app()
     demo = create_demo_app()
@@ -572,7 +604,7 @@ def combined_server():
     def double(request, context):
         return Tensor.from_numpy(request.to_numpy() * 2, name=request.name)
 
-    with serve_in_thread(app) as base_url:
+    with serve_in_thread(app, engine=engine) as base_url:
         yield app, base_url
 
 
@@ -651,7 +683,7 @@ def test_client_cancelling_a_stream_stops_the_generator(combined_server):
     assert event.wait(10), "the generator was not closed after the client cancelled"
 
 
-def test_lifespan_hooks_and_readiness():
+def test_lifespan_hooks_and_readiness(engine):
     app = build_app()
     events = []
 
@@ -664,7 +696,7 @@ def test_lifespan_hooks_and_readiness():
         events.append("shutdown")
 
     pool = urllib3.PoolManager(retries=False)
-    with serve_in_thread(app) as url:
+    with serve_in_thread(app, engine=engine) as url:
         assert events == ["startup"]
         assert pool.request("GET", f"{url}/ready").status == 200
         app.ready = False  # e.g. while a model reloads
@@ -722,7 +754,7 @@ def test_zstd_request_decoding_garbage_and_limits(garbage, limit):
     assert len(out) <= limit
 
 
-def test_client_leaving_before_the_first_message_stops_the_generator():
+def test_client_leaving_before_the_first_message_stops_the_generator(engine):
     app = QuillApp()
     started, closed = threading.Event(), threading.Event()
 
@@ -735,7 +767,7 @@ def test_client_leaving_before_the_first_message_stops_the_generator():
         finally:
             closed.set()
 
-    with serve_in_thread(app) as url:
+    with serve_in_thread(app, engine=engine) as url:
         host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(b"POST /s.v1.Slow/Start HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
@@ -743,7 +775,7 @@ def test_client_leaving_before_the_first_message_stops_the_generator():
         assert closed.wait(10), "the generator was not closed after the client left"
 
 
-def test_shared_problem_details_is_not_modified_and_bad_status_is_500():
+def test_shared_problem_details_is_not_modified_and_bad_status_is_500(engine):
     app = QuillApp()
     busy = ProblemDetails(409, "Conflict", detail="busy")
 
@@ -760,7 +792,7 @@ def test_shared_problem_details_is_not_modified_and_bad_status_is_500():
         return ProblemDetails(200, "OK")
 
     pool = urllib3.PoolManager(retries=False)
-    with serve_in_thread(app) as url:
+    with serve_in_thread(app, engine=engine) as url:
         assert problem_of(pool.request("POST", f"{url}/a.v1.S/One", body=b""))["instance"] == "/a.v1.S/One"
         assert problem_of(pool.request("POST", f"{url}/a.v1.S/Two", body=b""))["instance"] == "/a.v1.S/Two"
         r = pool.request("POST", f"{url}/a.v1.S/NotAnError", body=b"")

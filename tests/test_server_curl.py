@@ -47,7 +47,7 @@ def curl(*args: str, data: bytes | None = None) -> tuple[int, dict, bytes]:
 
 
 @pytest.fixture(scope="module")
-def url():
+def url(engine):
     app = QuillApp(max_request_bytes=1_000_000)
 
     @app.unary("echo.v1.EchoService/Echo")
@@ -62,7 +62,7 @@ def url():
     for path, kind in demo.methods().items():
         app.add_method(path, demo._routes[path].function, kind)
 
-    with serve_in_thread(app) as base_url:
+    with serve_in_thread(app, engine=engine) as base_url:
         yield base_url
 
 
@@ -124,6 +124,23 @@ def test_streamed_generate_frames(url):
     assert [t.text for t in tokens] == [VOCABULARY[i] for i, _ in expected]
     assert np.allclose([t.logprob for t in tokens], [lp for _, lp in expected], rtol=1e-6)
     assert {b.sequence_id for b in batches} == {11}
+
+
+def test_compressed_token_stream_and_tensor_decoded_by_curl(url):
+    """curl --compressed asks for zstd and decodes the answer itself: an independent decoder of
+    the frame-by-frame compressed streams."""
+    request = b'{"prompt": "Hello", "max_tokens": 200, "batch_size": 3}'
+    status, headers, raw = curl("-H", "Accept-Encoding: zstd", "-H", "Content-Type: application/json",
+                                f"{url}/{SERVICE}/Generate", data=request)
+    assert status == 200 and headers["content-encoding"] == "zstd"
+    _, _, body = curl("--compressed", "-H", "Content-Type: application/json", f"{url}/{SERVICE}/Generate", data=request)
+    decoder = TokenStreamDecoder()
+    tokens = [t.id for b in decoder.feed(body) for t in b]
+    decoder.finish()
+    assert tokens == [i for i, _ in ToyLanguageModel().generate("Hello", 200)] and len(raw) < len(body)
+    status, headers, body = curl("--compressed", f"{url}/{SERVICE}/Embed", data=b'{"input": ["a", "b"], "dim": 4000}')
+    assert status == 200 and headers["content-encoding"] == "zstd"
+    assert np.array_equal(TensorReceiver().feed(body).to_numpy(), embed_texts([b"a", b"b"], 4000))
 
 
 def test_generate_as_json_with_zstd(url):

@@ -25,7 +25,7 @@ ECHO = "t.v1.Tensors/Echo"
 
 
 @pytest.fixture(scope="module")
-def url():
+def url(engine):
     app = QuillApp(max_request_bytes=1 << 20)
 
     @app.tensor(DESCRIBE)
@@ -39,7 +39,7 @@ def url():
     def echo(request, context):
         return request
 
-    with serve_in_thread(app) as base_url:
+    with serve_in_thread(app, engine=engine) as base_url:
         yield base_url
 
 

@@ -44,7 +44,9 @@ built-in paths, lifespan), :mod:`~quill.server.kinds` (serving each handler kind
 :mod:`~quill.server.exchange` (reading the request, sending the answer),
 :mod:`~quill.server.problems` (failures as Problem Details), :mod:`~quill.server.auth`,
 :mod:`~quill.server.context`; running it: :mod:`~quill.server.running` (serve,
-serve_in_thread, workers), :mod:`~quill.server.sockets` (listening sockets and URLs).
+serve_in_thread, workers), :mod:`~quill.server.engines` (uvicorn, hypercorn, granian),
+:mod:`~quill.server.sockets` (TCP and Unix listening sockets, their URLs),
+:mod:`~quill.server.tls`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ from .auth import ApiKeyAuth, AuthHook, BearerAuth
 from .context import Context
 from .handlers import HANDLER_KINDS
 from .running import load_app, serve, serve_in_thread
+from .sockets import unix_url
+from .tls import TLSConfig
 
 __all__ = [
     "QuillApp",
@@ -64,6 +68,8 @@ __all__ = [
     "serve_in_thread",
     "serve",
     "load_app",
+    "unix_url",
+    "TLSConfig",
     "HANDLER_KINDS",
     "BUILTIN_PATHS",
     "DEFAULT_MAX_REQUEST_BYTES",

@@ -20,6 +20,7 @@ from .context import Context
 from .exchange import Exchange
 from .handlers import HANDLER_KINDS, Route, invoke
 from .kinds import SERVE_KIND
+from . import tracing
 from .problems import ClientGone, HttpProblem, problem_for
 
 __all__ = ["QuillApp", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_PUBLIC_PATHS", "BUILTIN_PATHS"]
@@ -198,7 +199,11 @@ class QuillApp:
         started = time.perf_counter()
         self.metrics.request_started()
         try:
-            await self._rpc(exchange, route, http_method)
+            if tracing.active():
+                with tracing.call_span(exchange):
+                    await self._rpc(exchange, route, http_method)
+            else:
+                await self._rpc(exchange, route, http_method)
         finally:
             self.metrics.request_finished()
             self.metrics.observe(
@@ -232,6 +237,7 @@ class QuillApp:
             if not isinstance(exc, LimitExceededError):
                 await exchange.discard_small_body()
             await exchange.respond_problem(answer, headers)
+            await exchange.linger_after_early_answer()
 
     async def _check_auth(self, exchange: Exchange) -> None:
         """Raise a 401 problem unless auth is off, the path is public, or a hook accepts."""

@@ -9,6 +9,7 @@ tensor request says so in its Content-Type (``application/proto; frames=tensor``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any, AsyncIterator, Callable, Iterable
@@ -22,7 +23,7 @@ from .context import Context
 from .handlers import close_async_iterator
 from .problems import ClientGone, HttpProblem, cancel_reason
 
-__all__ = ["Exchange", "header_dict", "wants_json", "unary_content_type"]
+__all__ = ["Exchange", "SEND_BYTES_EXTENSION", "header_dict", "wants_json", "unary_content_type"]
 
 logger = logging.getLogger("quill.server")
 _END = object()
@@ -57,10 +58,16 @@ def unary_content_type(headers: dict[str, str]) -> str:
     return PROTO
 
 
+#: The ASGI scope extension by which an engine says that it takes response bodies fast only as
+#: ``bytes`` (granian converts a memoryview element by element: 76 MB/s against 1.6 GB/s).
+SEND_BYTES_EXTENSION = "quill.send_bytes"
+
+
 class Exchange:
     """The state of one request/response: body reading with limits, sending, counters.
 
     ``max_request_bytes`` bounds the body on the wire and after decompression (None: no limit).
+    ``send_bytes`` is True when the engine announced :data:`SEND_BYTES_EXTENSION`.
     """
 
     def __init__(self, scope: dict, receive: Callable, send: Callable, method_path: str,
@@ -74,8 +81,10 @@ class Exchange:
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.items_out = 0
         self.body_complete = False
         self.stream_failed = False
+        self.send_bytes = SEND_BYTES_EXTENSION in (scope.get("extensions") or ())
 
     # -- receiving ------------------------------------------------------------------
     def _content_decoder(self) -> ContentDecoder:
@@ -121,6 +130,19 @@ class Exchange:
                 return
             self.body_complete = not message.get("more_body", False)
 
+    async def linger_after_early_answer(self, timeout: float = 1.0) -> None:
+        """After an answer sent before the request body was read, on HTTP/2: keep the stream open
+        (dropping what arrives) until the client stops sending, at most ``timeout`` seconds.
+
+        An HTTP/1.1 answer says ``Connection: close`` instead. On HTTP/2 an engine may reset the
+        stream as soon as the app returns with the body unread, before the answer is flushed
+        (granian 2.8 does, so the client never sees the 413).
+        """
+        if self.body_complete or self.scope.get("http_version", "1.1").startswith("1"):
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.wait_disconnect(), timeout)
+
     async def read_body(self) -> bytes:
         return b"".join([chunk async for chunk in self.body_chunks()])
 
@@ -163,8 +185,10 @@ class Exchange:
     async def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
         self.status = status
         raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-        if not self.body_complete:
-            raw.append((b"connection", b"close"))  # the rest of an unread body is not worth draining
+        if not self.body_complete and self.scope.get("http_version", "1.1").startswith("1"):
+            # HTTP/1.x: the rest of an unread body is not worth draining. (HTTP/2 forbids the
+            # header, and the engine resets just the stream.)
+            raw.append((b"connection", b"close"))
         await self._send({"type": "http.response.start", "status": status, "headers": raw})
 
     async def body(self, data: bytes | memoryview, more: bool) -> None:
@@ -218,17 +242,36 @@ class Exchange:
                 item = await items.__anext__()
             except StopAsyncIteration:
                 item = _END
-            await self.start(200, [("content-type", PROTO)])
+            zstd = self.answer_compressor()
+            await self.start(200, [("content-type", PROTO), *(() if zstd is None else [("content-encoding", "zstd")])])
+            send, next_item, compress = self._send, items.__anext__, None if zstd is None else zstd.compress
             try:
+                # The per-item path, kept lean (a token stream sends one message per batch):
+                # ``send`` called directly, counters updated as it goes.
                 while item is not _END:
-                    await self.body(encode(item), more=True)
+                    frame = encode(item) if compress is None else compress(encode(item))
+                    self.bytes_out += len(frame)
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+                    self.items_out += 1
                     try:
-                        item = await items.__anext__()
+                        item = await next_item()
                     except StopAsyncIteration:
                         item = _END
-                await self.body(end_frame, more=False)
+                last = end_frame
             except Exception as exc:  # the status is out: end the stream with a CANCEL frame
                 self.stream_failed = True
-                await self.body(cancel_frame(cancel_reason(exc, self.context.method_path)), more=False)
+                last = cancel_frame(cancel_reason(exc, self.context.method_path))
+            await self.body(last if zstd is None else zstd.compress(last) + zstd.flush(), more=False)
         finally:
             await close_async_iterator(items)
+
+    def answer_compressor(self) -> compression.StreamCompressor | None:
+        """A zstd compressor for a streamed answer when the client accepts zstd, else None.
+
+        Streamed answers (message streams, token streams, tensors) are compressed whatever
+        their size: each frame is flushed as a zstd block of its own, so the client decodes it
+        as soon as it arrives (the stream stays a stream; nothing is buffered).
+        """
+        if compression.accepts_zstd(self.headers.get("accept-encoding")):
+            return compression.StreamCompressor()
+        return None

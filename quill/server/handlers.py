@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -42,28 +43,33 @@ class Route:
 
 async def invoke(function: Callable, *args) -> Any:
     """Call a handler: coroutine functions are awaited, generator functions called
-    directly, other sync functions run in the default thread pool (never blocking the loop)."""
+    directly, other sync functions run in the default thread pool (never blocking the loop),
+    in a copy of the caller's context (its context variables, the current span, as
+    :func:`asyncio.to_thread` does)."""
     if inspect.iscoroutinefunction(function):
         return await function(*args)
     if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
         return function(*args)
-    result = await asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
+    call = functools.partial(contextvars.copy_context().run, function, *args)
+    result = await asyncio.get_running_loop().run_in_executor(None, call)
     if inspect.isawaitable(result):
         result = await result
     return result
 
 
 async def _iterate_sync(iterator: Iterator) -> AsyncIterator:
-    """Drive a sync iterator from the event loop, each ``next`` in the thread pool.
+    """Drive a sync iterator from the event loop, each ``next`` in the thread pool (in a copy
+    of the caller's context).
 
     When the consumer stops early (a client disconnect cancels it), the generator is
     closed in a worker thread once its running ``next`` has returned, so its ``finally``
     blocks run.
     """
     loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()  # entered by one ``next`` at a time
     try:
         while True:
-            pending = loop.run_in_executor(None, next, iterator, _END)
+            pending = loop.run_in_executor(None, context.run, next, iterator, _END)
             try:
                 item = await asyncio.shield(pending)
             except asyncio.CancelledError:

@@ -127,15 +127,58 @@ async def _serve_tensor(exchange: Exchange, route: Route) -> None:
 
 
 async def _send_tensor(exchange: Exchange, tensor: Any) -> None:
-    """Tensor frames with a Content-Length; payload frames are views of the tensor's memory."""
+    """Tensor frames. Payload frames are views of the tensor's memory, sent as they are with a
+    Content-Length; compressed (zstd accepted) they go through the compressor view by view and
+    leave in chunked blocks of about :data:`SEND_BLOCK_BYTES`. An engine that takes only
+    ``bytes`` bodies at speed (``send_bytes``, see :class:`~quill.server.exchange.Exchange`)
+    gets uncompressed frames joined into such blocks: one copy, a block at a time, never the
+    whole tensor."""
     from ..frames import encode_tensor_frames
 
     pieces = list(encode_tensor_frames(tensor))
+    zstd = exchange.answer_compressor()
+    if zstd is not None:
+        await exchange.start(200, [("content-type", PROTO), ("content-encoding", "zstd")])
+        pending: list[bytes] = []
+        size = 0
+        for piece in pieces:
+            out = zstd.compress(piece)
+            pending.append(out)
+            size += len(out)
+            if size >= SEND_BLOCK_BYTES:
+                await exchange.body(b"".join(pending), more=True)
+                pending, size = [], 0
+        pending.append(zstd.flush())
+        await exchange.body(b"".join(pending), more=False)
+        return
     total = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
+    if exchange.send_bytes:
+        pieces = list(_blocks(pieces, SEND_BLOCK_BYTES))
     await exchange.start(200, [("content-type", PROTO), ("content-length", str(total))])
     last = len(pieces) - 1
     for index, piece in enumerate(pieces):
         await exchange.body(piece, more=index < last)
+
+
+#: The size of the blocks a tensor answer is joined into for engines that want bytes bodies:
+#: 16 payload frames of 64 KiB (measured on granian: 76 MB/s with views, 1.6 GB/s with 1 MiB
+#: blocks, 0.9 GB/s with 4 MiB ones).
+SEND_BLOCK_BYTES = 1 << 20
+
+
+def _blocks(pieces: list, size: int) -> Any:
+    """``pieces`` (bytes and memoryviews) joined into bytes of at least ``size`` (the last may be
+    shorter), in order."""
+    run: list = []
+    length = 0
+    for piece in pieces:
+        run.append(piece)
+        length += piece.nbytes if isinstance(piece, memoryview) else len(piece)
+        if length >= size:
+            yield b"".join(run)
+            run, length = [], 0
+    if run:
+        yield b"".join(run)
 
 
 def _tensor_json(tensor: Any) -> bytes:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from typing import Sequence
 
 from ..errors import ProblemDetails, RpcError
 from ..protocol.problems import problem, status_for_error
+from .tracing import current_trace_id
 
 __all__ = ["HttpProblem", "ClientGone", "problem_for", "cancel_reason"]
 
@@ -40,7 +40,7 @@ def problem_for(exc: BaseException, method_path: str) -> tuple[ProblemDetails, l
     """The answer to an exception from a handler (or from reading the request).
 
     Unexpected exceptions answer 500 without their text; the traceback goes to the log under
-    the ``trace_id`` that the answer carries.
+    the ``trace_id`` that the answer carries (the call's OpenTelemetry trace id when tracing).
     """
     if isinstance(exc, HttpProblem):
         return exc.problem, exc.headers
@@ -52,7 +52,7 @@ def problem_for(exc: BaseException, method_path: str) -> tuple[ProblemDetails, l
     known = status_for_error(exc)
     if known is not None:
         return problem(known[0], known[1], str(exc)), []
-    trace_id = uuid.uuid4().hex
+    trace_id = current_trace_id()
     logger.error("handler for %s failed (trace_id %s)", method_path, trace_id, exc_info=exc)
     return problem(
         500,

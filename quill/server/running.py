@@ -1,6 +1,10 @@
 """Running a QuillApp (or any ASGI app): :func:`serve` in the foreground until SIGINT or SIGTERM,
 optionally with forked workers sharing one listening socket; :func:`serve_in_thread` in a
 background thread for tests and embedding; :func:`load_app` for ``module:attribute`` specs.
+
+Both listen on TCP (``host``/``port``) or on a Unix domain socket (``uds``: a path, file mode
+0600 unless ``uds_mode`` says otherwise, removed when the server stops), optionally with TLS,
+on any engine of :mod:`quill.server.engines`.
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from .sockets import bind_tcp, socket_url
+from .engines import ServeOptions, check_engine, prepare
+from .sockets import bind_tcp, bind_unix, remove_unix_socket, socket_url
+from .tls import TLSConfig
 
-__all__ = ["serve", "serve_in_thread", "load_app"]
+__all__ = ["serve", "serve_in_thread", "load_app", "WorkerDied"]
+
+logger = logging.getLogger("quill.server")
 
 
 def load_app(spec: str) -> Any:
@@ -42,20 +50,8 @@ def load_app(spec: str) -> Any:
     return target
 
 
-def _uvicorn_server(app: Any, log_level: str, graceful_timeout: float, access_log: bool):
-    try:
-        import uvicorn
-    except ImportError:
-        raise ImportError("serving needs uvicorn: pip install 'quill[server]'") from None
-    config = uvicorn.Config(
-        app,
-        log_level=log_level,
-        access_log=access_log,
-        lifespan="auto",
-        timeout_graceful_shutdown=graceful_timeout,
-        server_header=False,
-    )
-    return uvicorn.Server(config)
+def _listen(host: str, port: int, uds: str | None, uds_mode: int) -> socket.socket:
+    return bind_unix(uds, uds_mode) if uds is not None else bind_tcp(host, port)
 
 
 def serve(
@@ -63,52 +59,73 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     *,
+    uds: str | None = None,
+    uds_mode: int = 0o600,
+    tls: TLSConfig | None = None,
+    engine: str | None = None,
     log_level: str = "info",
     access_log: bool = False,
     graceful_timeout: float = 10.0,
     on_listening: Callable[[str], None] | None = None,
     workers: int = 1,
 ) -> None:
-    """Serve ``app`` on uvicorn until SIGINT or SIGTERM, then shut down gracefully.
+    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully.
 
     In-flight requests get ``graceful_timeout`` seconds to finish. ``on_listening`` is
-    called with the base URL once the socket is bound (``port=0`` picks a free port).
-    ``workers`` > 1 forks that many worker processes (POSIX only) that share the one
-    listening socket, so every worker keeps TCP_NODELAY (see :func:`~quill.server.sockets.bind_tcp`).
+    called with the base URL once the socket is bound (``port=0`` picks a free port; with
+    ``uds`` the URL is ``http+unix://<percent-encoded path>``). ``workers`` > 1 forks that many
+    worker processes (POSIX only) that share the one listening socket, so every worker keeps
+    TCP_NODELAY (see :func:`~quill.server.sockets.bind_tcp`). ``engine`` names the HTTP server
+    (:mod:`quill.server.engines`; default: the preferred one installed).
 
     >>> serve(app, "127.0.0.1", 8080, workers=4)  # doctest: +SKIP
+    >>> serve(app, uds="/run/quill.sock")  # doctest: +SKIP
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers!r}")
     if workers > 1 and not hasattr(os, "fork"):
         raise ValueError("workers > 1 needs os.fork (POSIX); run one process per port instead")
-    sock = bind_tcp(host, port)
+    options = ServeOptions(log_level=log_level, access_log=access_log, graceful_timeout=graceful_timeout, tls=tls)
+    engine = check_engine(engine)  # a missing engine is an ImportError before anything is bound
+    sock = _listen(host, port, uds, uds_mode)
     try:
         if on_listening is not None:
-            on_listening(socket_url(sock))
+            on_listening(socket_url(sock, tls=tls is not None))
         if workers == 1:
-            _uvicorn_server(app, log_level, graceful_timeout, access_log).run(sockets=[sock])
+            prepare(app, sock, options, engine).run()
         else:
-            _run_workers(app, sock, workers, log_level, graceful_timeout, access_log)
+            _run_workers(lambda: prepare(app, sock, options, engine), workers)
     finally:
+        if uds is not None:
+            remove_unix_socket(uds)
         sock.close()
 
 
-def _run_workers(app: Any, sock: socket.socket, workers: int, log_level: str, graceful_timeout: float,
-                 access_log: bool) -> None:
-    """Fork ``workers`` uvicorn servers on the shared socket; SIGINT/SIGTERM stop them all.
+class WorkerDied(RuntimeError):
+    """A forked worker exited while the server was not stopping; the others were stopped."""
 
-    Forked rather than spawned: the workers inherit ``app`` as built (a QuillApp with its
+
+def _run_workers(make_server: Callable[[], Any], workers: int) -> None:
+    """Fork ``workers`` servers on the shared socket; SIGINT/SIGTERM stop them all (each
+    finishes its in-flight calls). A worker that dies on its own takes the others down and
+    raises :class:`WorkerDied`: no worker is left behind, and a supervisor (systemd, Kubernetes)
+    sees the failure and restarts the whole server.
+
+    Forked rather than spawned: the workers inherit the app as built (a QuillApp with its
     handlers and options need not be importable or picklable) and the socket object itself.
     """
     children: list[int] = []
+    stopping = False
 
     def stop_children(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)  # SIGTERM: a worker that also got the SIGINT does not force-quit
 
     previous = {sig: signal.signal(sig, stop_children) for sig in (signal.SIGINT, signal.SIGTERM)}
+    died = None
     try:
         for _ in range(workers):
             pid = os.fork()
@@ -116,21 +133,25 @@ def _run_workers(app: Any, sock: socket.socket, workers: int, log_level: str, gr
                 code = 1
                 try:
                     for sig in previous:
-                        signal.signal(sig, signal.SIG_DFL)  # uvicorn installs its own while it runs
-                    _uvicorn_server(app, log_level, graceful_timeout, access_log).run(sockets=[sock])
+                        signal.signal(sig, signal.SIG_DFL)  # the engine installs its own while it runs
+                    make_server().run()
                     code = 0
                 except BaseException:
-                    logging.getLogger("uvicorn.error").exception("quill worker %d failed", os.getpid())
+                    logger.exception("quill worker %d failed", os.getpid())
                 finally:
                     os._exit(code)
             children.append(pid)
         while children:
             try:
-                pid, _ = os.waitpid(-1, 0)
+                pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
             if pid in children:
                 children.remove(pid)
+                if not stopping and died is None:
+                    died = (pid, os.waitstatus_to_exitcode(status))
+                    logger.error("quill worker %d exited (%d) on its own; stopping the others", *died)
+                    stop_children(signal.SIGTERM, None)
     finally:
         stop_children(signal.SIGTERM, None)
         for pid in children:
@@ -138,6 +159,8 @@ def _run_workers(app: Any, sock: socket.socket, workers: int, log_level: str, gr
                 os.waitpid(pid, 0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if died is not None:
+        raise WorkerDied(f"worker {died[0]} exited with status {died[1]}; the other workers were stopped")
 
 
 @contextlib.contextmanager
@@ -146,41 +169,62 @@ def serve_in_thread(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
+    uds: str | None = None,
+    uds_mode: int = 0o600,
+    tls: TLSConfig | None = None,
+    engine: str | None = None,
     log_level: str = "warning",
     graceful_timeout: float = 2.0,
     startup_timeout: float = 10.0,
 ) -> Iterator[str]:
-    """Run ``app`` on uvicorn in a background thread; yields its base URL.
+    """Run ``app`` in a background thread; yields its base URL, or with ``uds`` the socket's path.
 
-    A free loopback port is picked unless ``port`` is given. Leaving the block shuts the
-    server down (in-flight streams get ``graceful_timeout`` seconds).
+    A free loopback port is picked unless ``port`` is given; with ``uds`` the server listens on
+    that Unix socket path instead (:func:`~quill.server.sockets.unix_url` of the path is the URL
+    :class:`~quill.client.QuillClient` takes: ``http+unix://<percent-encoded path>``). Leaving
+    the block shuts the server down (in-flight streams get ``graceful_timeout`` seconds) and
+    removes the socket file.
 
     >>> with serve_in_thread(app) as base_url:  # doctest: +SKIP
     ...     QuillClient(base_url).call("echo.v1.EchoService", "Echo", b"hi")
+    >>> with serve_in_thread(app, uds="/tmp/q.sock") as path:  # doctest: +SKIP
+    ...     QuillClient(unix_url(path)).call("echo.v1.EchoService", "Echo", b"hi")
     """
-    sock = bind_tcp(host, port)
-    server = _uvicorn_server(app, log_level, graceful_timeout, access_log=False)
+    options = ServeOptions(log_level=log_level, graceful_timeout=graceful_timeout, tls=tls)
+    engine = check_engine(engine)
+    sock = _listen(host, port, uds, uds_mode)
+    try:
+        server = prepare(app, sock, options, engine)
+    except BaseException:
+        _close(sock, uds)
+        raise
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            server.run(sockets=[sock])
+            server.run()
         except BaseException as exc:  # reported to the caller below
             failure.append(exc)
 
-    thread = threading.Thread(target=run, name=f"quill-server-{sock.getsockname()[1]}", daemon=True)
+    thread = threading.Thread(target=run, name="quill-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
+            server.stop()
             thread.join(startup_timeout)
-            sock.close()
+            _close(sock, uds)
             raise RuntimeError("quill server failed to start") from (failure[0] if failure else None)
         time.sleep(0.005)
     try:
-        yield socket_url(sock)
+        yield uds if uds is not None else socket_url(sock, tls=tls is not None)
     finally:
-        server.should_exit = True
+        server.stop()
         thread.join(graceful_timeout + 5.0)
-        sock.close()
+        _close(sock, uds)
+
+
+def _close(sock: socket.socket, uds: str | None) -> None:
+    if uds is not None:
+        remove_unix_socket(uds)
+    sock.close()

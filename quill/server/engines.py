@@ -1,0 +1,332 @@
+"""The HTTP servers ("engines") that run an ASGI app on a socket quill bound itself.
+
+===========  =============================  =============================================
+engine       HTTP                           installed by
+===========  =============================  =============================================
+uvicorn      HTTP/1.1                       ``pip install quill`` (httptools and uvloop
+                                            with the ``server`` extra)
+hypercorn    HTTP/1.1, HTTP/2 (h2c prior    ``pip install 'quill[http2]'``
+             knowledge, and ALPN over TLS)
+granian      HTTP/1.1, HTTP/2 (Rust I/O)    ``pip install 'quill[server]'``
+===========  =============================  =============================================
+
+Every engine serves the socket it is given (TCP or Unix), so the port is known before it starts,
+forked workers share that one socket, and TCP_NODELAY is set on every accepted connection
+(see :func:`~quill.server.sockets.bind_tcp`). :func:`prepare` returns a :class:`Running`
+server: ``run()`` blocks until ``stop()`` (thread-safe) or, in the main thread, SIGINT or
+SIGTERM; in-flight calls then get ``graceful_timeout`` seconds.
+
+HTTP/2 limits (hypercorn and granian): at most 100 concurrent streams per connection, frames of
+at most 16 KiB (the protocol default), 1 MiB flow-control windows per stream and connection.
+
+>>> sorted(ENGINES)
+['granian', 'hypercorn', 'uvicorn']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any
+
+from .sockets import BACKLOG
+from .tls import TLSConfig
+
+__all__ = ["ENGINES", "ServeOptions", "Running", "prepare", "check_engine", "available_engines", "default_engine"]
+
+logger = logging.getLogger("quill.server")
+
+#: HTTP/2 limits given to the engines that speak it.
+H2_MAX_CONCURRENT_STREAMS = 100
+H2_MAX_FRAME_SIZE = 16 * 1024
+H2_WINDOW_BYTES = 1024 * 1024
+
+
+class ServeOptions:
+    """What every engine is told: logging, graceful shutdown time, TLS."""
+
+    __slots__ = ("log_level", "access_log", "graceful_timeout", "tls")
+
+    def __init__(self, *, log_level: str = "info", access_log: bool = False, graceful_timeout: float = 10.0,
+                 tls: TLSConfig | None = None):
+        self.log_level = log_level
+        self.access_log = access_log
+        self.graceful_timeout = graceful_timeout
+        self.tls = tls
+
+
+class Running:
+    """A server ready to run on its socket."""
+
+    http2 = False
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`, or SIGINT/SIGTERM when run in the main thread."""
+        raise NotImplementedError
+
+    @property
+    def started(self) -> bool:
+        """True once the server accepts calls (lifespan startup done)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (from any thread)."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------
+# uvicorn
+# --------------------------------------------------------------------------------------
+class _Uvicorn(Running):
+    def __init__(self, app: Any, sock: socket.socket, options: ServeOptions):
+        import uvicorn
+
+        tls = options.tls
+        tls_options = {} if tls is None else {
+            "ssl_certfile": tls.certfile, "ssl_keyfile": tls.keyfile, "ssl_ca_certs": tls.ca_certs,
+            "ssl_cert_reqs": int(tls.verify_mode),
+        }
+        config = uvicorn.Config(app, log_level=options.log_level, access_log=options.access_log, lifespan="auto",
+                                timeout_graceful_shutdown=options.graceful_timeout, server_header=False,
+                                **tls_options)
+        self._server = uvicorn.Server(config)
+        self._sock = sock
+
+    def run(self) -> None:
+        self._server.run(sockets=[self._sock])  # uvicorn handles SIGINT/SIGTERM in the main thread
+
+    @property
+    def started(self) -> bool:
+        return self._server.started
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+
+
+# --------------------------------------------------------------------------------------
+# The asyncio-driven engines: hypercorn and embedded granian
+# --------------------------------------------------------------------------------------
+class _AsyncioEngine(Running):
+    """An engine driven from an asyncio loop this object runs; stops on an event."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._stop_requested = threading.Event()
+        self._started = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self._stop_event.set)
+        if self._stop_requested.is_set():
+            self._stop_event.set()
+        await self._serve()
+
+    async def _serve(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def started(self) -> bool:
+        return self._started.is_set()
+
+    def stop(self) -> None:
+        self._stop_requested.set()
+        loop, event = self._loop, self._stop_event
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+    def _lifespan_watcher(self, app: Any) -> Any:
+        """``app`` wrapped so that its lifespan startup (or its lack of one) marks the start."""
+        started = self._started
+
+        async def watched(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] != "lifespan":
+                await app(scope, receive, send)
+                return
+
+            async def send_watched(message: dict) -> None:
+                await send(message)
+                if message["type"] == "lifespan.startup.complete":
+                    started.set()
+
+            try:
+                await app(scope, receive, send_watched)
+            finally:
+                started.set()  # an app without lifespan support raises at once; it serves anyway
+
+        return watched
+
+
+class _Hypercorn(_AsyncioEngine):
+    http2 = True
+
+    def __init__(self, app: Any, sock: socket.socket, options: ServeOptions):
+        super().__init__()
+        from hypercorn.config import Config, Sockets
+
+        config = Config()
+        config.graceful_timeout = options.graceful_timeout
+        config.loglevel = options.log_level.upper()
+        config.accesslog = "-" if options.access_log else None
+        config.errorlog = "-"
+        config.include_server_header = False
+        config.h2_max_concurrent_streams = H2_MAX_CONCURRENT_STREAMS
+        config.h2_max_inbound_frame_size = H2_MAX_FRAME_SIZE
+        tls = options.tls
+        if tls is not None:
+            config.certfile, config.keyfile, config.ca_certs = tls.certfile, tls.keyfile, tls.ca_certs
+            config.verify_mode = tls.verify_mode
+        self._config = config
+        secure = tls is not None and sock.family != socket.AF_UNIX
+        self._sockets = Sockets(secure_sockets=[sock] if secure else [], insecure_sockets=[] if secure else [sock],
+                                quic_sockets=[])
+        from hypercorn.utils import wrap_app
+
+        self._app = wrap_app(self._lifespan_watcher(app), config.wsgi_max_body_size, "asgi")
+
+    async def _serve(self) -> None:
+        from hypercorn.asyncio.run import worker_serve
+
+        await worker_serve(self._app, self._config, sockets=self._sockets, shutdown_trigger=self._stop_event.wait)
+
+
+class _Granian(_AsyncioEngine):
+    """granian's embedded server (its Rust HTTP stack in this process), given quill's socket."""
+
+    http2 = True
+
+    def __init__(self, app: Any, sock: socket.socket, options: ServeOptions):
+        super().__init__()
+        from granian.constants import HTTPModes, Interfaces
+        from granian.http import HTTP2Settings
+        from granian.log import LogLevels
+        from granian.net import SocketHolder
+        from granian.server.embed import Server
+
+        tls = options.tls
+        tls_options = {} if tls is None else {
+            "ssl_cert": _path(tls.certfile), "ssl_key": _path(tls.keyfile or tls.certfile),
+            "ssl_ca": _path(tls.ca_certs) if tls.ca_certs else None, "ssl_client_verify": tls.require_client_cert,
+        }
+        if tls is not None:
+            from granian.constants import SSLProtocols
+
+            tls_options["ssl_protocol_min"] = SSLProtocols.tls12
+        # granian closes the descriptor it serves when it stops: give it its own copy
+        holder = SocketHolder(os.dup(sock.fileno()), sock.family == socket.AF_UNIX, BACKLOG)
+
+        class QuillSocketServer(Server):
+            def _init_shared_socket(self) -> None:  # serve quill's socket instead of binding one
+                self._ssp, self._shd = None, holder
+
+        self._server = QuillSocketServer(
+            self._lifespan_watcher(_announcing_send_bytes(app)), interface=Interfaces.ASGI, http=HTTPModes.auto,
+            websockets=False, log_level=LogLevels(options.log_level),
+            log_access=options.access_log,
+            http2_settings=HTTP2Settings(max_concurrent_streams=H2_MAX_CONCURRENT_STREAMS,
+                                         max_frame_size=H2_MAX_FRAME_SIZE,
+                                         initial_stream_window_size=H2_WINDOW_BYTES,
+                                         initial_connection_window_size=H2_WINDOW_BYTES),
+            **tls_options,
+        )
+        self._server.workers_kill_timeout = options.graceful_timeout
+        logging.getLogger("_granian").addFilter(_quiet_embedded_warning)
+
+    async def _serve(self) -> None:
+        async def stop_on_request() -> None:
+            await self._stop_event.wait()
+            self._server.stop()
+
+        stopper = asyncio.ensure_future(stop_on_request())
+        try:
+            await self._server.serve()
+        finally:
+            stopper.cancel()
+
+
+def _announcing_send_bytes(app: Any) -> Any:
+    """``app`` told, through its scope, that this engine wants ``bytes`` response bodies
+    (granian extracts a memoryview element by element)."""
+    from .exchange import SEND_BYTES_EXTENSION
+
+    async def announced(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            extensions = scope.get("extensions")
+            scope["extensions"] = {**extensions, SEND_BYTES_EXTENSION: {}} if extensions else {SEND_BYTES_EXTENSION: {}}
+        await app(scope, receive, send)
+
+    return announced
+
+
+def _quiet_embedded_warning(record: logging.LogRecord) -> bool:
+    """granian warns that its embedded server is experimental at every start; quill chose it
+    (it serves quill's own socket in this process) and tests it, so the warning is dropped."""
+    return "Embedded server is experimental" not in record.getMessage()
+
+
+def _path(name: str) -> Any:
+    from pathlib import Path
+
+    return Path(name)
+
+
+#: Engine name -> (the module that must be importable, the class that runs it).
+ENGINES: dict[str, tuple[str, type]] = {
+    "uvicorn": ("uvicorn", _Uvicorn),
+    "hypercorn": ("hypercorn", _Hypercorn),
+    "granian": ("granian", _Granian),
+}
+
+#: The order in which the default engine is picked among those installed (measured:
+#: benchmarks/bench_server.py; see the README's server table).
+PREFERENCE = ("uvicorn", "granian", "hypercorn")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules[module] is None: imports of it are blocked
+        return False
+
+
+def available_engines() -> list[str]:
+    """The engines importable here, in order of preference."""
+    return [name for name in PREFERENCE if _installed(ENGINES[name][0])]
+
+
+def default_engine() -> str:
+    """The preferred installed engine (ImportError when none is)."""
+    names = available_engines()
+    if not names:
+        raise ImportError(f"serving needs an HTTP server ({', '.join(PREFERENCE)}): pip install 'quill[server]'")
+    return names[0]
+
+
+def check_engine(engine: str | None) -> str:
+    """The engine to use: ``engine`` if it is installed, else ImportError naming the package
+    to install (ValueError for an unknown name); None picks :func:`default_engine`."""
+    name = default_engine() if engine is None else engine
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; expected one of {', '.join(ENGINES)}")
+    module = ENGINES[name][0]
+    if not _installed(module):
+        extra = "http2" if name == "hypercorn" else "server"
+        raise ImportError(f"the {name} engine needs {module}: pip install 'quill[{extra}]'")
+    return name
+
+
+def prepare(app: Any, sock: socket.socket, options: ServeOptions, engine: str | None = None) -> Running:
+    """A :class:`Running` server for ``app`` on ``sock`` with the named ``engine`` (see
+    :func:`check_engine`)."""
+    return ENGINES[check_engine(engine)][1](app, sock, options)
