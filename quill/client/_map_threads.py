@@ -44,7 +44,8 @@ class MapResults:
             raise StopIteration
         try:
             while (result := window.step(workers.start)) is NOTHING:
-                window.finish(*workers.next_outcome())
+                for outcome in workers.next_outcomes():
+                    window.finish(*outcome)
         except BaseException:
             workers.close()
             raise
@@ -85,9 +86,12 @@ class _Workers:
     def start(self, index: int, request: Any) -> None:
         self._executor.submit(self._run, index, request)
 
-    def next_outcome(self) -> tuple[int, Any, bool]:
-        """Wait for the next (index, value, failed) a worker delivers."""
-        return self._outcomes.get()
+    def next_outcomes(self) -> list[tuple[int, Any, bool]]:
+        """Wait for the next (index, value, failed) a worker delivers; with any others already there."""
+        outcomes = [self._outcomes.get()]
+        while not self._outcomes.empty():
+            outcomes.append(self._outcomes.get_nowait())
+        return outcomes
 
     def _run(self, index: int, request: Any) -> None:
         if self.closed:
