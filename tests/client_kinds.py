@@ -13,6 +13,7 @@ generated once, for the sync client.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from typing import Any
 
@@ -92,7 +93,9 @@ class BlockingAsyncClient:
             return attr
 
         def blocking(*args: Any, **kwargs: Any) -> Any:
-            result = self._loop.run(attr(*args, **kwargs))
+            result = attr(*args, **kwargs)
+            if inspect.isawaitable(result):  # not map(), which returns its async iterator at once
+                result = self._loop.run(result)
             return BlockingStream(result, self._loop) if hasattr(result, "__anext__") else result
 
         return blocking

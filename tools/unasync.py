@@ -25,6 +25,8 @@ WORDS = {
     "aio_http11": "http11",
     "_async_streams": "_sync_streams",
     "_async_client": "_sync_client",
+    "AsyncMapResults": "MapResults",
+    "_map_tasks": "_map_threads",
     "AsyncIterable": "Iterable",
     "AsyncIterator": "Iterator",
     "StopAsyncIteration": "StopIteration",
