@@ -316,7 +316,8 @@ class AsyncQuillClient:
         result)`` pairs. An item's error is raised at that item (with a note naming its index)
         and stops the rest; with ``return_exceptions=True`` it is the item's result instead.
         Each call retries as any call of this client does (``idempotent``, ``status_retries``).
-        ``progress(done, failed)`` is called after each item, in the iterating thread or task.
+        ``progress(done, failed)`` is called for each item done, in the iterating thread or task
+        (as it collects results: in order, once the next result has arrived).
         Leaving the loop early (``break``, ``aclose()``, an error, a cancelled task) stops the
         input and cancels the calls in flight. ``timeout_ms``, ``headers`` and ``idempotent``
         apply to every call.

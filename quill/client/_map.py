@@ -96,7 +96,8 @@ class MapWindow:
     for the consumer (raising a failed item's exception unless ``return_exceptions``) or
     :data:`NOTHING`; ``finished`` is true once every request read has been handed out and the
     input is exhausted (it raises the input's own exception, if reading it failed).
-    ``progress(done, failed)`` is called after each ``finish``.
+    ``progress(done, failed)`` is called after each ``finish``; ``awaited`` is the index whose
+    outcome a runner must wait for before ``pop`` can hand out anything new.
     """
 
     def __init__(self, requests: Iterator, concurrency: int, ordered: bool, return_exceptions: bool,
@@ -117,6 +118,11 @@ class MapWindow:
         self._next = 0  # the index pop() hands out next, in order
         self.done = 0
         self.failed = 0
+
+    @property
+    def awaited(self) -> int | None:
+        """The index whose outcome lets :meth:`pop` hand out a result (None: any index will)."""
+        return self._next if self._ordered else None
 
     @property
     def held(self) -> int:

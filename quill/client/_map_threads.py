@@ -1,8 +1,9 @@
 """The thread runner of ``QuillClient.map``: ``concurrency`` worker threads over the client's pool.
 
 The iterating thread reads the input, hands requests to a thread pool of ``concurrency``
-workers (a few more wait queued, so a worker never idles while the consumer is busy), and
-collects outcomes; progress is reported in the iterating thread. Closing the results (leaving
+workers (as many more wait queued, so a worker never idles while the consumer is busy), and
+collects outcomes, waking only when the one it waits for (the next in order, or any when not
+ordered) has arrived; progress is reported in the iterating thread as it collects them. Closing the results (leaving
 the loop, ``close()``, an item's error) stops reading, cancels the queued requests, and cancels
 the token and message streams in flight (their connections close, the server sees the
 disconnect); a unary call already sent finishes on its own, within its timeout, and its answer
@@ -11,7 +12,6 @@ is dropped.
 
 from __future__ import annotations
 
-import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
@@ -44,7 +44,7 @@ class MapResults:
             raise StopIteration
         try:
             while (result := window.step(workers.start)) is NOTHING:
-                for outcome in workers.next_outcomes():
+                for outcome in workers.next_outcomes(window.awaited):
                     window.finish(*outcome)
         except BaseException:
             workers.close()
@@ -77,7 +77,10 @@ class _Workers:
     def __init__(self, client: Any, call: MapCall, concurrency: int):
         self._client = client
         self._call = call
-        self._outcomes: queue.SimpleQueue = queue.SimpleQueue()
+        self._ready = threading.Condition(threading.Lock())
+        self._delivered: list = []  # (index, value, failed) not yet collected
+        self._awaited: int | None = None  # the index the iterating thread waits for (None: any)
+        self._arrived = False
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="quill-map")
         self._lock = threading.Lock()
         self._streams: set = set()
@@ -86,12 +89,16 @@ class _Workers:
     def start(self, index: int, request: Any) -> None:
         self._executor.submit(self._run, index, request)
 
-    def next_outcomes(self) -> list[tuple[int, Any, bool]]:
-        """Wait for the next (index, value, failed) a worker delivers; with any others already there."""
-        outcomes = [self._outcomes.get()]
-        while not self._outcomes.empty():
-            outcomes.append(self._outcomes.get_nowait())
-        return outcomes
+    def next_outcomes(self, awaited: int | None) -> list[tuple[int, Any, bool]]:
+        """Wait until item ``awaited`` (None: any item) is delivered; every (index, value, failed)
+        delivered so far. Items delivered before it do not wake the iterating thread."""
+        with self._ready:
+            self._awaited = awaited
+            self._arrived = any(index == awaited or awaited is None for index, _, _ in self._delivered)
+            while not self._arrived:
+                self._ready.wait()
+            delivered, self._delivered = self._delivered, []
+            return delivered
 
     def _run(self, index: int, request: Any) -> None:
         if self.closed:
@@ -100,7 +107,11 @@ class _Workers:
             value, failed = self._one(request), False
         except BaseException as exc:  # delivered to the iterating thread, which raises it there
             value, failed = exc, True
-        self._outcomes.put((index, value, failed))
+        with self._ready:
+            self._delivered.append((index, value, failed))
+            if self._awaited is None or index == self._awaited:
+                self._arrived = True
+                self._ready.notify()
 
     def _one(self, request: Any) -> Any:
         name, streaming, args, options = self._call.arguments(request)
