@@ -49,19 +49,17 @@ def test_both_clients_offer_the_same_api():
 
 @pytest.fixture(scope="module")
 def unix_server(tmp_path_factory):
-    import uvicorn
+    """The test app served by quill itself on a Unix domain socket (file mode 0600)."""
+    from quill.server import serve_in_thread
+    from quill.server.sockets import unix_url
 
     path = str(tmp_path_factory.mktemp("uds") / "quill.sock")
     app = build_app()
-    server = uvicorn.Server(uvicorn.Config(app, uds=path, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield app, "http+unix://" + quote(path, safe="")
-    server.should_exit = True
-    thread.join(WAIT)
+    with serve_in_thread(app, uds=path) as served:
+        assert served == path and os.stat(path).st_mode & 0o777 == 0o600
+        assert unix_url(path) == "http+unix://" + quote(path, safe="")
+        yield app, unix_url(path)
+    assert not os.path.exists(path)  # removed when the server stops
 
 
 async def every_call_kind(client) -> None:
