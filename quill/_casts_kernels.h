@@ -563,7 +563,9 @@ static void quill_cast_contiguous(int kind, int path, const char *src, char *dst
         && (uintptr_t)dst % dst_item == 0 && !quill_untouched_page(dst + n * dst_item - 1)) {
         quill_block_store store = path == QUILL_PATH_AVX512 ? quill_stream_store_avx512
                                                             : quill_stream_store_avx2;
-        __attribute__((aligned(64))) char block[QUILL_STREAM_BLOCK_BYTES];
+        /* aligned by hand: mingw-w64's gcc does not align stack arrays beyond 16 bytes */
+        char block_storage[QUILL_STREAM_BLOCK_BYTES + 63];
+        char *block = (char *)(((uintptr_t)block_storage + 63u) & ~(uintptr_t)63u);
         const size_t per_block = QUILL_STREAM_BLOCK_BYTES / dst_item;
         size_t head = ((64u - (uintptr_t)dst % 64u) % 64u) / dst_item;
         kernel(src, dst, head);

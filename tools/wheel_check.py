@@ -30,10 +30,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import tomllib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 POLICY = "manylinux_2_28"
+STARTED = time.monotonic()
 # Programs that could compile or link C: none of them may be reachable in the test environments.
 COMPILER = re.compile(r"(^|-)(cc|c\+\+|c89|c99|gcc|g\+\+|cpp|clang|clang\+\+|ld|ld\.\w+|as|tcc|zig)"
                       r"(-[0-9.]+)?$|gcc|clang|mingw")
@@ -41,6 +43,10 @@ COMPILER = re.compile(r"(^|-)(cc|c\+\+|c89|c99|gcc|g\+\+|cpp|clang|clang\+\+|ld|
 # the part whose result can depend on the numpy version.
 NUMPY_TESTS = ["test_casts.py", "test_dtypes.py", "test_tensor.py", "test_frames.py", "test_tokens.py",
                "test_memory.py", "test_seed_examples.py", "test_readme.py", "interop"]
+
+
+def say(message):
+    print(f"== [{time.monotonic() - STARTED:4.0f} s] {message}", flush=True)
 
 
 def run(*command, **kwargs):
@@ -51,6 +57,7 @@ def run(*command, **kwargs):
 def build(workdir):
     """The sdist and the wheel built from it; returns (sdist, wheel)."""
     dist = workdir / "dist"
+    say("build: the sdist, then the wheel from the unpacked sdist")
     run(sys.executable, "-m", "build", "--outdir", dist, REPO, stdout=subprocess.DEVNULL)
     (sdist,) = dist.glob("quill-*.tar.gz")
     (wheel,) = dist.glob("quill-*.whl")
@@ -61,6 +68,7 @@ def repair(wheel, workdir):
     """The wheel repaired to POLICY and checked by ``auditwheel show``; returns its path."""
     wheelhouse = workdir / "wheelhouse"
     plat = f"{POLICY}_{platform.machine()}"
+    say(f"auditwheel repair to {plat}, then auditwheel show")
     run(sys.executable, "-m", "auditwheel", "repair", "--plat", plat, "-w", wheelhouse, wheel)
     (repaired,) = wheelhouse.glob("quill-*.whl")
     if plat not in repaired.name:
@@ -72,7 +80,7 @@ def repair(wheel, workdir):
                            " ".join(shown.split()))
     if consistent is None or (int(consistent[2]), int(consistent[3])) > (2, 28):
         raise SystemExit(f"auditwheel show does not find {repaired.name} consistent with {POLICY}")
-    print(f"== {repaired.name}: auditwheel show: consistent with {consistent[1]}")
+    say(f"{repaired.name}: auditwheel show: consistent with {consistent[1]}")
     return repaired
 
 
@@ -95,6 +103,7 @@ def compiler_free_path(workdir):
 
 def fresh_venv(path, tools):
     """A new virtual environment and the environment variables that confine it to ``tools``."""
+    say(f"a fresh virtual environment, {path.name}, without a compiler on PATH")
     run(sys.executable, "-m", "venv", path)
     env = {key: value for key, value in os.environ.items()
            if key not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "CC", "CXX", "LDSHARED")}
@@ -131,7 +140,7 @@ def test_in_venv(venv, tools, wheel, tree, pytest_args, extra_requirements=()):
                               cwd=venv, env=env, check=True, capture_output=True, text=True).stdout.split()
     if not versions[0].startswith(str(venv)):
         raise SystemExit(f"quill imported from {versions[0]}, not from the wheel installed in {venv}")
-    print(f"== quill from {wheel.name}, numpy {versions[1]}, no compiler on PATH", flush=True)
+    say(f"quill from {wheel.name}, numpy {versions[1]}, no compiler on PATH")
     # the pytest script, not python -m pytest, which would put the sdist tree (uncompiled) on sys.path
     run(venv / "bin" / "pytest", *pytest_args, cwd=tree, env=env)
 
@@ -155,10 +164,10 @@ def main(argv=None):
     tools = compiler_free_path(workdir)
     if args.numpy_floor:
         floor = numpy_floor()
-        print(f"== the numpy tests with the oldest numpy admitted ({floor})", flush=True)
+        say(f"the numpy tests with the oldest numpy admitted ({floor})")
         test_in_venv(workdir / "venv-numpy-floor", tools, repaired, tree,
                      ["-q", *[f"tests/{name}" for name in NUMPY_TESTS]], [floor])
-    print("== the whole suite, from the sdist's tests, against the repaired wheel", flush=True)
+    say("the whole suite, from the sdist's tests, against the repaired wheel")
     test_in_venv(workdir / "venv", tools, repaired, tree, [], args.also_install)
     return 0
 
