@@ -1,6 +1,7 @@
 """AsyncQuillClient against its peers on the same server, in the same run.
 
-Server: the bench app (quill.benchmark:app) under uvicorn with httptools in a child process.
+Server: the bench app (quill.benchmark:app) under ``quill serve --engine uvicorn`` (httptools) in a
+child process, on TCP loopback and on a Unix socket.
 Rows: 100 B echo sequential and 64-concurrent for AsyncQuillClient, raw aiohttp ClientSession,
 grpc.aio against a grpcio servicer (bench_client.py's), httpx.AsyncClient (if installed); the sync QuillClient and raw urllib3 sequential; a message
 stream of 64 x 1 MiB and a 64 MiB tensor for both quill clients; the Unix socket against TCP.
@@ -30,9 +31,10 @@ HEADERS = {"Content-Type": "application/proto", "Accept": "application/proto", "
 
 
 def start(args: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "quill.benchmark:app", "--http", "httptools",
-                             "--loop", "asyncio", "--log-level", "warning", "--no-access-log", *args])
-    return proc
+    """``quill serve`` of the bench app on uvicorn (httptools): quill binds the socket itself, so every
+    accepted connection has TCP_NODELAY (uvicorn's own binding loses it: 40 ms delayed-ACK stalls)."""
+    return subprocess.Popen([sys.executable, "-m", "quill", "serve", "quill.benchmark:app", "--engine", "uvicorn",
+                             "--log-level", "warning", *args])
 
 
 def wait_up(url: str) -> None:
