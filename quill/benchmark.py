@@ -83,11 +83,9 @@ def _create_app():
     return app
 
 
-def __getattr__(name: str):
-    if name == "app":  # built on first use so importing quill.benchmark needs no server extra
-        globals()["app"] = _create_app()
-        return globals()["app"]
-    raise AttributeError(name)
+#: The benchmark service, a plain module attribute so that any ASGI server finds it
+#: (``hypercorn quill.benchmark:app`` looks it up with eval; a lazy module ``__getattr__`` hid it).
+app = _create_app()
 
 
 def _percentile(values: list[float], fraction: float) -> float:
