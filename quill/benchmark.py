@@ -130,16 +130,16 @@ def quill_runner(base_url: str, workload: Workload) -> Callable[[], list[float]]
     client = QuillClient(base_url, timeout_ms=120_000)
     request = workload.request
     if workload.kind == "unary":
-        def op():
+        def unary_op():
             assert len(client.call(BENCH_SERVICE, "Echo", request)) == workload.size
-        return lambda: _timed(workload.count, op)
+        return lambda: _timed(workload.count, unary_op)
     if workload.kind == "stream":
-        def op():
+        def stream_op():
             n = 0
             for message in client.call_stream(BENCH_SERVICE, "Stream", request):
                 n += len(message)
             assert n == workload.count * workload.size
-        return lambda: _timed(3, op)
+        return lambda: _timed(3, stream_op)
 
     def tensor_op():
         assert client.call_tensor(BENCH_SERVICE, "Tensor", request).size_bytes == workload.size
