@@ -39,6 +39,9 @@ from .tensor import Shape, Tensor, TensorMeta
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncMessageStream",
+    "AsyncQuillClient",
+    "AsyncTokenStream",
     "BadRequestError",
     "ConflictError",
     "DType",
@@ -70,3 +73,12 @@ __all__ = [
     "cast",
     "frames",
 ]
+
+
+def __getattr__(name: str):
+    """The asyncio client is imported on first use, so ``import quill`` stays light."""
+    if name in ("AsyncQuillClient", "AsyncMessageStream", "AsyncTokenStream"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'quill' has no attribute {name!r}")

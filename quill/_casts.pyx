@@ -50,6 +50,9 @@ cdef extern from "_casts_kernels.h" nogil:
         QUILL_PATH_AVX2
         QUILL_PATH_AVX512
         QUILL_CAST_PATHS
+        QUILL_MAX_NDIM
+    const unsigned char *quill_source_size
+    const unsigned char *quill_target_size
     int quill_path_available(int path)
     quill_cast_kernel quill_get_kernel(int kind, int path)
     void quill_cast_contiguous(int kind, int path, const char *src, char *dst, size_t n,
@@ -314,25 +317,42 @@ cdef object _cast(object src, object dtype, object out, object src_dtype, int pa
     return out
 
 
-cdef void _run(cnp.ndarray src, cnp.ndarray out, int kind, int path, bint stream):
-    """Convert every element of src into the C-contiguous out (shapes already checked);
-    stream: out is not freshly mapped memory (see quill_cast_contiguous)."""
+cdef int _run(cnp.ndarray src, cnp.ndarray out, int kind, int path, bint stream) except -1:
+    """Convert every element of src into the C-contiguous out; stream: out is not freshly mapped
+    memory (see quill_cast_contiguous).
+
+    Everything the kernels use is read here, with the GIL, into locals (shape and strides too:
+    numpy frees an array's dimension storage when its shape is set) and checked against the
+    kernel: Python code that ran since the plan (a GC pass, another thread) may have changed
+    src's or out's shape or dtype. A caller's array resized with ``refcheck=False`` while it is
+    being converted is as unsafe here as in numpy's own GIL-free loops.
+    """
+    cdef cnp.npy_intp shape[QUILL_MAX_NDIM]
+    cdef cnp.npy_intp strides[QUILL_MAX_NDIM]
+    cdef int ndim = cnp.PyArray_NDIM(src), axis
     cdef Py_ssize_t count = cnp.PyArray_SIZE(src)
+    cdef bint contiguous = cnp.PyArray_IS_C_CONTIGUOUS(src)
     cdef const char *src_data = <const char *>cnp.PyArray_DATA(src)
     cdef char *out_data = <char *>cnp.PyArray_DATA(out)
-    cdef int ndim = cnp.PyArray_NDIM(src)
-    cdef const cnp.npy_intp *shape = cnp.PyArray_DIMS(src)
-    cdef const cnp.npy_intp *strides = cnp.PyArray_STRIDES(src)
-    cdef size_t src_item = cnp.PyArray_ITEMSIZE(src)
-    cdef size_t out_item = cnp.PyArray_ITEMSIZE(out)
+    cdef size_t src_item = quill_source_size[kind]
+    cdef size_t out_item = quill_target_size[kind]
+    if (ndim > QUILL_MAX_NDIM or <size_t>cnp.PyArray_ITEMSIZE(src) != src_item
+            or <size_t>cnp.PyArray_ITEMSIZE(out) != out_item or cnp.PyArray_SIZE(out) != count
+            or not cnp.PyArray_IS_C_CONTIGUOUS(out) or not cnp.PyArray_ISWRITEABLE(out)):
+        raise RuntimeError("src or out changed shape, dtype or flags while the cast was being set up "
+                           "(by another thread?)")
+    for axis in range(ndim):
+        shape[axis] = cnp.PyArray_DIMS(src)[axis]
+        strides[axis] = cnp.PyArray_STRIDES(src)[axis]
     if count == 0:
-        return
+        return 0
     with nogil:
-        if cnp.PyArray_IS_C_CONTIGUOUS(src):
+        if contiguous:
             quill_cast_contiguous(kind, path, src_data, out_data, <size_t>count, stream)
         else:
             quill_cast_strided(quill_get_kernel(kind, path), src_data, ndim, shape, strides,
                                src_item, out_data, out_item)
+    return 0
 
 
 def cast(src, dtype, *, out=None, src_dtype=None):

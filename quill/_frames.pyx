@@ -1,4 +1,4 @@
-"""Tensor frames (PROTOCOL.md section 4) and message-stream frames (section 5).
+"""Tensor frames (docs/protocol.md section 4) and message-stream frames (section 5).
 
 Encoders build exact wire bytes; incremental parsers accept byte chunks of any size
 (one byte at a time works) and hand out complete frames only. Public names are
@@ -18,7 +18,10 @@ Error handling shared by every parser and decoder here:
   stays False while such an error is pending);
 * after an error every further ``feed``/``finish`` raises that error again.
 
-Parsers are not thread-safe: feed one parser from one thread at a time.
+Parsers are not thread-safe: feed one parser from one thread at a time. A ``feed`` or
+``finish`` that starts while another is running on the same parser (another thread, or a
+buffer's ``__buffer__`` feeding the parser it is fed to) raises RuntimeError and changes nothing:
+large payload copies run without the GIL, into memory the parser owns.
 
 >>> frames = TensorFrameParser().feed(encode_credit_frame(7) + END_STREAM_FRAME)
 >>> [(f.type, f.credit) for f in frames]
@@ -501,6 +504,7 @@ cdef class _IncrementalReader:
     cdef object _error        # the first error met; raised again by every later call
     cdef uint64_t _position   # stream offset of the next byte to consume
     cdef bint _done           # END_STREAM seen (decoders only)
+    cdef bint _busy           # a feed() or finish() is running (it may have released the GIL)
 
     cdef int _consume(self, const unsigned char* data, Py_ssize_t n) except -1:
         raise NotImplementedError
@@ -525,29 +529,44 @@ cdef class _IncrementalReader:
             raise DecodeError("unexpected data after END_STREAM", offset=self._position)
         return 0
 
+    cdef int _enter(self, str call) except -1:
+        if self._busy:
+            raise RuntimeError(f"{type(self).__name__}.{call}() called while another feed() or finish() "
+                               f"of the same parser is running; feed one parser from one thread at a time")
+        self._busy = True
+        return 0
+
     cdef object _feed(self, data):
         cdef Py_buffer view
-        self._raise_if_failed()
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        self._enter("feed")
         try:
-            self._reject_after_end(view.len)
-            self._consume(<const unsigned char*>view.buf, view.len)
-        except Exception as exc:
-            self._error = exc
-            if not self._has_output():
-                raise
+            self._raise_if_failed()
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            try:
+                self._reject_after_end(view.len)
+                self._consume(<const unsigned char*>view.buf, view.len)
+            except Exception as exc:
+                self._error = exc
+                if not self._has_output():
+                    raise
+            finally:
+                PyBuffer_Release(&view)
+            return self._take_output()
         finally:
-            PyBuffer_Release(&view)
-        return self._take_output()
+            self._busy = False
 
     def finish(self):
         """Declare the end of input: raise if the stream is incomplete or failed earlier."""
-        self._raise_if_failed()
+        self._enter("finish")
         try:
-            self._check_complete()
-        except Exception as exc:
-            self._error = exc
-            raise
+            self._raise_if_failed()
+            try:
+                self._check_complete()
+            except Exception as exc:
+                self._error = exc
+                raise
+        finally:
+            self._busy = False
 
     @property
     def done(self):

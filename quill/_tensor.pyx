@@ -1,7 +1,7 @@
 """Compiled core of :mod:`quill.tensor`: the TENSOR_META wire codec, DLPack export, byte equality.
 
 The public classes live in ``quill/tensor.py``; this module holds only the parts that touch raw
-memory. Every length is checked before a byte is read (PROTOCOL.md section 4 and its **Ours**
+memory. Every length is checked before a byte is read (docs/protocol.md section 4 and its **Ours**
 rules), and bad input raises :class:`~quill.errors.DecodeError` with the offset of the bad field.
 
 >>> from quill._tensor import encode_meta, decode_meta
@@ -140,7 +140,7 @@ cdef inline Py_ssize_t checked_byte_size(const uint64_t *dims, Py_ssize_t ndim,
 # -- TENSOR_META codec ---------------------------------------------------------------------------
 
 def encode_meta(shape, dtype, name, int device_code):
-    """The TENSOR_META payload (PROTOCOL.md section 4) for ``shape`` of ``dtype`` on ``device_code``.
+    """The TENSOR_META payload (docs/protocol.md section 4) for ``shape`` of ``dtype`` on ``device_code``.
 
     Raises :class:`~quill.errors.EncodeError` where the reference would silently wrap a field:
     more than 255 dimensions, a name over 65,535 UTF-8 bytes, a name that is not valid Unicode,
@@ -414,7 +414,8 @@ def export_dlpack(data, shape, dtype, *, stream=None, max_version=None, dl_devic
     legacy ``"dltensor"`` capsule; the consumer renames it to ``"used_..."`` and then owns the
     deleter. bfloat16 is exported as kDLBfloat and bool as kDLBool. Read-only memory can only be
     exported in a versioned capsule (which carries the read-only flag) or with ``copy=True``.
-    ``copy=True`` exports a private copy; ``copy=False`` and ``None`` never copy.
+    ``copy=True`` exports a private copy; ``copy=False`` and ``None`` never copy. ValueError when
+    ``data`` does not hold exactly the shape's bytes (a consumer would read past its end).
 
     >>> capsule = export_dlpack(bytearray(4), (2, 2), DType.uint8())
     >>> type(capsule).__name__
@@ -422,6 +423,8 @@ def export_dlpack(data, shape, dtype, *, stream=None, max_version=None, dl_devic
     """
     shape = tuple(shape)
     cdef Py_ssize_t ndim = len(shape), i
+    cdef uint64_t dims[MAX_NDIM]
+    cdef uint64_t byte_size = 0
     cdef size_t head
     cdef char *block
     cdef LegacyExport *legacy
@@ -441,9 +444,16 @@ def export_dlpack(data, shape, dtype, *, stream=None, max_version=None, dl_devic
         raise ValueError(f"copy must be True, False or None, got {copy!r}")
     if sys.byteorder != "little" and dtype.element_size > 1:
         raise BufferError("DLPack needs native byte order; quill tensors are little-endian and this host is not")
+    if ndim > MAX_NDIM:
+        raise ValueError(f"a quill tensor has at most {MAX_NDIM} dimensions, this shape has {ndim}")
     for i in range(ndim):
+        if shape[i] < 0:
+            raise ValueError(f"dimension {i} of shape {shape} is negative")
         if shape[i] > 0x7FFFFFFFFFFFFFFF:
             raise BufferError(f"dimension {i} of shape {shape} does not fit DLPack's int64")
+        dims[i] = shape[i]
+    if checked_byte_size(dims, ndim, dtype.element_size, &byte_size) >= 0:
+        raise ValueError(f"shape {shape} of {dtype.name} holds more than 2**64-1 bytes")
     if copy:
         data = bytearray(data)
     if not use_versioned and memoryview(data).readonly:
@@ -464,6 +474,10 @@ def export_dlpack(data, shape, dtype, *, stream=None, max_version=None, dl_devic
     except BaseException:
         free(block)
         raise
+    if <uint64_t>view.len != byte_size:   # checked on the view itself: the bytes the consumer gets
+        PyBuffer_Release(view)
+        free(block)
+        raise ValueError(f"data holds {view.len} bytes but shape {shape} of {dtype.name} needs {byte_size}")
     tensor.data = view.buf
     if use_versioned:
         versioned.managed.version.major = QUILL_DLPACK_MAJOR

@@ -1,4 +1,4 @@
-"""LLM tokens on the wire: ``Token``, ``TokenBatch`` and ``TokenBatchBuilder`` (PROTOCOL.md sections 2-3).
+"""LLM tokens on the wire: ``Token``, ``TokenBatch`` and ``TokenBatchBuilder`` (docs/protocol.md sections 2-3).
 
 A ``TokenBatch`` stores its tokens by columns (ids, positions, raw float32 logprob bits, flags,
 one UTF-8 text buffer with offsets) and creates ``Token`` objects only when asked for one, so
@@ -15,7 +15,7 @@ array([7, 8], dtype=uint32)
 
 cimport cython
 cimport numpy as cnp
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_Check
@@ -26,11 +26,16 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.math cimport exp
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 
 import numpy as np
 
 from quill.errors import DecodeError, EncodeError
+
+from quill._arrow cimport export_token_columns, token_schema
+from quill._arrow_import cimport TokenChunk, import_token_chunks
+
+from quill._arrow import token_batch_stream
 
 cnp.import_array()
 
@@ -51,6 +56,9 @@ cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object text, Py_ssize_t *size) except NULL
     str PyUnicode_DecodeUTF8(const char *data, Py_ssize_t size, const char *errors)
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
+    int PySlice_Unpack(object slice, Py_ssize_t *start, Py_ssize_t *stop, Py_ssize_t *step) except -1
+    Py_ssize_t PySlice_AdjustIndices(Py_ssize_t length, Py_ssize_t *start, Py_ssize_t *stop,
+                                     Py_ssize_t step) noexcept
     Py_ssize_t _borrowed_refcount "Py_REFCNT"(PyObject *obj)  # no temporary reference, unlike cpython.ref
     bint PyUnicode_IS_ASCII(object text)
     bint PyUnicode_IS_COMPACT_ASCII(object text)
@@ -218,10 +226,13 @@ cdef object _parse_error(const ParseError *err, str where):
 @cython.freelist(64)
 cdef class _TextBuffer:
     """The UTF-8 text bytes of a TokenBatch, shared with the Tokens it hands out (which decode
-    their str from it on first use). Bytes below the batch's text size are never rewritten
-    while another object holds the buffer: the batch only appends, and detaches on clear()."""
+    their str from it on first use, reading ``data`` then) and with PinnedBatch objects. Bytes
+    below the batch's text size are never rewritten while another object holds the buffer: the
+    batch only appends, and detaches on clear(). While ``pins`` > 0 it is not even moved or
+    appended to (see TokenBatch)."""
     cdef unsigned char *data
     cdef Py_ssize_t capacity
+    cdef Py_ssize_t pins
 
     def __dealloc__(self):
         free(self.data)
@@ -229,9 +240,24 @@ cdef class _TextBuffer:
 
 @cython.final
 @cython.no_gc
+@cython.freelist(64)
+cdef class _Columns:
+    """The fixed-size columns of a TokenBatch in one allocation: int64 text offsets[capacity + 1],
+    then u32 ids, positions and logprob bits [capacity], then u8 flags [capacity]. Owned by one
+    batch; while ``pins`` > 0 its bytes are neither written nor moved (see TokenBatch)."""
+    cdef char *block
+    cdef Py_ssize_t capacity
+    cdef Py_ssize_t pins
+
+    def __dealloc__(self):
+        free(self.block)
+
+
+@cython.final
+@cython.no_gc
 @cython.freelist(1024)
 cdef class Token:
-    """One generated token (PROTOCOL.md section 2). Immutable and hashable.
+    """One generated token (docs/protocol.md section 2). Immutable and hashable.
 
     ``logprob`` is carried as float32: the value read back is the float32 rounding of the one
     given, and tokens compare (and hash) their logprobs by those 32 bits.
@@ -253,9 +279,13 @@ cdef class Token:
     cdef uint32_t _text_len
     cdef uint8_t _flags
     cdef uint8_t _lazy_text
+    cdef uint8_t _initialised       # set once the fields hold a token: they never change again
 
     def __init__(self, id, position, text=None, logprob=None, is_special=False):
-        # Calls of the class itself take _token_vectorcall; this serves explicit __init__ calls.
+        # Calls of the class itself take _token_vectorcall; this serves explicit __init__ calls,
+        # which may only fill a bare Token.__new__(Token): a token is immutable (and hashed).
+        if self._initialised:
+            raise TypeError("Token is immutable: __init__ cannot re-initialise an existing token")
         _init_token(self, id, position, text, logprob, is_special)
 
     @staticmethod
@@ -445,6 +475,7 @@ cdef Token _new_token(uint32_t id, uint32_t position, uint8_t flags, uint32_t lo
     tok._flags = flags
     tok._logprob_bits = logprob_bits
     tok._text = text
+    tok._initialised = 1
     return tok
 
 
@@ -463,6 +494,7 @@ cdef int _init_token(Token tok, object id, object position, object text, object 
     if text is not None:
         tok._text = _checked_text(text)
         tok._flags |= HAS_TEXT
+    tok._initialised = 1
     return 0
 
 
@@ -553,10 +585,145 @@ cdef tuple _decode_token_prefix(object buf):
 
 
 @cython.final
+@cython.no_gc   # references only _Columns and _TextBuffer, which reference nothing
+@cython.freelist(64)
+cdef class PinnedBatch:
+    """A TokenBatch's storage frozen as it was when ``pin_batch(batch)`` was called: ``columns``
+    holds that count, those sizes and pointers, and they stay valid and unchanged, with or without
+    the GIL, for as long as this object lives, even after the batch is mutated or dropped (the
+    batch moves onto a copy instead). For exporters and GIL-free readers; see TokenBatch.
+
+    ``column(name)`` gives one column as a zero-copy read-only memoryview that keeps this pin
+    alive (names: ``ids``, ``positions``, ``logprob_bits``, ``flags``, ``text_offsets``, ``text``).
+
+    >>> from quill._tokens import pin_batch
+    >>> batch = TokenBatch.from_tokens([Token(7, 0, "hi")])
+    >>> pin = pin_batch(batch); batch.clear(); batch.add(Token(8, 0, "yo"))
+    >>> len(pin), bytes(pin.column("text")), pin.column("ids").cast("I").tolist()
+    (1, b'hi', [7])
+    """
+
+    def __dealloc__(self):
+        if self._columns_owner is not None:
+            (<_Columns>self._columns_owner).pins -= 1
+        if self._text_owner is not None:
+            (<_TextBuffer>self._text_owner).pins -= 1
+
+    def __len__(self):
+        return self.columns.count
+
+    def column(self, str name not None):
+        """Column ``name`` of the pinned storage as a read-only memoryview of its bytes (native
+        byte order; ``.cast("I")`` for the u32 columns, ``.cast("q")`` for the offsets)."""
+        cdef const TokenColumns *c = &self.columns
+        cdef const void *data
+        cdef Py_ssize_t size
+        if name == "ids":
+            data, size = c.ids, c.count * 4
+        elif name == "positions":
+            data, size = c.positions, c.count * 4
+        elif name == "logprob_bits":
+            data, size = c.logprob_bits, c.count * 4
+        elif name == "flags":
+            data, size = c.flags, c.count
+        elif name == "text_offsets":
+            data, size = (c.text_offsets if c.count else &_ZERO_OFFSET), (c.count + 1) * 8
+        elif name == "text":
+            data, size = c.text, c.text_size
+        else:
+            raise ValueError(f"unknown column {name!r}; columns are ids, positions, logprob_bits, "
+                             f"flags, text_offsets and text")
+        cdef _PinnedBytes view = _PinnedBytes.__new__(_PinnedBytes)
+        view.pin = self
+        view.data = data if size else &_ZERO_OFFSET   # a zero-length buffer still needs a pointer
+        view.size = size
+        return memoryview(view)
+
+
+cdef int64_t _ZERO_OFFSET = 0   # the offsets column of a batch that never held a token
+
+
+@cython.final
+cdef class _PinnedBytes:
+    """Exports ``size`` read-only bytes at ``data``, which ``pin`` keeps unchanged."""
+    cdef PinnedBatch pin
+    cdef const void *data
+    cdef Py_ssize_t size
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, <void *>self.data, self.size, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+
+cpdef PinnedBatch pin_batch(batch):
+    """Pin ``batch``'s storage (see PinnedBatch); TypeError for anything but a TokenBatch."""
+    if type(batch) is not TokenBatch:
+        raise TypeError(f"pin_batch needs a TokenBatch, not {type(batch).__name__}")
+    cdef TokenBatch b = <TokenBatch>batch
+    cdef PinnedBatch pin = PinnedBatch.__new__(PinnedBatch)
+    # From here on nothing allocates, so no other thread can run until the pin is complete.
+    if b._columns is not None:
+        b._columns.pins += 1
+        pin._columns_owner = b._columns
+    if b._text_buffer is not None:
+        b._text_buffer.pins += 1
+        pin._text_owner = b._text_buffer
+    pin.columns = b._columns_now()
+    return pin
+
+
+cdef Token _token_from(const TokenColumns *c, _TextBuffer buffer, Py_ssize_t i):
+    """Token i of columns ``c`` whose text buffer is ``buffer``; the token's text stays in the
+    buffer until first asked for."""
+    cdef Token tok = _new_token(c.ids[i], c.positions[i], c.flags[i], c.logprob_bits[i], None)
+    cdef int64_t start = c.text_offsets[i]
+    cdef Py_ssize_t text_len = <Py_ssize_t>(c.text_offsets[i + 1] - start)
+    if tok._flags & HAS_TEXT:
+        if text_len == 0:
+            tok._text = ""
+        elif start + text_len <= 0xFFFFFFFF:
+            tok._text = buffer
+            tok._text_start = <uint32_t>start
+            tok._text_len = <uint32_t>text_len
+            tok._lazy_text = 1
+        else:
+            tok._text = PyUnicode_DecodeUTF8(<const char *>c.text + start, text_len, NULL)
+    return tok
+
+
+cdef Py_ssize_t _write_tokens(const TokenColumns *c, unsigned char *p, const unsigned char *end) noexcept nogil:
+    """Write every token of ``c`` at ``p`` (the output ends at ``end``); return -1, or the index
+    of a token whose text is too long."""
+    cdef Py_ssize_t i, text_len, start
+    cdef uint8_t flags
+    for i in range(c.count):
+        quill_store_be32(p, c.ids[i])
+        quill_store_be32(p + 4, c.positions[i])
+        flags = c.flags[i]
+        p[8] = flags
+        p += TOKEN_FIXED_SIZE
+        if flags & HAS_LOGPROB:
+            quill_store_be32(p, c.logprob_bits[i])
+            p += 4
+        if flags & HAS_TEXT:
+            start = c.text_offsets[i]
+            text_len = c.text_offsets[i + 1] - start
+            if text_len > MAX_TEXT_BYTES:
+                return i
+            quill_store_be16(p, <uint16_t>text_len)
+            if text_len:
+                quill_copy_text(p + 2, c.text + start, text_len, c.text_capacity - start, end - (p + 2))
+            p += 2 + text_len
+    return -1
+
+
+@cython.final
 @cython.no_gc
 @cython.freelist(64)
 cdef class TokenBatch:
-    """A batch of tokens for streaming (PROTOCOL.md section 3), stored by columns.
+    """A batch of tokens for streaming (docs/protocol.md section 3), stored by columns.
 
     Token objects are created only when asked for (``tokens()``, ``batch[i]``, iteration); the
     column accessors (``ids_array()``, ``logprobs_array()``...) return numpy arrays directly.
@@ -570,17 +737,31 @@ cdef class TokenBatch:
     ('Hello World', [1, 2], 2)
     >>> batch[1:]
     TokenBatch(sequence_id=1, is_final=False, tokens=1)
+
+    Storage, and who may hold it. The fixed-size columns live in one ``_Columns`` block and the
+    texts in one ``_TextBuffer``; both are small refcounted objects. Readers that need stable
+    pointers (``encode()`` while it runs without the GIL, ``tokens()``, pickling, slicing,
+    extending from a batch, and zero-copy exporters) take a ``PinnedBatch`` (``pin_batch``): it
+    references both objects, counts itself in their ``pins``, and records the count, sizes and
+    pointers of that instant. Pinned storage is frozen: no byte of it is written, moved or freed
+    while a pin lives. A mutation of a batch whose storage is pinned first moves the batch onto a
+    private copy (copy-on-write, in ``_reserve`` / ``_reserve_text``, the only two places that
+    change storage); the pinned objects stay with their holders, unchanged. So a mutation never
+    fails because of a reader, a reader never sees a torn batch, and an exported column outlives
+    the batch. Unpinned storage may grow in place; Tokens handed out share the text buffer
+    without pinning it (they read ``_TextBuffer.data`` when asked, and bytes below the text size
+    are never rewritten while they hold it). A pointer into storage is taken only after the last
+    call that may reallocate (``b.extend(b)``, ``b.add(b[0])``).
     """
 
     cdef Py_ssize_t _count
-    cdef Py_ssize_t _capacity
-    cdef void *_block              # one allocation holding every fixed-size column
-    cdef int64_t *_text_offsets    # _count + 1 entries: token i's text is _text[off[i]:off[i+1]]
+    cdef _Columns _columns          # None until the first token
+    cdef int64_t *_text_offsets     # pointers into _columns.block (see _Columns)
     cdef uint32_t *_ids
     cdef uint32_t *_positions
     cdef uint32_t *_logprob_bits   # 0 where the token has no logprob
     cdef uint8_t *_flags
-    cdef _TextBuffer _text_buffer   # None until the first text byte
+    cdef _TextBuffer _text_buffer   # None until the first text
     cdef unsigned char *_text       # _text_buffer.data
     cdef Py_ssize_t _text_size
     cdef Py_ssize_t _tokens_wire_size   # encoded size of the tokens (without the batch header)
@@ -588,82 +769,104 @@ cdef class TokenBatch:
     cdef bint _has_sequence_id
     cdef bint _is_final
     cdef dict _metadata                 # str -> str, created on first set_metadata
-    cdef int _readers_without_gil       # encodes running with the GIL released: storage is pinned
 
     def __init__(self, sequence_id=None, is_final=False):
         self.sequence_id = sequence_id
         self._is_final = bool(is_final)
 
-    def __dealloc__(self):
-        free(self._block)
-
     # -- storage ------------------------------------------------------------------------------
 
     cdef int _reserve(self, Py_ssize_t count) except -1:
-        """Make room for ``count`` tokens in the fixed-size columns."""
+        """Make the columns private, unpinned and large enough for ``count`` tokens."""
+        cdef _Columns old = self._columns, new
         cdef Py_ssize_t capacity
         cdef char *block
-        if count <= self._capacity:
+        if old is not None and old.pins == 0 and count <= old.capacity:
             return 0
-        self._check_storage_unpinned()
-        capacity = max(count, 2 * self._capacity, 8)
-        # Layout: int64 offsets[capacity + 1], then u32 ids, positions, logprob bits, then u8 flags.
+        if old is None:
+            capacity = max(count, 8)
+        elif old.pins:   # copy-on-write: the same room as before, unless more is needed
+            capacity = max(count, old.capacity)
+        else:
+            capacity = max(count, 2 * old.capacity)
         block = <char *>malloc((capacity + 1) * 8 + capacity * 13)
         if block == NULL:
             raise MemoryError()
+        new = _Columns.__new__(_Columns)
+        new.block = block
+        new.capacity = capacity
         offsets = <int64_t *>block
         ids = <uint32_t *>(block + (capacity + 1) * 8)
         positions = ids + capacity
         logprob_bits = positions + capacity
         flags = <uint8_t *>(logprob_bits + capacity)
         offsets[0] = 0
-        if self._block != NULL:
+        if self._count:
             memcpy(offsets, self._text_offsets, (self._count + 1) * 8)
             memcpy(ids, self._ids, self._count * 4)
             memcpy(positions, self._positions, self._count * 4)
             memcpy(logprob_bits, self._logprob_bits, self._count * 4)
             memcpy(flags, self._flags, self._count)
-            free(self._block)
-        self._block = block
+        self._columns = new   # frees an unpinned old block: no pointer into it is left
         self._text_offsets = offsets
         self._ids = ids
         self._positions = positions
         self._logprob_bits = logprob_bits
         self._flags = flags
-        self._capacity = capacity
         return 0
 
     cdef int _reserve_text(self, Py_ssize_t extra) except -1:
-        """Make room for ``extra`` more bytes in the text buffer (growing it keeps its bytes, so
-        tokens sharing it still read theirs)."""
+        """Make the text buffer private to appends, unpinned, with room for ``extra`` more bytes.
+        Unpinned, it grows in place (tokens sharing it read ``data`` again); pinned, the batch
+        moves to a copy."""
+        cdef _TextBuffer old = self._text_buffer, new
         cdef Py_ssize_t capacity
         cdef unsigned char *text
-        cdef _TextBuffer buffer = self._text_buffer
-        if buffer is None:
-            buffer = self._text_buffer = _TextBuffer.__new__(_TextBuffer)
-        if self._text_size + extra <= buffer.capacity:
+        if old is not None and old.pins == 0 and self._text_size + extra <= old.capacity:
             return 0
-        self._check_storage_unpinned()
-        capacity = max(self._text_size + extra, 2 * buffer.capacity, 64)
-        text = <unsigned char *>realloc(buffer.data, capacity)
+        if old is None:
+            capacity = max(extra, 64)
+        elif old.pins:
+            capacity = max(self._text_size + extra, old.capacity)
+        else:
+            capacity = max(self._text_size + extra, 2 * old.capacity)
+            text = <unsigned char *>realloc(old.data, capacity)
+            if text == NULL:
+                raise MemoryError()
+            old.data = self._text = text
+            old.capacity = capacity
+            return 0
+        text = <unsigned char *>malloc(capacity)
         if text == NULL:
             raise MemoryError()
-        buffer.data = self._text = text
-        buffer.capacity = capacity
+        new = _TextBuffer.__new__(_TextBuffer)
+        new.data = text
+        new.capacity = capacity
+        if self._text_size:
+            memcpy(text, self._text, self._text_size)
+        self._text_buffer = new
+        self._text = text
         return 0
 
     cdef inline Py_ssize_t _text_len(self, Py_ssize_t i) noexcept nogil:
         return <Py_ssize_t>(self._text_offsets[i + 1] - self._text_offsets[i])
 
-    cdef int _push(self, uint32_t id, uint32_t position, uint8_t flags, uint32_t logprob_bits,
-                   const unsigned char *text, Py_ssize_t text_len) except -1:
-        """Append one token from field values (text is valid UTF-8, or NULL without HAS_TEXT)."""
+    cdef inline int _reserve_one(self, bint has_text, Py_ssize_t text_len) except -1:
+        """``_reserve`` and ``_reserve_text`` for one more token, with the common case inline."""
+        cdef _Columns columns = self._columns
+        cdef _TextBuffer buffer = self._text_buffer
+        if columns is None or columns.pins or self._count >= columns.capacity:
+            self._reserve(self._count + 1)
+        if has_text and (buffer is None or buffer.pins or self._text_size + text_len > buffer.capacity):
+            self._reserve_text(text_len)
+        return 0
+
+    cdef inline void _append(self, uint32_t id, uint32_t position, uint8_t flags, uint32_t logprob_bits,
+                             const unsigned char *text, Py_ssize_t text_len) noexcept:
+        """Append one token into storage already reserved for it (text is valid UTF-8, or NULL
+        without HAS_TEXT). Nothing here can reallocate, so ``text`` may point into this batch."""
         cdef Py_ssize_t i = self._count
-        if i == self._capacity:
-            self._reserve(i + 1)
         if flags & HAS_TEXT:
-            if self._text_buffer is None or self._text_size + text_len > self._text_buffer.capacity:
-                self._reserve_text(text_len)
             if text_len:   # "" may leave the text buffer NULL: memcpy(NULL, p, 0) is undefined (UBSan)
                 memcpy(self._text + self._text_size, text, text_len)
             self._text_size += text_len
@@ -677,35 +880,41 @@ cdef class TokenBatch:
         self._tokens_wire_size += TOKEN_FIXED_SIZE
         self._text_offsets[i + 1] = self._text_size
         self._count = i + 1
-        return 0
 
     cdef int _push_token(self, Token tok) except -1:
         cdef const unsigned char *text = NULL
         cdef Py_ssize_t text_len = 0
-        if tok._flags & HAS_TEXT:
+        cdef bint has_text = tok._flags & HAS_TEXT
+        if has_text:
             text = tok._utf8(&text_len)
-        return self._push(tok._id, tok._position, tok._flags, tok._logprob_bits, text, text_len)
+        self._reserve_one(has_text, text_len)
+        if tok._lazy_text:   # its text is in a _TextBuffer (maybe this batch's, just moved): again
+            text = tok._utf8(&text_len)
+        self._append(tok._id, tok._position, tok._flags, tok._logprob_bits, text, text_len)
+        return 0
 
-    cdef int _push_from(self, TokenBatch src, Py_ssize_t i) except -1:
-        return self._push(src._ids[i], src._positions[i], src._flags[i], src._logprob_bits[i],
-                          src._text + src._text_offsets[i], src._text_len(i))
+    cdef int _push_from(self, const TokenColumns *src, Py_ssize_t i) except -1:
+        """Append token ``i`` of pinned columns (which may be this batch's own)."""
+        cdef Py_ssize_t text_len = <Py_ssize_t>(src.text_offsets[i + 1] - src.text_offsets[i])
+        self._reserve_one(src.flags[i] & HAS_TEXT, text_len)
+        self._append(src.ids[i], src.positions[i], src.flags[i], src.logprob_bits[i],
+                     src.text + src.text_offsets[i] if text_len else NULL, text_len)
+        return 0
 
-    cdef Token _token_at(self, Py_ssize_t i):
-        """Token i; its text stays in the shared buffer until first asked for."""
-        cdef Token tok = _new_token(self._ids[i], self._positions[i], self._flags[i], self._logprob_bits[i], None)
-        cdef int64_t start = self._text_offsets[i]
-        cdef Py_ssize_t text_len = self._text_len(i)
-        if tok._flags & HAS_TEXT:
-            if text_len == 0:
-                tok._text = ""
-            elif start + text_len <= 0xFFFFFFFF:
-                tok._text = self._text_buffer
-                tok._text_start = <uint32_t>start
-                tok._text_len = <uint32_t>text_len
-                tok._lazy_text = 1
-            else:
-                tok._text = PyUnicode_DecodeUTF8(<const char *>self._text + start, text_len, NULL)
-        return tok
+    cdef TokenColumns _columns_now(self) noexcept:
+        """The batch's storage as it is now (valid until the next mutation, unless pinned)."""
+        cdef TokenColumns c
+        c.count = self._count
+        c.text_offsets = self._text_offsets
+        c.ids = self._ids
+        c.positions = self._positions
+        c.logprob_bits = self._logprob_bits
+        c.flags = self._flags
+        c.text = self._text
+        c.text_size = self._text_size
+        c.text_capacity = 0 if self._text_buffer is None else self._text_buffer.capacity
+        c.wire_size = self._tokens_wire_size
+        return c
 
     cdef TokenBatch _empty_like(self):
         cdef TokenBatch out = TokenBatch.__new__(TokenBatch)
@@ -784,16 +993,14 @@ cdef class TokenBatch:
 
     cdef int _extend(self, object tokens) except -1:
         cdef Py_ssize_t i, n
-        cdef TokenBatch other
         cdef list items
         cdef object item
+        cdef PinnedBatch source
         if type(tokens) is TokenBatch:
-            other = <TokenBatch>tokens
-            n = other._count
-            self._reserve(self._count + n)
-            for i in range(n):
-                self._push_from(other, i)
-            return 0
+            # From a pin: when tokens is self, the reservations below move self onto a copy and
+            # the pinned original is read, so nothing read is ever written or freed meanwhile.
+            source = pin_batch(tokens)
+            return self._extend_columns(&source.columns)
         items = tokens if type(tokens) is list else list(tokens)
         n = len(items)
         for i in range(n):
@@ -808,22 +1015,24 @@ cdef class TokenBatch:
             self._push_token(<Token>items[i])
         return 0
 
-    cdef int _check_storage_unpinned(self) except -1:
-        """Refuse to move or rewrite storage that another thread is encoding without the GIL."""
-        if self._readers_without_gil:
-            raise BufferError("this TokenBatch is being encoded by another thread; "
-                              "it cannot grow or be cleared until that finishes")
-        return 0
 
+    cdef int _extend_columns(self, const TokenColumns *source) except -1:
+        """Append every token of ``source`` (pinned, or otherwise unchanged until this returns)."""
+        cdef Py_ssize_t i
+        self._reserve(self._count + source.count)
+        if source.text_size:
+            self._reserve_text(source.text_size)
+        for i in range(source.count):
+            self._push_from(source, i)
+        return 0
     def clear(self):
         """Remove every token (sequence_id, is_final and metadata stay)."""
-        self._check_storage_unpinned()
         self._count = 0
         self._tokens_wire_size = 0
         self._detach_text()
 
     cdef void _detach_text(self) noexcept:
-        """Empty the text; a buffer still shared with tokens is left to them, not rewritten."""
+        """Empty the text; a buffer still shared with tokens or pins is left to them, not rewritten."""
         if self._text_buffer is not None and _borrowed_refcount(<PyObject *>self._text_buffer) > 1:
             self._text_buffer = None
             self._text = NULL
@@ -907,9 +1116,10 @@ cdef class TokenBatch:
         [Token(id=1, text='a', pos=0)]
         """
         cdef Py_ssize_t i
-        cdef list out = PyList_New(self._count)
-        for i in range(self._count):
-            tok = self._token_at(i)
+        cdef PinnedBatch pin = pin_batch(self)   # before allocating: a GC pass may run other threads
+        cdef list out = PyList_New(pin.columns.count)
+        for i in range(pin.columns.count):
+            tok = _token_from(&pin.columns, <_TextBuffer>pin._text_owner, i)
             Py_INCREF(tok)
             PyList_SET_ITEM(out, i, tok)
         return out
@@ -923,26 +1133,32 @@ cdef class TokenBatch:
             index += self._count
         if index < 0 or index >= self._count:
             return None
-        return self._token_at(index)
+        cdef TokenColumns now = self._columns_now()
+        return _token_from(&now, self._text_buffer, index)
 
     def __getitem__(self, key):
         """``batch[i]`` is a Token; ``batch[a:b:c]`` is a new TokenBatch with the same sequence_id,
         is_final and a copy of the metadata."""
-        cdef Py_ssize_t i, index
+        cdef Py_ssize_t i, index, start, stop, step, n
         cdef TokenBatch out
+        cdef PinnedBatch pin
+        cdef TokenColumns now
         if isinstance(key, slice):
-            indices = range(self._count)[key]
+            PySlice_Unpack(key, &start, &stop, &step)   # may run __index__ code: before the pin
+            pin = pin_batch(self)
+            n = PySlice_AdjustIndices(pin.columns.count, &start, &stop, step)
             out = self._empty_like()
-            out._reserve(len(indices))
-            for i in indices:
-                out._push_from(self, i)
+            out._reserve(n)
+            for i in range(n):
+                out._push_from(&pin.columns, start + i * step)
             return out
         index = key
         if index < 0:
             index += self._count
         if index < 0 or index >= self._count:
             raise IndexError(f"token index {key} out of range for a batch of {self._count}")
-        return self._token_at(index)
+        now = self._columns_now()
+        return _token_from(&now, self._text_buffer, index)
 
     def to_dicts(self):
         """Every token as a dict (see ``Token.to_dict``)."""
@@ -961,10 +1177,13 @@ cdef class TokenBatch:
     def texts(self):
         """The text of every token (None where absent), without building Token objects."""
         cdef Py_ssize_t i
-        cdef list out = PyList_New(self._count)
-        for i in range(self._count):
-            if self._flags[i] & HAS_TEXT:
-                text = PyUnicode_DecodeUTF8(<const char *>self._text + self._text_offsets[i], self._text_len(i), NULL)
+        cdef PinnedBatch pin = pin_batch(self)   # before allocating: a GC pass may run other threads
+        cdef const TokenColumns *c = &pin.columns
+        cdef list out = PyList_New(c.count)
+        for i in range(c.count):
+            if c.flags[i] & HAS_TEXT:
+                text = PyUnicode_DecodeUTF8(<const char *>c.text + c.text_offsets[i],
+                                            c.text_offsets[i + 1] - c.text_offsets[i], NULL)
             else:
                 text = None
             Py_INCREF(text)
@@ -1044,67 +1263,108 @@ cdef class TokenBatch:
         """All token texts concatenated, as UTF-8 bytes."""
         return PyBytes_FromStringAndSize(<const char *>self._text, self._text_size)
 
+    # -- Arrow (the PyCapsule Interface: quill/_arrow.pyx exports, _arrow_import.pyx imports) --
+
+    cdef dict _arrow_metadata(self):
+        cdef dict metadata = {"is_final": "true" if self._is_final else "false"}
+        if self._has_sequence_id:
+            metadata["sequence_id"] = str(self._sequence_id)
+        return metadata
+
+    def __arrow_c_schema__(self):
+        """The batch's Arrow schema (an "arrow_schema" PyCapsule): a record batch of ``id`` uint32,
+        ``position`` uint32, ``logprob`` float32 (null where a token has none), ``text``
+        large_utf8 (null where a token has none; large because the batch's offsets are int64)
+        and ``is_special`` bool, with ``sequence_id`` (when set) and ``is_final`` ("true" or
+        "false") as schema metadata."""
+        return token_schema(self._arrow_metadata())
+
+    def __arrow_c_array__(self, requested_schema=None):
+        """The batch as an Arrow record batch: ("arrow_schema", "arrow_array") PyCapsules.
+
+        Not copied: ids, positions, logprob values, text offsets and text bytes are the batch's
+        own memory. Copied: three bitmaps (logprob and text validity, is_special values), which
+        Arrow stores as bits. The arrays hold a ``PinnedBatch`` of the batch as it was at this
+        call: they stay valid after the batch is dropped, and a later mutation moves the batch
+        onto a copy instead of changing them. ``requested_schema`` is accepted and not used (the
+        PyCapsule Interface makes it a best-effort request).
+
+        >>> schema, array = TokenBatch.from_tokens([Token(7, 0, "Hi")]).__arrow_c_array__()
+        >>> type(array).__name__
+        'PyCapsule'
+        """
+        cdef PinnedBatch pin = pin_batch(self)
+        return export_token_columns(&pin.columns, pin, self._arrow_metadata())
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        """The batch as a one-batch Arrow stream (an "arrow_array_stream" PyCapsule), exported as
+        ``__arrow_c_array__`` exports it: what ``pyarrow.table(batch)``,
+        ``polars.DataFrame(batch)`` and DuckDB's ``FROM batch`` read."""
+        return token_batch_stream((self,), self._arrow_metadata())
+
+    @staticmethod
+    def from_arrow(source):
+        """A new batch from any object with the Arrow PyCapsule Interface (a pyarrow Table,
+        RecordBatch or RecordBatchReader, a polars DataFrame, a DuckDB relation, a TokenBatch...),
+        all its chunks in order, copied into the batch.
+
+        Columns ``id`` and ``position`` (uint32) are required; ``logprob`` (float32), ``text``
+        (utf8, large_utf8 or utf8_view) and ``is_special`` (bool) are optional, null meaning "none"
+        in the first two; other columns are ignored. ``sequence_id`` and ``is_final`` come from
+        the schema metadata. A missing column or a wrong type raises TypeError naming the column
+        and the type expected; malformed data (a null id, offsets that decrease, invalid UTF-8,
+        wrong buffer counts...) raises DecodeError.
+
+        >>> batch = TokenBatch.from_tokens([Token(7, 0, "Hi", -0.5), Token(8, 1)], sequence_id=3)
+        >>> TokenBatch.from_arrow(batch) == batch
+        True
+        """
+        cdef TokenBatch batch = TokenBatch.__new__(TokenBatch)
+        sequence_id, batch._is_final, chunks = import_token_chunks(source)
+        batch._set_sequence_id(sequence_id)
+        for chunk in chunks:
+            batch._extend_columns(&(<TokenChunk>chunk).columns)
+        return batch
+
     # -- wire ---------------------------------------------------------------------------------
 
     def encode(self):
         """The batch's wire bytes (section 3). EncodeError for more than 65,535 tokens or a text
-        over 65,535 UTF-8 bytes.
+        over 65,535 UTF-8 bytes. Large batches are written without the GIL, from a pin: other
+        threads may keep mutating the batch meanwhile, and the bytes are the batch as it was
+        when the call began.
 
         >>> TokenBatch(sequence_id=7).encode().hex()
         '01000000070000'
         """
-        cdef Py_ssize_t header = self._header_size()
+        # Small batches are written with the GIL held and nothing that runs Python code (a bytes
+        # allocation starts no GC pass): their storage as it is now is a snapshot. Large ones are
+        # written without the GIL, from a pin taken before anything is allocated.
+        cdef PinnedBatch pin = pin_batch(self) if self._count >= NOGIL_MIN_TOKENS else None
+        cdef TokenColumns now = self._columns_now()
+        cdef const TokenColumns *c = &pin.columns if pin is not None else &now
+        cdef uint8_t flags = (HAS_SEQUENCE_ID if self._has_sequence_id else 0) | (IS_FINAL if self._is_final else 0)
+        cdef uint32_t sequence_id = self._sequence_id
+        cdef Py_ssize_t header = 7 if flags & HAS_SEQUENCE_ID else 3
         cdef Py_ssize_t bad
         cdef unsigned char *p
-        cdef const unsigned char *end
-        if self._count > MAX_BATCH_TOKENS:
-            raise EncodeError(f"a token batch carries at most 65535 tokens; this one holds {self._count}")
-        out = PyBytes_FromStringAndSize(NULL, header + self._tokens_wire_size)
+        if c.count > MAX_BATCH_TOKENS:
+            raise EncodeError(f"a token batch carries at most 65535 tokens; this one holds {c.count}")
+        out = PyBytes_FromStringAndSize(NULL, header + c.wire_size)
         p = <unsigned char *>PyBytes_AS_STRING(out)
-        end = p + header + self._tokens_wire_size
-        p[0] = (HAS_SEQUENCE_ID if self._has_sequence_id else 0) | (IS_FINAL if self._is_final else 0)
-        if self._has_sequence_id:
-            quill_store_be32(p + 1, self._sequence_id)
-        quill_store_be16(p + header - 2, <uint16_t>self._count)
-        if self._count >= NOGIL_MIN_TOKENS:
-            self._readers_without_gil += 1
-            try:
-                with nogil:
-                    bad = self._write_tokens(p + header, end)
-            finally:
-                self._readers_without_gil -= 1
+        p[0] = flags
+        if flags & HAS_SEQUENCE_ID:
+            quill_store_be32(p + 1, sequence_id)
+        quill_store_be16(p + header - 2, <uint16_t>c.count)
+        if pin is not None:
+            with nogil:
+                bad = _write_tokens(c, p + header, p + header + c.wire_size)
         else:
-            bad = self._write_tokens(p + header, end)
+            bad = _write_tokens(c, p + header, p + header + c.wire_size)
         if bad >= 0:
-            raise EncodeError(f"token {bad} text is {self._text_len(bad)} UTF-8 bytes; "
-                              f"the wire format carries at most 65535")
+            raise EncodeError(f"token {bad} text is {c.text_offsets[bad + 1] - c.text_offsets[bad]} "
+                              f"UTF-8 bytes; the wire format carries at most 65535")
         return out
-
-    cdef Py_ssize_t _write_tokens(self, unsigned char *p, const unsigned char *end) noexcept nogil:
-        """Write every token at ``p`` (the output ends at ``end``); return -1, or the index of a
-        token whose text is too long."""
-        cdef Py_ssize_t i, text_len, start
-        cdef uint8_t flags
-        for i in range(self._count):
-            quill_store_be32(p, self._ids[i])
-            quill_store_be32(p + 4, self._positions[i])
-            flags = self._flags[i]
-            p[8] = flags
-            p += TOKEN_FIXED_SIZE
-            if flags & HAS_LOGPROB:
-                quill_store_be32(p, self._logprob_bits[i])
-                p += 4
-            if flags & HAS_TEXT:
-                text_len = self._text_len(i)
-                if text_len > MAX_TEXT_BYTES:
-                    return i
-                quill_store_be16(p, <uint16_t>text_len)
-                if text_len:
-                    start = self._text_offsets[i]
-                    quill_copy_text(p + 2, self._text + start, text_len, self._text_buffer.capacity - start,
-                                    end - (p + 2))
-                p += 2 + text_len
-        return -1
 
     @staticmethod
     def decode(buf):
@@ -1213,16 +1473,21 @@ cdef class TokenBatch:
         return f"TokenBatch(sequence_id={self.sequence_id}, is_final={self._is_final}, tokens={self._count})"
 
     def __reduce__(self):
-        cdef Py_ssize_t n = self._count
+        cdef PinnedBatch pin = pin_batch(self)   # one consistent state for every column
+        cdef const TokenColumns *c = &pin.columns
+        cdef Py_ssize_t n = c.count
         columns = PyBytes_FromStringAndSize(NULL, n * 13)
+        offsets = PyBytes_FromStringAndSize(NULL, (n + 1) * 8)
         cdef char *p = PyBytes_AS_STRING(columns)
+        memset(PyBytes_AS_STRING(offsets), 0, 8)
         if n:
-            memcpy(p, self._ids, n * 4)
-            memcpy(p + n * 4, self._positions, n * 4)
-            memcpy(p + n * 8, self._logprob_bits, n * 4)
-            memcpy(p + n * 12, self._flags, n)
-        offsets = self.text_offsets_array().tobytes()
-        return (_restore_batch, (self.sequence_id, self._is_final, n, columns, offsets, self.text_bytes(),
+            memcpy(p, c.ids, n * 4)
+            memcpy(p + n * 4, c.positions, n * 4)
+            memcpy(p + n * 8, c.logprob_bits, n * 4)
+            memcpy(p + n * 12, c.flags, n)
+            memcpy(PyBytes_AS_STRING(offsets), c.text_offsets, (n + 1) * 8)
+        text = PyBytes_FromStringAndSize(<const char *>c.text, c.text_size)
+        return (_restore_batch, (self.sequence_id, self._is_final, n, columns, offsets, text,
                                  self.metadata_dict()))
 
 
@@ -1245,11 +1510,16 @@ def _restore_batch(sequence_id, is_final, Py_ssize_t count, bytes columns, bytes
     if off_array[0] != 0 or off_array[count] != len(text) or (count and np.any(np.diff(off_array) < 0)):
         raise ValueError("inconsistent pickled TokenBatch: bad text offsets")
     off = <const int64_t *>PyBytes_AS_STRING(offsets)
+    cdef uint8_t flags
     batch._reserve(count)
+    if len(text):
+        batch._reserve_text(len(text))
     for i in range(count):
-        batch._push(_column_u32(c, i), _column_u32(c + count * 4, i), c[count * 12 + i] & TOKEN_FLAG_MASK,
-                    _column_u32(c + count * 8, i), <const unsigned char *>PyBytes_AS_STRING(text) + off[i],
-                    off[i + 1] - off[i])
+        flags = c[count * 12 + i] & TOKEN_FLAG_MASK
+        if not flags & HAS_TEXT and off[i + 1] != off[i]:
+            raise ValueError("inconsistent pickled TokenBatch: text bytes for a token without text")
+        batch._append(_column_u32(c, i), _column_u32(c + count * 4, i), flags, _column_u32(c + count * 8, i),
+                      <const unsigned char *>PyBytes_AS_STRING(text) + off[i], off[i + 1] - off[i])
     if not quill_is_utf8(batch._text, batch._text_size):
         raise ValueError("inconsistent pickled TokenBatch: text is not UTF-8")
     for key, value in metadata.items():

@@ -522,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (a rough number in seconds)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bench.set_defaults(run=_cmd_bench)
+
+    from .batch import add_batch_command
+
+    add_batch_command(command)
     return parser
 
 

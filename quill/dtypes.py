@@ -1,7 +1,7 @@
 """The dtype registry: the nine element types of the Quill wire format.
 
 Each dtype is a single shared :class:`DType` instance carrying its wire code
-(PROTOCOL.md section 1), its element size and its numpy counterpart.
+(docs/protocol.md section 1), its element size and its numpy counterpart.
 
 >>> from quill import DType
 >>> DType.float32()
@@ -157,7 +157,7 @@ class DType:
 
     @property
     def code(self) -> int:
-        """The wire code of PROTOCOL.md section 1."""
+        """The wire code of docs/protocol.md section 1."""
         return self._code
 
     @property

@@ -91,7 +91,7 @@ class QuillTimeoutError(QuillError, TimeoutError):
 
 
 class ProblemDetails:
-    """An RFC 7807 error body (PROTOCOL.md section 6).
+    """An RFC 7807 error body (docs/protocol.md section 6).
 
     Unknown members are kept in ``extensions`` and written back by :meth:`to_dict`.
 

@@ -1,4 +1,4 @@
-"""Tensor frames (PROTOCOL.md section 4) and message-stream frames (section 5).
+"""Tensor frames (docs/protocol.md section 4) and message-stream frames (section 5).
 
 The codecs and incremental parsers are compiled (``quill._frames``); this module
 re-exports them and defines the frame-type and flag enums.
@@ -105,7 +105,7 @@ __all__ = [
 
 
 class TensorFrameType(IntEnum):
-    """The type byte of a tensor frame (PROTOCOL.md section 4).
+    """The type byte of a tensor frame (docs/protocol.md section 4).
 
     >>> TensorFrameType(0x11).name
     'TENSOR_PAYLOAD'
@@ -121,7 +121,7 @@ class TensorFrameType(IntEnum):
 
 
 class StreamFlags(IntFlag):
-    """The flags byte of a message-stream frame (PROTOCOL.md section 5).
+    """The flags byte of a message-stream frame (docs/protocol.md section 5).
 
     Unknown bits are preserved by the parser, so compare with ``&`` rather than ``==``.
 

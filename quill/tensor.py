@@ -1,7 +1,7 @@
 """Tensors and their metadata, with zero-copy NumPy, buffer, DLPack and pickle interop.
 
 A :class:`Tensor` is a :class:`TensorMeta` (shape, dtype, name, device label) plus the tensor's
-element bytes exactly as they travel on the wire (PROTOCOL.md section 4): little-endian,
+element bytes exactly as they travel on the wire (docs/protocol.md section 4): little-endian,
 row-major, densely packed, bool as one byte 0/1.
 
 Memory sharing (as with ``torch.from_numpy``)
@@ -38,6 +38,8 @@ import sys
 
 import numpy as np
 
+from quill._arrow import export_tensor, tensor_schema
+from quill._arrow_import import import_tensor
 from quill._casts import cast
 from quill._tensor import buffers_equal, decode_meta, encode_meta, export_dlpack
 from quill.dtypes import DType
@@ -45,7 +47,7 @@ from quill.dtypes import DType
 __all__ = ["Shape", "Tensor", "TensorMeta"]
 
 _U64_MAX = 2**64 - 1
-_DEVICE_CODES = {"cpu": 0, "cuda": 1}  # PROTOCOL.md section 1
+_DEVICE_CODES = {"cpu": 0, "cuda": 1}  # docs/protocol.md section 1
 _DEVICE_NAMES = tuple(_DEVICE_CODES)
 _KDL_CPU = 1  # DLPack's DLDeviceType for host memory
 _REPR_VALUES = 6
@@ -250,7 +252,7 @@ class TensorMeta:
         (checked before anything is allocated) and :class:`~quill.errors.DecodeError`, with the
         offset, for truncation, unknown dtype/device codes, a shape whose size overflows u64, a
         ``byte_size`` that disagrees with the shape, a name running past the end, or trailing
-        bytes (the last three are accepted by the reference; PROTOCOL.md section 4, **Ours**).
+        bytes (the last three are accepted by the reference; docs/protocol.md section 4, **Ours**).
         Invalid UTF-8 in the name becomes U+FFFD, as in the reference.
 
         >>> TensorMeta.decode(bytes.fromhex("00010004000000000000000000"))
@@ -543,6 +545,37 @@ class Tensor:
     def __dlpack_device__(self) -> tuple[int, int]:
         """(kDLCPU, 0): quill keeps tensor data in host memory whatever the meta's device label."""
         return (_KDL_CPU, 0)
+
+    def __arrow_c_schema__(self):
+        """The Arrow type of ``__arrow_c_array__``'s array, as an "arrow_schema" PyCapsule."""
+        return tensor_schema(self._meta.shape, self._meta.dtype, self._meta.name)
+
+    def __arrow_c_array__(self, requested_schema=None):
+        """The tensor as an ``arrow.fixed_shape_tensor`` array (Arrow's canonical extension): one
+        row per index of the first dimension, each a tensor of ``shape[1:]``, named after the
+        tensor. Zero copy (the array holds this tensor's memory) except for bool, which Arrow
+        stores as bits. bfloat16 raises TypeError (Arrow has no such type: ``astype("float32")``
+        first, exact) and a 0-d tensor ValueError. ``requested_schema`` is not used.
+
+        >>> import pyarrow as pa  # doctest: +SKIP
+        >>> pa.array(Tensor.from_numpy(np.zeros((2, 3), np.float32))).type.shape  # doctest: +SKIP
+        [3]
+        """
+        return export_tensor(self._bytes, self._meta.shape, self._meta.dtype, self._meta.name)
+
+    @classmethod
+    def from_arrow(cls, source) -> "Tensor":
+        """A tensor from any object with the Arrow PyCapsule Interface: an ``arrow.fixed_shape_tensor``
+        array of n rows of shape S gives shape ``(n, *S)``, a fixed-size list array ``(n, size)``,
+        a primitive array ``(n,)``; alone, or as the one column of a table. One chunk is shared
+        without a copy (the tensor is read-only and keeps the Arrow memory alive); several chunks,
+        and bool bitmaps, are copied. A type with no quill dtype raises TypeError, nulls DecodeError.
+
+        >>> Tensor.from_arrow(Tensor.from_numpy(np.arange(4, dtype=np.int32).reshape(2, 2))).shape
+        [2, 2]
+        """
+        shape, dtype, name, data = import_tensor(source)
+        return cls(TensorMeta(shape, dtype, name), data)
 
     def __reduce_ex__(self, protocol):
         """Protocol 5 hands the data to pickle as a PickleBuffer (out-of-band with a

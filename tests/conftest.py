@@ -27,6 +27,17 @@ def demo_server_url():
         yield url
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sync_only: runs for the sync client only (fork, sync transport internals)")
+
+
+def pytest_generate_tests(metafunc):
+    """Modules with a ``client_kind`` fixture run each test once per client (sync, async)."""
+    if "client_kind" in metafunc.fixturenames:
+        kinds = ["sync"] if metafunc.definition.get_closest_marker("sync_only") else ["sync", "async"]
+        metafunc.parametrize("client_kind", kinds, indirect=True)
+
+
 @pytest.fixture(scope="module", params=sorted(ENGINES))
 def engine(request):
     """Each server engine in turn (the server tests run once per engine). An engine the test

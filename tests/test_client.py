@@ -27,6 +27,16 @@ from client_servers import (  # noqa: E402
 )
 
 from quill.client import QuillClient  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def client_kind(request, monkeypatch):
+    """Every test here runs over both clients: ``QuillClient`` in this module is the sync client or
+    the async one behind a blocking facade (tests/client_kinds.py)."""
+    from client_kinds import CLIENTS
+
+    monkeypatch.setattr(request.module, "QuillClient", CLIENTS[request.param])
+    return request.param
 from quill.errors import (  # noqa: E402
     BadRequestError,
     ConflictError,
@@ -327,6 +337,7 @@ def test_status_retries_are_opt_in_and_honour_retry_after():
         assert [r.body for r in server.requests[-3:]] == [payload] * 3
 
 
+@pytest.mark.sync_only
 def test_retries_resend_the_same_body_object(monkeypatch):
     """A retry must not rebuild or copy the body (tritonclient #918): the same buffer goes out again."""
     import quill.transports.http11 as transport_module
@@ -416,6 +427,7 @@ def test_close_and_context_manager(echo_server):
         client.call(SERVICE, METHOD, b"a")
 
 
+@pytest.mark.sync_only
 def test_pickled_client_keeps_config_and_gets_a_new_pool(echo_server):
     client = QuillClient(echo_server.url, timeout_ms=777, enable_compression=True, max_connections=3)
     client.set_bearer_token("pickled")
@@ -429,6 +441,7 @@ def test_pickled_client_keeps_config_and_gets_a_new_pool(echo_server):
     assert echo_server.connections == 2
 
 
+@pytest.mark.sync_only
 def test_a_forked_child_opens_its_own_connection(echo_server):
     client = QuillClient(echo_server.url)
     assert client.call(SERVICE, METHOD, b"parent") == b"parent"
@@ -445,6 +458,7 @@ def test_a_forked_child_opens_its_own_connection(echo_server):
     assert conns[0] == conns[2] != conns[1]
 
 
+@pytest.mark.sync_only
 def test_client_ships_to_spawned_worker_processes(echo_server):
     client = QuillClient(echo_server.url)
     ctx = multiprocessing.get_context("spawn")
@@ -511,7 +525,10 @@ def test_tls_verifies_by_default_and_accepts_a_ca_file_and_client_cert(tls_files
             QuillClient(server.url, retries=0).call(SERVICE, METHOD, b"x")
         assert QuillClient(server.url, ca_file=cert).call(SERVICE, METHOD, b"secure") == b"secure"
         assert not peer_certs[-1]
-        assert QuillClient(server.url, verify=False).call(SERVICE, METHOD, b"unverified") == b"unverified"
+        from urllib3.exceptions import InsecureRequestWarning
+
+        with pytest.warns(InsecureRequestWarning, match="Unverified HTTPS request"):  # as urllib3 itself warns
+            assert QuillClient(server.url, verify=False).call(SERVICE, METHOD, b"unverified") == b"unverified"
         mutual = QuillClient(server.url, ca_file=cert, client_cert=cert, client_key=key)
         assert mutual.call(SERVICE, METHOD, b"mutual") == b"mutual"
         assert dict(x[0] for x in peer_certs[-1]["subject"])["commonName"] == "localhost"

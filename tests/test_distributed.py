@@ -114,7 +114,7 @@ def test_the_dask_example_in_the_docs_runs(served, tmp_path):
     with open(os.path.join(os.path.dirname(__file__), "..", "docs", "dask.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     example = tmp_path / "dask_example.py"
-    example.write_text(blocks[-1])
+    example.write_text(next(block for block in blocks if "WorkerPlugin" in block))   # the cluster example
     out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300,
                          cwd=tmp_path, env={**os.environ, "QUILL_URL": served.url})
     assert out.returncode == 0, out.stderr[-3000:]

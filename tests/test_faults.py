@@ -28,6 +28,16 @@ from serve_process import quill_serve  # noqa: E402
 
 from quill._tokens import Token, TokenBatch  # noqa: E402
 from quill.client import QuillClient  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def client_kind(request, monkeypatch):
+    """Every test here runs over both clients: ``QuillClient`` in this module is the sync client or
+    the async one behind a blocking facade (tests/client_kinds.py)."""
+    from client_kinds import CLIENTS
+
+    monkeypatch.setattr(request.module, "QuillClient", CLIENTS[request.param])
+    return request.param
 from quill.errors import (  # noqa: E402
     DecodeError,
     IncompleteStreamError,

@@ -66,7 +66,8 @@ def test_the_server_refuses_a_hostile_meta_before_allocating():
         tracemalloc.start()
         try:
             with pytest.raises(RpcError) as info:
-                client.call(SERVICE, "Echo", HOSTILE)
+                # tensor frames are told by their Content-Type (frames=tensor), never by their first byte
+                client.call(SERVICE, "Echo", HOSTILE, headers={"Content-Type": "application/proto; frames=tensor"})
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -74,7 +75,7 @@ def test_the_server_refuses_a_hostile_meta_before_allocating():
         # The same claim over a raw socket, announcing the whole 2**60-byte body: refused from the meta.
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(b"POST /%s/Echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/proto\r\n"
+            sock.sendall(b"POST /%s/Echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/proto; frames=tensor\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (SERVICE.encode(), len(HOSTILE), HOSTILE))
             answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]

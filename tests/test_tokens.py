@@ -1,6 +1,6 @@
 """Token, TokenBatch and TokenBatchBuilder (quill._tokens).
 
-The independent oracle is a small `struct` implementation of PROTOCOL.md sections 2-3 written
+The independent oracle is a small `struct` implementation of docs/protocol.md sections 2-3 written
 here from the spec; numpy supplies the float32 rounding. Golden vectors of the Rust reference
 are checked in tests/interop/test_token_vectors.py.
 """
@@ -484,10 +484,12 @@ def test_large_batches_use_the_nogil_paths():
         TokenBatch.decode(wire[:-1])
 
 
-def test_growing_a_batch_while_another_thread_encodes_it_is_refused_not_a_crash():
+def test_mutating_a_batch_while_another_thread_encodes_it_gives_whole_snapshots():
+    # encode() writes 65,535 tokens without the GIL from a pin; clear() and extend() on this
+    # thread move the batch onto a copy instead of touching the pinned storage.
     batch = TokenBatch.from_tokens([Token(i, i, "tok%d" % i, -1.0) for i in range(65535)])
     expected = batch.encode()
-    outputs, refused = [], []
+    outputs = []
 
     def encode_repeatedly():
         for _ in range(15):
@@ -496,16 +498,11 @@ def test_growing_a_batch_while_another_thread_encodes_it_is_refused_not_a_crash(
     worker = threading.Thread(target=encode_repeatedly)
     worker.start()
     while worker.is_alive():
-        try:
-            batch.clear()  # refused while the worker holds the storage without the GIL
-        except BufferError as exc:
-            refused.append(exc)
-        else:
-            batch.extend(TokenBatch.decode(expected))
+        batch.clear()
+        batch.extend(TokenBatch.decode(expected))
     worker.join()
     # clear() and extend() are single calls: an encode sees the batch full or empty, never torn.
     assert len(outputs) == 15 and all(out in (expected, TokenBatch().encode()) for out in outputs)
-    assert all("being encoded by another thread" in str(exc) for exc in refused)
 
 
 def test_invalid_utf8_is_replaced_and_reencoded_as_replacement():

@@ -35,7 +35,7 @@ MAX_SHOWN_INPUT = 48
 
 
 def meta_bytes(shape, dtype_code=1, device=0, byte_size=None, name=b"", name_len=None):
-    """A TENSOR_META payload with every field under the caller's control (PROTOCOL.md section 4)."""
+    """A TENSOR_META payload with every field under the caller's control (docs/protocol.md section 4)."""
     if byte_size is None:
         count = 1
         for dim in shape:

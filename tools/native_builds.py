@@ -5,6 +5,9 @@ Two kinds (how docs/bad-inputs.md got its sanitizer and C-coverage figures):
 * ``asan``: every ``quill/*.pyx`` built by gcc with ``-fsanitize=address,undefined``. Python itself
   is not instrumented, so the sanitizer runtimes are preloaded and leak detection is left to
   tools/fuzz_replay.py (LeakSanitizer would report CPython's own allocations at exit).
+* ``tsan``: every ``quill/*.pyx`` built by gcc with ``-fsanitize=thread``, libtsan preloaded into
+  the uninstrumented Python. TSan sees the GIL's pthread locks (intercepted), so it reports races
+  between the extensions' own accesses on different threads, not those inside CPython.
 * ``cov``: the decoders (_frames, _tokens, _tensor) built by clang with
   ``-fsanitize-coverage=inline-8bit-counters,pc-table,trace-cmp``, so libFuzzer is guided by the
   branches of the C that Cython generated, not only by the Python harness. atheris's own libFuzzer
@@ -14,6 +17,8 @@ Two kinds (how docs/bad-inputs.md got its sanitizer and C-coverage figures):
 
     python tools/native_builds.py build asan /tmp/quill-asan
     python tools/native_builds.py run asan /tmp/quill-asan python -m pytest tests/test_frames.py
+    python tools/native_builds.py build tsan /tmp/quill-tsan
+    python tools/native_builds.py run tsan /tmp/quill-tsan python -m pytest tests/test_threads.py
     python tools/native_builds.py build cov /tmp/quill-cov
     python tools/native_builds.py run cov /tmp/quill-cov tests/fuzz/fuzz_token.py -max_total_time=600
 """
@@ -29,6 +34,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 COVERED_MODULES = ["_frames", "_tokens", "_tensor"]
 SANCOV_FLAGS = "-fsanitize-coverage=inline-8bit-counters,pc-table,trace-cmp"
 ASAN_FLAGS = "-fsanitize=address,undefined -fno-omit-frame-pointer -g"
+TSAN_FLAGS = "-fsanitize=thread -fno-omit-frame-pointer -g"
+# The sanitizer runtimes each kind preloads, and their options.
+RUNTIMES = {
+    "asan": (("libasan.so", "libubsan.so"),
+             {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}),
+    "tsan": (("libtsan.so",), {"TSAN_OPTIONS": "halt_on_error=0 report_signal_unsafe=0"}),
+}
 FUZZER_LIBRARY = "libfuzzer_no_main.so"
 
 
@@ -73,8 +85,9 @@ def build(kind, dest):
     dest.mkdir(parents=True, exist_ok=True)
     copy_package(dest)
     modules = [pathlib.Path(p).stem for p in sorted(glob.glob(str(REPO / "quill" / "*.pyx")))]
-    if kind == "asan":
-        build_extensions(dest, modules, {"CC": "gcc", "CFLAGS": ASAN_FLAGS, "LDFLAGS": ASAN_FLAGS})
+    if kind in RUNTIMES:
+        flags = ASAN_FLAGS if kind == "asan" else TSAN_FLAGS
+        build_extensions(dest, modules, {"CC": "gcc", "CFLAGS": flags, "LDFLAGS": flags})
         return
     for module in set(modules) - set(COVERED_MODULES):   # imported by quill/__init__, not fuzzed
         for built in glob.glob(str(REPO / "quill" / f"{module}.*.so")):
@@ -88,11 +101,11 @@ def build(kind, dest):
 
 def run(kind, dest, command):
     env = dict(os.environ, PYTHONPATH=str(dest), PYTHONHASHSEED="0")
-    if kind == "asan":
+    if kind in RUNTIMES:
+        libraries, options = RUNTIMES[kind]
         preload = [subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True, text=True,
-                                  check=True).stdout.strip() for lib in ("libasan.so", "libubsan.so")]
-        env.update(LD_PRELOAD=":".join(preload), ASAN_OPTIONS="detect_leaks=0",
-                   UBSAN_OPTIONS="print_stacktrace=1")
+                                  check=True).stdout.strip() for lib in libraries]
+        env.update(options, LD_PRELOAD=":".join(preload))
         return subprocess.run(command, env=env).returncode
     target, *fuzzer_args = command
     launcher = ("import ctypes, os, runpy, sys; "
@@ -103,7 +116,7 @@ def run(kind, dest, command):
 
 
 def main(argv):
-    if len(argv) < 3 or argv[0] not in ("build", "run") or argv[1] not in ("asan", "cov"):
+    if len(argv) < 3 or argv[0] not in ("build", "run") or argv[1] not in ("asan", "tsan", "cov"):
         print(__doc__, file=sys.stderr)
         return 2
     action, kind, dest = argv[0], argv[1], pathlib.Path(argv[2]).resolve()

@@ -14,7 +14,7 @@ b'hi'
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import DecodeError, LimitExceededError, QuillConnectionError, QuillTimeoutError, RpcError
 from ..protocol.calls import HEALTH_TIMEOUT_MS, ClientCore
@@ -24,6 +24,8 @@ from ..protocol.retries import RetryState, TransportError, quill_error_for
 from ..tensor import Tensor
 from ..transports.aio_http11 import AsyncHTTP11Transport
 from ._async_streams import AsyncMessageStream, AsyncTokenStream
+from ._map import MapCall
+from ._map_tasks import AsyncMapResults
 
 __all__ = ["AsyncQuillClient"]
 
@@ -293,3 +295,37 @@ class AsyncQuillClient:
         """
         return await self._stream(AsyncTokenStream, "tokens", service, method, request, timeout_ms, headers,
                                   idempotent)
+
+    # ------------------------------------------------------------------ many calls
+
+    def map(self, service: str, method: str, requests: Iterable, *, kind: str | None = None, concurrency: int = 8,
+            ordered: bool = True, return_exceptions: bool = False,
+            progress: Callable[[int, int], Any] | None = None, timeout_ms: int | None = None,
+            headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> AsyncMapResults:
+        """Call ``service/method`` once per request of ``requests``, ``concurrency`` calls at a time.
+
+        ``kind`` picks the call: ``"unary"`` (bytes -> bytes), ``"json"`` (JSON -> JSON),
+        ``"tensor"`` (-> Tensor), ``"tokens"`` (-> the list of TokenBatch of the stream) or
+        ``"messages"`` (-> the list of messages); None goes by each request's type (bytes-like
+        -> unary, Tensor -> tensor, anything else -> json). The input is read lazily: at most
+        ``2 * concurrency`` requests are held at a time (in flight, queued or done and not yet
+        handed out), so a generator of millions is never materialised. ``concurrency`` may not
+        exceed ``max_connections``.
+
+        Results come in input order; with ``ordered=False``, as they complete, as ``(index,
+        result)`` pairs. An item's error is raised at that item (with a note naming its index)
+        and stops the rest; with ``return_exceptions=True`` it is the item's result instead.
+        Each call retries as any call of this client does (``idempotent``, ``status_retries``).
+        ``progress(done, failed)`` is called after each item, in the iterating thread or task.
+        Leaving the loop early (``break``, ``aclose()``, an error, a cancelled task) stops the
+        input and cancels the calls in flight. ``timeout_ms``, ``headers`` and ``idempotent``
+        apply to every call.
+
+        >>> async for answer in client.map("echo.v1.EchoService", "Echo", [b"a", b"b"]):  # doctest: +SKIP
+        ...     print(answer)
+        b'a'
+        b'b'
+        """
+        call = MapCall(service, method, kind, {"timeout_ms": timeout_ms, "headers": headers, "idempotent": idempotent})
+        return AsyncMapResults(self, call, requests, concurrency=concurrency, ordered=ordered,
+                               return_exceptions=return_exceptions, progress=progress)

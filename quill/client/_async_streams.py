@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import IncompleteStreamError, StreamCancelledError
 from ..protocol.requests import Request
 from ..protocol.retries import TransportError, quill_error_for
+from ._arrow_export import AsyncTokenArrowExport
 
 __all__ = ["AsyncFrameStream", "AsyncMessageStream", "AsyncTokenStream"]
 
@@ -133,7 +134,7 @@ class AsyncMessageStream(AsyncFrameStream):
     _what = "message stream"
 
 
-class AsyncTokenStream(AsyncFrameStream):
+class AsyncTokenStream(AsyncFrameStream, AsyncTokenArrowExport):
     """The TokenBatch objects of a token-streaming call, in order.
 
     >>> ids = [t.id async for batch in await client.stream_tokens("s", "Generate", b"") for t in batch]  # doctest: +SKIP

@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import IncompleteStreamError, StreamCancelledError
 from ..protocol.requests import Request
 from ..protocol.retries import TransportError, quill_error_for
+from ._arrow_export import TokenArrowExport
 
 __all__ = ["FrameStream", "MessageStream", "TokenStream"]
 
@@ -134,7 +135,7 @@ class MessageStream(FrameStream):
     _what = "message stream"
 
 
-class TokenStream(FrameStream):
+class TokenStream(FrameStream, TokenArrowExport):
     """The TokenBatch objects of a token-streaming call, in order.
 
     >>> ids = [t.id for batch in client.stream_tokens("s", "Generate", b"") for t in batch]  # doctest: +SKIP

@@ -23,6 +23,7 @@ from .names import check_header, check_rpc_name
 from .requests import Body, CallInfo, Request, aframe_messages, as_buffer, buffer_size, encode_json, frame_messages
 from .responses import BytesConsumer, FrameConsumer, JsonConsumer, TensorConsumer
 from .retries import RetryPolicy
+from .tracing import trace_headers
 
 __all__ = ["ClientCore", "Endpoint", "DEFAULTS", "HEALTH_TIMEOUT_MS"]
 
@@ -217,6 +218,9 @@ class ClientCore:
         else:
             body, media = self._payload_body(payload)
         header_list, key = self._headers_for(media, headers)
+        trace = trace_headers()
+        if trace:  # the current span's context, per call: never cached
+            header_list, key = header_list + trace, None
         marked = info.idempotent if idempotent is None else bool(idempotent)
         answer = "bytes" if expect in ("unary", "client_stream", "send_tensor") else expect
         return Request("POST", info, header_list, key, body, timeout, marked, answer)

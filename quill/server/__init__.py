@@ -1,4 +1,4 @@
-"""The reference Quill server: an ASGI application speaking PROTOCOL.md section 6, and the
+"""The reference Quill server: an ASGI application speaking docs/protocol.md section 6, and the
 ways to run it.
 
 Register handlers on a :class:`QuillApp` by decorator (or :meth:`QuillApp.add_method`) and

@@ -31,13 +31,19 @@ __all__ = ["AsyncHTTP11Transport", "AsyncHTTP11Response"]
 _PAUSE_AT = 4 << 20
 _RESUME_AT = 1 << 20
 _SMALL_BODY = 16 * 1024
+_READ_SIZE = 1 << 20
 
 
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection: writes requests, parses answers into a head and body chunks."""
+class _Connection(asyncio.BufferedProtocol):
+    """One HTTP/1.1 connection: writes requests, parses answers into a head and body chunks.
+
+    A buffered protocol: the socket is read into one reused buffer of :data:`_READ_SIZE` bytes
+    and parsed at once (httptools copies only the body bytes out of it).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
+        self._read_buffer = memoryview(bytearray(_READ_SIZE))
         self.transport: Any = None
         self.parser = None
         self.lost = False
@@ -56,25 +62,38 @@ class _Connection(asyncio.Protocol):
         self.head_done = False
         self.complete = False
         self.any_byte = False
+        self.keep_alive = False
         self.error: TransportError | None = None
         self.chunks: collections.deque = collections.deque()
         self.buffered = 0
 
     @property
     def reusable(self) -> bool:
-        return self.complete and not self.lost and self.parser.should_keep_alive()
+        return self.complete and self.keep_alive and not self.lost
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read_buffer[:nbytes])
+
+    def data_received(self, data: Any) -> None:
         self.any_byte = True
+        if self.complete:  # bytes after the answer (a lying Content-Length): never reuse this connection
+            self.keep_alive = False
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(TransportError("response", sent=True, detail="unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
+            if self.complete:  # the answer was whole; what followed it is garbage
+                self.keep_alive = False
+                return
             self._fail(TransportError("body" if self.head_done else "response", sent=True,
                                       detail=f"malformed HTTP response: {exc}"))
         if self.buffered > _PAUSE_AT and not self._paused_reading:
@@ -127,6 +146,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
         self._wake()
 
     # -- waiting ----------------------------------------------------------------------------
@@ -177,11 +197,13 @@ class _Connection(asyncio.Protocol):
             return
         try:
             transport.abort()
-        except RuntimeError:  # the loop is closed: close the socket ourselves, without warnings
-            sock = transport.get_extra_info("socket")
-            raw = getattr(sock, "_sock", None)
-            if raw is not None:
-                raw.close()
+        except RuntimeError:
+            # The loop is closed, and asyncio has no way to close a transport after that: close its
+            # socket here and detach it, so the transport's finalizer neither leaks nor warns.
+            sock = getattr(transport, "_sock", None)
+            if sock is not None:
+                sock.close()
+                transport._sock = None
         self.lost = True
 
 
@@ -328,7 +350,10 @@ class AsyncHTTP11Transport:
             raise QuillConnectionError(f"{where}: the client is closed")
         self._bind()
         try:
-            await asyncio.wait_for(self._slots.acquire(), request.timeout)
+            if self._slots.locked():  # every connection busy: wait, at most the call's timeout
+                await asyncio.wait_for(self._slots.acquire(), request.timeout)
+            else:
+                await self._slots.acquire()
         except asyncio.TimeoutError:
             raise QuillTimeoutError(
                 f"{where}: no free connection within {request.timeout:g} s "

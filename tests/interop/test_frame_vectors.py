@@ -1,7 +1,7 @@
 """Golden vectors from the Rust reference: tensor frames, tensor streams, stream frames,
 varints, TensorDataChunk, and the malformed-input cases of those decoders.
 
-Where we deliberately differ from the reference (PROTOCOL.md **Ours**, or a reference
+Where we deliberately differ from the reference (docs/protocol.md **Ours**, or a reference
 behaviour that silently loses or invents data), the case is listed in an ``OURS_*``
 table with the reason, and the test asserts our behaviour instead.
 """
@@ -280,7 +280,7 @@ def test_malformed_tensor_frame_decode(case):
         assert err.value.offset == 0 and not isinstance(err.value, IncompleteStreamError)
 
 
-# Reference outcome -> ours, with the reason (PROTOCOL.md section 4 **Ours**).
+# Reference outcome -> ours, with the reason (docs/protocol.md section 4 **Ours**).
 OURS_TENSOR_FRAME_PARSER = {
     "length_u32_max": "Ours: a length over the parser's limit is refused when the 9 header bytes "
                       "arrive; the reference has no limit and waits for 4 GiB of payload",

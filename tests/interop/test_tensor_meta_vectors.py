@@ -1,7 +1,7 @@
-"""Golden vectors from the Rust reference for the TENSOR_META payload (PROTOCOL.md section 4):
+"""Golden vectors from the Rust reference for the TENSOR_META payload (docs/protocol.md section 4):
 tensor_meta.json and the decode_tensor_meta cases of malformed.json.
 
-Where we deliberately differ from the reference (PROTOCOL.md **Ours**), the case is listed in
+Where we deliberately differ from the reference (docs/protocol.md **Ours**), the case is listed in
 ``OURS_MALFORMED`` / ``OURS_ENCODER_OVERFLOW`` with the reason, and the test asserts our
 behaviour instead of the reference's.
 """
@@ -93,7 +93,7 @@ def test_encoder_overflow_is_refused(vec):
 
 
 # malformed.json decode_tensor_meta: reference outcome -> ours, with the offset we report.
-# "ok" cases the reference accepts but PROTOCOL.md section 4 (**Ours**) rejects carry the reason.
+# "ok" cases the reference accepts but docs/protocol.md section 4 (**Ours**) rejects carry the reason.
 EXPECTED_MALFORMED = {
     "empty": ("err", 0, "empty tensor meta"),
     "ndim_only": ("err", 1, "truncated tensor meta: 0 dimension\\(s\\) need at least 13 bytes, got 1"),
@@ -112,7 +112,7 @@ OURS_MALFORMED = {
                               "the reference silently drops a truncated name; it is an error for us"),
     "trailing_bytes": ((13, "2 unexpected byte\\(s\\) after the tensor meta"),
                        "one TENSOR_META frame carries exactly one meta, so leftovers mean corruption "
-                       "(as for TokenBatch in PROTOCOL.md section 3); the reference ignores them"),
+                       "(as for TokenBatch in docs/protocol.md section 3); the reference ignores them"),
 }
 
 
@@ -144,7 +144,7 @@ def test_malformed(case):
 
 def test_invalid_utf8_name_follows_the_reference():
     """Invalid UTF-8 in a name becomes U+FFFD per maximal subpart, as the reference does (and as
-    PROTOCOL.md prescribes for token text): a name is a label, and a Rust peer cannot produce
+    docs/protocol.md prescribes for token text): a name is a label, and a Rust peer cannot produce
     invalid UTF-8 anyway, so leniency costs nothing and keeps us interoperable."""
     def with_name(raw):
         return bytes.fromhex("00010004000000000000000000")[:-2] + len(raw).to_bytes(2, "little") + raw

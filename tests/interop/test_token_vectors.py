@@ -1,7 +1,7 @@
 """Token and TokenBatch against the golden vectors of the Rust reference (tests/interop/vectors).
 
 Every `roundtrip` vector must encode to exactly its bytes and decode back to its input.
-Where we deliberately differ from the reference (PROTOCOL.md **Ours**) the test says so:
+Where we deliberately differ from the reference (docs/protocol.md **Ours**) the test says so:
   * encoder_overflow vectors: the reference silently wraps a u16 length/count; we raise EncodeError.
   * trailing bytes after a batch: the reference ignores them; TokenBatch.decode raises DecodeError.
   * trailing bytes after a single token: the reference reports `consumed`; Token.decode_prefix

@@ -1,0 +1,390 @@
+"""``quill batch``: run every line of a JSON Lines file through one method, into a JSON Lines file.
+
+    quill batch http://127.0.0.1:8080 inference.v1.LLMService Generate \\
+        --input prompts.jsonl --output answers.jsonl --concurrency 8
+
+Each non-blank input line is one request, a JSON value sent as JSON (``application/json``;
+bytes and tensors have no JSON Lines form, so they are not supported here: use
+:meth:`QuillClient.map <quill.QuillClient.map>`). Each gives one output record, in input
+order, naming its input line (1-based)::
+
+    {"line": 1, "result": <the JSON answer>}
+    {"line": 2, "error": {"type": "rpc", "status": 400, "message": "...", "problem": {...}}}
+    {"line": 3, "error": {"type": "bad_json", "message": "not valid JSON: Expecting value ..."}}
+
+``--kind tokens`` reads the answer as a token stream (result ``{"text": ..., "tokens":
+[{"id", "text", "logprob", "position", "is_special"}, ...]}``); ``--kind tensor`` as a tensor
+(result ``{"dtype", "shape", "data"}``, data as nested lists). A line that fails gets an error
+record and the run goes on; error types: ``bad_json`` (the line), ``request`` (the client could
+not send it), ``rpc`` (the server's error answer), ``decode`` (an answer that could not be read).
+When the server cannot be reached or a call times out, the run stops there.
+
+The output always holds the records of a prefix of the input, so an interrupted run (Ctrl+C,
+SIGINT, an unreachable server, a crash) says by its last record which lines are done, and
+``--resume`` continues after it (a torn last record is dropped and redone). Without
+``--resume`` an existing output file is never overwritten.
+
+Exit status: 0 when every line of the output succeeded; otherwise that of ``quill call`` for the
+first failed line (1 server error, 2 bad line or request, 4 undecodable answer); 3 when the
+server could not be reached or timed out (run again with ``--resume``); 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import deque
+from typing import Any, BinaryIO, Callable, Iterator
+
+from .cli import EXIT_OK, EXIT_PROTOCOL, EXIT_RPC_ERROR, EXIT_USAGE, _UsageError, _add_client_options, \
+    _check_names, _parse_headers, _positive_int, _run_client_command
+
+__all__ = ["add_batch_command", "run_batch"]
+
+EXIT_INTERRUPTED = 130
+#: error record type -> the exit status ``quill call`` gives for such an error
+EXIT_FOR_ERROR = {"bad_json": EXIT_USAGE, "request": EXIT_USAGE, "rpc": EXIT_RPC_ERROR, "decode": EXIT_PROTOCOL}
+SHOWN_ERRORS = 10  # per-line errors printed on stderr; the rest are only in the output
+
+# A bad line goes through the map as this request, which no call can encode: it keeps its place
+# in the window (and in the output order) and fails before any connection is used.
+_NOT_SENT = object()
+
+
+def add_batch_command(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``quill batch`` with the CLI's subcommand factory."""
+    batch = command("batch", "run each line of a JSON Lines file through a method, with a progress bar",
+                    "Send each line of --input (a JSON value per line) to SERVICE/METHOD as JSON, CONCURRENCY "
+                    "calls at a time, and write one JSON record per line to --output, in input order: "
+                    '{"line": N, "result": ...} or {"line": N, "error": {...}}. Ctrl+C leaves the lines done '
+                    "in --output; --resume continues after them.")
+    batch.add_argument("url", help="base URL of the server, e.g. http://127.0.0.1:8080")
+    batch.add_argument("service", help="package.Service, e.g. inference.v1.LLMService")
+    batch.add_argument("method", help="method name, e.g. Generate")
+    batch.add_argument("--input", "-i", required=True, help="JSON Lines file of requests ('-' reads stdin)")
+    batch.add_argument("--output", "-o", required=True, help="JSON Lines file of records (never overwritten)")
+    batch.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run: keep --output's records, do the lines after them")
+    batch.add_argument("--concurrency", "-c", type=_positive_int, default=8, help="calls in flight (default 8)")
+    batch.add_argument("--kind", choices=["json", "tokens", "tensor"], default="json",
+                       help="read each answer as JSON (default), a token stream, or a tensor")
+    batch.add_argument("--status-retries", type=int, default=2,
+                       help="retry a 429/503 answer this many times, as Retry-After says (default 2)")
+    batch.add_argument("--idempotent", action="store_true",
+                       help="the method is safe to repeat: resend a request the server may have read "
+                            "when its connection fails")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
+    _add_client_options(batch)
+    batch.set_defaults(run=_cmd_batch)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    return _run_client_command(lambda: run_batch(args))
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """Run ``quill batch`` with parsed ``args``; the exit status."""
+    from .client import QuillClient
+
+    headers = _parse_headers(args.header)
+    _check_names(args.service, args.method)
+    source = _open_input(args.input)
+    output = BatchOutput.open(args.output, args.resume)
+    try:
+        client = QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress,
+                             max_connections=args.concurrency, status_retries=args.status_retries)
+    except ValueError as exc:  # the URL: scheme, host, port
+        output.close()
+        raise _UsageError(f"bad server URL {args.url!r}: {exc}") from None
+    total = None if args.no_progress or source is sys.stdin.buffer else _count_requests(args.input)
+    progress = BatchProgress(total, output.records, sys.stderr, quiet=args.no_progress)
+    pending: deque = deque()  # (line number, bad-line error or None) of each request the map has read
+
+    def requests() -> Iterator[Any]:
+        for number, text in _numbered_lines(source, after=output.last_line):
+            try:
+                request = json.loads(text)
+            except ValueError as exc:
+                pending.append((number, f"not valid JSON: {exc}"))
+                yield _NOT_SENT
+                continue
+            pending.append((number, None))
+            yield request
+
+    try:
+        with client, client.map(args.service, args.method, requests(), kind=args.kind, concurrency=args.concurrency,
+                                return_exceptions=True, headers=headers, idempotent=args.idempotent or None) as results:
+            for result in results:
+                number, bad_line = pending.popleft()
+                record = _record(number, result, bad_line, args.kind)
+                output.write(record)
+                if "error" in record:
+                    progress.failed_line(number, _summary(record["error"]), output.path)
+                progress.update(output.records, output.failed)
+    except KeyboardInterrupt:
+        progress.stop(output.records, output.failed)
+        output.close()
+        print(f"quill: interrupted; {output.path} holds lines 1-{output.last_line}: run the same command with "
+              "--resume to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException:
+        progress.stop(output.records, output.failed)
+        output.close()
+        if output.last_line:
+            print(f"quill: stopped; {output.path} holds lines 1-{output.last_line} (--resume continues)",
+                  file=sys.stderr)
+        raise
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    progress.finish(output.records, output.failed, output.path)
+    output.close()
+    return EXIT_OK if output.first_error is None else EXIT_FOR_ERROR[output.first_error]
+
+
+def _record(number: int, result: Any, bad_line: str | None, kind: str) -> dict:
+    """The output record of input line ``number``; a connection failure is raised (it ends the run)."""
+    from .errors import DecodeError, EncodeError, QuillConnectionError, QuillTimeoutError, RpcError, \
+        StreamCancelledError
+
+    if bad_line is not None:
+        return {"line": number, "error": {"type": "bad_json", "message": bad_line}}
+    if not isinstance(result, BaseException):
+        return {"line": number, "result": _json_result(result, kind)}
+    if isinstance(result, (QuillConnectionError, QuillTimeoutError)):
+        raise result
+    if isinstance(result, RpcError):
+        problem = result.problem.to_dict() if result.problem is not None else None
+        error = {"type": "rpc", "status": result.status, "message": str(result), "problem": problem}
+    elif isinstance(result, (DecodeError, StreamCancelledError)):
+        error = {"type": "decode", "message": str(result)}
+    elif isinstance(result, (EncodeError, TypeError, ValueError)):
+        error = {"type": "request", "message": str(result)}
+    else:
+        raise result
+    return {"line": number, "error": error}
+
+
+def _summary(error: dict) -> str:
+    """An error record in one short line: ``400 Invalid request: detail`` for a server's answer."""
+    problem = error.get("problem")
+    if problem:
+        return f"{problem.get('status')} {problem.get('title')}" + (f": {problem['detail']}" if problem.get("detail") else "")
+    return error["message"]
+
+
+def _json_result(result: Any, kind: str) -> Any:
+    if kind == "tokens":
+        return {"text": "".join(batch.text() for batch in result),
+                "tokens": [token for batch in result for token in batch.to_dicts()]}
+    if kind == "tensor":
+        import numpy as np
+
+        array = result.to_numpy()
+        data = array.tolist() if array.dtype.kind in "biu" else array.astype(np.float64).tolist()
+        return {"dtype": result.dtype.name, "shape": list(result.shape), "data": data}
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# input
+# --------------------------------------------------------------------------------------
+def _open_input(path: str) -> BinaryIO:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise _UsageError(f"cannot read --input {path}: {exc.strerror or exc}") from None
+
+
+def _numbered_lines(source: BinaryIO, after: int) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line) of each non-blank line after line ``after``, read as needed."""
+    for number, line in enumerate(source, start=1):
+        if number > after and line.strip():
+            yield number, line
+
+
+def _count_requests(path: str) -> int:
+    """How many non-blank lines ``path`` has (for the progress bar's total and ETA)."""
+    with open(path, "rb") as source:
+        return sum(1 for line in source if line.strip())
+
+
+# --------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------
+class BatchOutput:
+    """The output file: records appended in input order; on ``--resume``, those already there.
+
+    ``last_line`` is the input line of the last record (0 for none), ``records`` how many there
+    are, ``failed`` how many are errors, ``first_error`` the type of the first error record.
+    """
+
+    def __init__(self, path: str, handle: BinaryIO):
+        self.path = path
+        self._handle = handle
+        self.last_line = 0
+        self.records = 0
+        self.failed = 0
+        self.first_error: str | None = None
+        self._flushed = time.monotonic()
+
+    @classmethod
+    def open(cls, path: str, resume: bool) -> "BatchOutput":
+        try:
+            if not resume or not os.path.exists(path):
+                output = cls(path, open(path, "xb"))
+                output._lock()
+                return output
+            output = cls(path, open(path, "r+b"))
+        except FileExistsError:
+            raise _UsageError(f"--output {path} already exists: add --resume to continue it, or remove it") from None
+        except OSError as exc:
+            raise _UsageError(f"cannot write --output {path}: {exc.strerror or exc}") from None
+        try:
+            output._lock()
+            output._handle.truncate(output._scan())
+        except BaseException:
+            output.close()
+            raise
+        output._handle.seek(0, os.SEEK_END)
+        return output
+
+    def _lock(self) -> None:
+        """Refuse to resume a file another run is still writing (where the OS has flock)."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here
+            return
+        try:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise _UsageError(f"--output {self.path} is being written by another run: wait for it, or stop it") \
+                from None
+
+    def _scan(self) -> int:
+        """Count the records already written; the offset after the last whole one."""
+        end = 0
+        for index, line in enumerate(self._handle, start=1):
+            if not line.endswith(b"\n"):
+                break  # a torn last record (the run was killed mid-write): dropped, its line is redone
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            number = record.get("line") if isinstance(record, dict) else None
+            if not isinstance(number, int) or number <= self.last_line:
+                raise _UsageError(f"--output {self.path} line {index} is not a record of quill batch "
+                                  f"(expected {{\"line\": N, ...}} with N rising): cannot resume it")
+            self._count(record)
+            end += len(line)
+        return end
+
+    def _count(self, record: dict) -> None:
+        self.last_line = record["line"]
+        self.records += 1
+        error = record.get("error")
+        if error is not None:
+            self.failed += 1
+            if self.first_error is None:
+                self.first_error = error.get("type") if error.get("type") in EXIT_FOR_ERROR else "rpc"
+
+    def write(self, record: dict) -> None:
+        self._handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._count(record)
+        now = time.monotonic()
+        if now - self._flushed > 0.2:
+            self._handle.flush()
+            self._flushed = now
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+# --------------------------------------------------------------------------------------
+# progress
+# --------------------------------------------------------------------------------------
+class BatchProgress:
+    """Progress on stderr: a bar redrawn in place on a terminal (lines/s, errors, ETA), one
+    plain line every few seconds otherwise, nothing with ``quiet`` (errors are still printed).
+
+    >>> import io
+    >>> out = io.StringIO(); bar = BatchProgress(4, 0, out); bar.finish(4, 1, "out.jsonl")
+    >>> "4/4 lines" in out.getvalue() and "1 failed" in out.getvalue()
+    True
+    """
+
+    def __init__(self, total: int | None, already: int, stream: Any, quiet: bool = False):
+        self.total = total
+        self.already = already  # records written by earlier runs
+        self.stream = stream
+        self.quiet = quiet
+        self.interactive = bool(getattr(stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self._interval = 0.1 if self.interactive else 5.0
+        self._drawn = 0.0 if self.interactive else self.started  # plain lines: the first after 5 s
+        self._shown_errors = 0
+
+    def update(self, records: int, failed: int) -> None:
+        now = time.monotonic()
+        if not self.quiet and now - self._drawn >= self._interval:
+            self._drawn = now
+            self._draw(records, failed)
+
+    def failed_line(self, number: int, message: str, output: str) -> None:
+        self._shown_errors += 1
+        if self._shown_errors > SHOWN_ERRORS:
+            return
+        self._clear()
+        if self._shown_errors == SHOWN_ERRORS:
+            message += f" (further errors are only in {output})"
+        print(f"quill: line {number}: {message}", file=self.stream, flush=True)
+        if self.interactive:
+            self._drawn = 0.0  # the bar was cleared: draw it again at once
+
+    def stop(self, records: int, failed: int) -> None:
+        """The run ends early: leave the last state on screen."""
+        if not self.quiet:
+            self._draw(records, failed)
+            if self.interactive:
+                self.stream.write("\n")
+
+    def finish(self, records: int, failed: int, output: str) -> None:
+        if self.interactive:
+            self.stop(records, failed)
+        done = records - self.already
+        seconds = time.monotonic() - self.started
+        first = "" if not failed else "; see the error records"
+        print(f"quill batch: {done} lines in {seconds:.1f} s ({done / seconds if seconds else 0:.1f} lines/s), "
+              f"{failed} failed{first}; output: {output}", file=self.stream, flush=True)
+
+    def _clear(self) -> None:
+        if self.interactive and not self.quiet:
+            self.stream.write("\r\x1b[K")
+
+    def _draw(self, records: int, failed: int) -> None:
+        elapsed = time.monotonic() - self.started
+        rate = (records - self.already) / elapsed if elapsed > 0 else 0.0
+        count = f"{records}/{self.total}" if self.total is not None else f"{records}"
+        eta = ""
+        if self.total is not None and rate > 0:
+            eta = f", ETA {_duration(max(self.total - records, 0) / rate)}"
+        text = f"{count} lines, {rate:.1f} lines/s, {failed} failed{eta}"
+        if self.interactive:
+            width = 24
+            filled = width * records // self.total if self.total else 0
+            self.stream.write(f"\r\x1b[K[{'#' * filled}{'.' * (width - filled)}] {text}")
+        else:
+            self.stream.write(f"quill batch: {text}\n")
+        self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    """``1:02:03`` or ``2:03``."""
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

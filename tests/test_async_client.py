@@ -1,0 +1,225 @@
+"""What only an asyncio client has to prove: thousands of calls on one event loop, cancellation
+from another task or thread, a loop closed with streams open; plus every call kind of both clients
+over a Unix domain socket, and the generated sync client matching its async source."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from serve_process import SERVICE as DEMO, open_fds, quill_serve, rss_bytes  # noqa: E402
+from test_client_streaming import SVC, WAIT, build_app  # noqa: E402
+
+from quill import AsyncQuillClient, QuillClient, Tensor, TokenBatch  # noqa: E402
+from quill.errors import StreamCancelledError  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_sync_client_is_generated_from_the_async_one():
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "unasync.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_both_clients_offer_the_same_api():
+    import inspect
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    from unasync import unasync
+
+    def api(cls):
+        return {unasync(name): unasync(str(inspect.signature(getattr(cls, name)))) if callable(getattr(cls, name)) else None
+                for name in dir(cls) if not name.startswith("_")}
+
+    assert api(AsyncQuillClient) == api(QuillClient)
+
+
+# ---------------------------------------------------------------- Unix domain sockets
+
+@pytest.fixture(scope="module")
+def unix_server(tmp_path_factory):
+    import uvicorn
+
+    path = str(tmp_path_factory.mktemp("uds") / "quill.sock")
+    app = build_app()
+    server = uvicorn.Server(uvicorn.Config(app, uds=path, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield app, "http+unix://" + quote(path, safe="")
+    server.should_exit = True
+    thread.join(WAIT)
+
+
+async def every_call_kind(client) -> None:
+    async def run(result):
+        return await result if asyncio.iscoroutine(result) else result
+
+    async def items(stream):
+        if hasattr(stream, "__anext__"):
+            return [item async for item in stream]
+        return list(stream)
+
+    assert await run(client.call(SVC, "Echo", b"over uds")) == b"over uds"
+    assert await items(await run(client.call_stream(SVC, "Count", b"3,8"))) == [i.to_bytes(4, "big") * 2 for i in range(3)]
+    batches = await items(await run(client.stream_tokens(SVC, "Generate", b"a b")))
+    assert [b.text() for b in batches] == ["a", "b"] and all(isinstance(b, TokenBatch) for b in batches)
+    assert await run(client.call_client_stream(SVC, "Collect", [b"x", b"y"])) == b"2:x|y"
+    array = np.arange(100_000, dtype=np.float32).reshape(10, -1)
+    doubled = await run(client.call_tensor(SVC, "Double", Tensor.from_numpy(array)))
+    np.testing.assert_array_equal(doubled.to_numpy(), array * 2)
+    assert (await run(client.send_tensor(SVC, "Store", Tensor.from_numpy(array)))).endswith(b"\x00" * 4)
+    assert await run(client.health_check()) is True
+
+
+def test_sync_client_over_a_unix_socket(unix_server):
+    _, url = unix_server
+    with QuillClient(url, timeout_ms=WAIT * 1000) as client:
+        asyncio.run(every_call_kind(client))
+
+
+def test_async_client_over_a_unix_socket(unix_server):
+    _, url = unix_server
+
+    async def main():
+        async with AsyncQuillClient(url, timeout_ms=WAIT * 1000) as client:
+            await every_call_kind(client)
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- many calls on one loop
+
+@pytest.fixture(scope="module")
+def demo_serve():
+    with quill_serve() as served:
+        yield served
+
+
+def test_one_loop_1000_concurrent_unary_calls_and_200_token_streams(demo_serve):
+    async def main():
+        async with AsyncQuillClient(demo_serve.url, max_connections=64, timeout_ms=60_000) as client:
+            payloads = [os.urandom(64) + b"%d" % i for i in range(1000)]
+            answers = await asyncio.gather(*[client.call(DEMO, "Echo", p) for p in payloads])
+            assert answers == payloads
+
+            async def generate(seed):
+                stream = await client.stream_tokens(DEMO, "Generate", {"prompt": "hi", "max_tokens": 20, "seed": seed})
+                return [t.id async for batch in stream for t in batch]
+
+            results = await asyncio.gather(*[generate(i % 5) for i in range(200)])
+            assert all(len(ids) == 20 for ids in results)
+            assert all(results[i] == results[i % 5] for i in range(200))  # same seed, same tokens
+
+    asyncio.run(main())  # warm-up: imports, first allocations
+    gc.collect()
+    fds, rss = open_fds(), rss_bytes()
+    asyncio.run(main())
+    gc.collect()
+    assert open_fds() <= fds
+    assert rss_bytes() - rss < 64 << 20
+
+
+# ---------------------------------------------------------------- cancellation
+
+@pytest.fixture(scope="module")
+def served():
+    from quill.server import serve_in_thread
+
+    app = build_app()
+    with serve_in_thread(app) as url:
+        yield app, url
+
+
+def test_a_task_cancelled_mid_stream_leaks_nothing(served):
+    app, url = served
+    app.state["cancelled"].clear()
+
+    async def main():
+        async with AsyncQuillClient(url, max_connections=1, timeout_ms=WAIT * 1000) as client:
+            started = asyncio.Event()
+
+            async def consume():
+                async for _ in await client.call_stream(SVC, "Forever", b""):
+                    started.set()
+
+            task = asyncio.create_task(consume())
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The one connection came back (discarded): the next call gets a fresh one at once.
+            assert await client.call(SVC, "Echo", b"after", timeout_ms=2000) == b"after"
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+    asyncio.run(main())
+    assert app.state["cancelled"].wait(WAIT)
+
+
+def test_cancel_from_another_thread_ends_a_pending_read(served):
+    app, url = served
+    app.state["cancelled"].clear()
+
+    async def main():
+        async with AsyncQuillClient(url, max_connections=1, timeout_ms=WAIT * 1000) as client:
+            stream = await client.call_stream(SVC, "Count", b"1,4")
+            assert [m async for m in stream] == [bytes(4)]
+            stream = await client.call_stream(SVC, "Forever", b"")
+            await stream.__anext__()
+            timer = threading.Timer(0.2, stream.cancel)
+            timer.start()
+            started = time.monotonic()
+            with pytest.raises(StreamCancelledError, match="cancelled"):
+                async for _ in stream:
+                    pass
+            assert time.monotonic() - started < 5
+            assert stream.cancelled and [m async for m in stream] == []
+            assert await client.call(SVC, "Echo", b"still fine") == b"still fine"
+            timer.join()
+
+    asyncio.run(main())
+    assert app.state["cancelled"].wait(WAIT)
+
+
+def test_closing_the_loop_with_streams_open_leaks_no_connection_or_warning(served):
+    _, url = served
+    script = f"""
+import asyncio, gc, os, warnings
+warnings.simplefilter("error")
+from quill import AsyncQuillClient
+streams = []
+async def main():
+    client = AsyncQuillClient({url!r})
+    for _ in range(3):
+        stream = await client.call_stream({SVC!r}, "Forever", b"")
+        await stream.__anext__()
+        streams.append(stream)
+loop = asyncio.new_event_loop()
+loop.run_until_complete(main())
+loop.close()
+streams.clear()
+gc.collect()
+def is_socket(fd):
+    try:
+        return "socket" in os.readlink(f"/proc/self/fd/{{fd}}")
+    except OSError:
+        return False
+print("open sockets", sum(map(is_socket, os.listdir("/proc/self/fd"))))
+"""
+    result = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "open sockets 0" in result.stdout

@@ -1,0 +1,218 @@
+"""``quill batch`` end to end: the command in its own process against ``quill serve``, with the
+answers checked against direct client calls, the server's own request counts (/metrics) for
+``--resume``, SIGINT mid-run, a dead server, and the progress display with and without a tty."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from client_servers import free_port  # noqa: E402
+from serve_process import SERVICE, quill_serve  # noqa: E402
+
+from quill import QuillClient  # noqa: E402
+
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def server():
+    with quill_serve() as served:
+        yield served
+
+
+def prompts(count: int, **extra) -> list[dict]:
+    return [{"prompt": f"line {i}", "max_tokens": 4, "seed": i, **extra} for i in range(count)]
+
+
+def write_lines(path, lines) -> str:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return str(path)
+
+
+def batch_command(url: str, method: str, source: str, output: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "quill", "batch", url, SERVICE, method, "--input", source, "--output", output,
+            *options]
+
+
+def quill_batch(url, method, source, output, *options) -> subprocess.CompletedProcess:
+    return subprocess.run(batch_command(url, method, source, output, *options), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def records(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def generated(url: str) -> int:
+    """How many Generate calls the server has answered with 200 (its /metrics)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    match = re.search(r'quill_requests_total\{method="inference.v1.LLMService/Generate",code="200"\} (\d+)', metrics)
+    return int(match.group(1)) if match else 0
+
+
+# ---------------------------------------------------------------- results and errors
+
+def test_each_line_gets_the_answer_a_direct_call_gets_in_input_order(server, tmp_path):
+    requests = prompts(300)
+    source, output = write_lines(tmp_path / "in.jsonl", requests), str(tmp_path / "out.jsonl")
+    result = quill_batch(server.url, "Generate", source, output, "--concurrency", "6")
+    assert result.returncode == 0, result.stderr
+    with QuillClient(server.url) as client:
+        expected = [client.call_json(SERVICE, "Generate", r) for r in requests]
+    assert records(output) == [{"line": i + 1, "result": answer} for i, answer in enumerate(expected)]
+    # no terminal: no bar drawn in place, a summary line at the end
+    assert "\r" not in result.stderr
+    assert re.search(r"quill batch: 300 lines in [\d.]+ s \([\d.]+ lines/s\), 0 failed; output: ", result.stderr)
+
+
+def test_a_bad_line_and_an_error_answer_are_records_naming_their_line(server, tmp_path):
+    lines = [prompts(1)[0], {"prompt": "x", "max_tokens": 2}, "{not json", prompts(1)[0], "   ",
+             {"prompt": "x", "max_tokens": -1}, {"prompt": "y", "max_tokens": 1}]
+    source, output = write_lines(tmp_path / "in.jsonl", lines), str(tmp_path / "out.jsonl")
+    result = quill_batch(server.url, "Generate", source, output)
+    got = records(output)
+    assert [r["line"] for r in got] == [1, 2, 3, 4, 6, 7]  # the blank line 5 is no request
+    assert got[2]["error"]["type"] == "bad_json" and "not valid JSON" in got[2]["error"]["message"]
+    assert got[4]["error"]["type"] == "rpc" and got[4]["error"]["status"] == 400
+    assert got[4]["error"]["problem"]["title"] == "Invalid request"
+    assert "result" in got[5] and got[5]["result"]["text"]
+    assert "quill: line 3: not valid JSON" in result.stderr
+    assert "quill: line 6: 400 Invalid request: max_tokens must be an integer" in result.stderr
+    assert result.returncode == 2  # the first failed line was a bad line, as `quill call` says for bad input
+
+
+def test_only_server_errors_exit_1(server, tmp_path):
+    source = write_lines(tmp_path / "in.jsonl", [{"prompt": "a", "max_tokens": 1}, {"max_tokens": "many"}])
+    result = quill_batch(server.url, "Generate", source, str(tmp_path / "out.jsonl"))
+    assert result.returncode == 1, result.stderr
+    assert "1 failed" in result.stderr
+
+
+def test_token_and_tensor_kinds(server, tmp_path):
+    requests = prompts(20)
+    source = write_lines(tmp_path / "in.jsonl", requests)
+    as_json, as_tokens = str(tmp_path / "json.jsonl"), str(tmp_path / "tokens.jsonl")
+    assert quill_batch(server.url, "Generate", source, as_json).returncode == 0
+    assert quill_batch(server.url, "Generate", source, as_tokens, "--kind", "tokens").returncode == 0
+    # the server's JSON answer and the token stream read by the client say the same
+    assert records(as_tokens) == records(as_json)
+
+    embeds = [{"input": [f"text {i}", "more"], "dim": 8} for i in range(5)]
+    source, output = write_lines(tmp_path / "embed.jsonl", embeds), str(tmp_path / "embed-out.jsonl")
+    assert quill_batch(server.url, "Embed", source, output, "--kind", "tensor").returncode == 0
+    with QuillClient(server.url) as client:
+        for request, record in zip(embeds, records(output)):
+            tensor = client.call_tensor(SERVICE, "Embed", request)
+            assert record["result"]["dtype"] == "float32" and record["result"]["shape"] == [2, 8]
+            np.testing.assert_array_equal(np.array(record["result"]["data"], dtype=np.float32), tensor.to_numpy())
+
+
+# ---------------------------------------------------------------- interrupt and resume
+
+def test_sigint_leaves_the_lines_done_and_resume_does_only_the_rest(tmp_path):
+    with quill_serve() as server:
+        total = 300
+        source = write_lines(tmp_path / "in.jsonl", prompts(total, token_delay_ms=10))  # ~40 ms a call
+        output = str(tmp_path / "out.jsonl")
+        process = subprocess.Popen(batch_command(server.url, "Generate", source, output, "--concurrency", "4"),
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + TIMEOUT
+        while (not os.path.exists(output) or os.path.getsize(output) < 20_000) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        stderr = process.communicate(timeout=TIMEOUT)[1]
+        assert process.returncode == 130, stderr
+        done = records(output)
+        assert 0 < len(done) < total
+        assert [r["line"] for r in done] == list(range(1, len(done) + 1))  # a prefix of the input
+        assert f"holds lines 1-{len(done)}" in stderr and "--resume" in stderr
+
+        time.sleep(0.5)  # calls the interrupted run left in flight have ended on the server
+        before = generated(server.url)
+        resumed = quill_batch(server.url, "Generate", source, output, "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert generated(server.url) - before == total - len(done)  # no finished line redone
+        with QuillClient(server.url) as client:
+            expected = [client.call_json(SERVICE, "Generate", r) for r in prompts(total, token_delay_ms=0)]
+        assert records(output) == [{"line": i + 1, "result": answer} for i, answer in enumerate(expected)]
+
+
+def test_resume_drops_a_torn_last_record(server, tmp_path):
+    source, output = write_lines(tmp_path / "in.jsonl", prompts(6)), tmp_path / "out.jsonl"
+    assert quill_batch(server.url, "Generate", source, str(output)).returncode == 0
+    whole = output.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    output.write_bytes(b"".join(lines[:3]) + lines[3][:25])  # killed while writing line 4
+    result = quill_batch(server.url, "Generate", source, str(output), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert output.read_bytes() == whole
+    assert "3 lines in" in result.stderr
+
+
+def test_an_output_file_is_never_overwritten_nor_resumed_unless_it_is_batch_output(server, tmp_path):
+    source, output = write_lines(tmp_path / "in.jsonl", prompts(2)), tmp_path / "out.jsonl"
+    output.write_text("precious\n")
+    result = quill_batch(server.url, "Generate", source, str(output))
+    assert result.returncode == 2 and "already exists: add --resume" in result.stderr
+    result = quill_batch(server.url, "Generate", source, str(output), "--resume")
+    assert result.returncode == 2 and "line 1 is not a record of quill batch" in result.stderr
+    assert output.read_text() == "precious\n"
+
+
+def test_an_unreachable_server_stops_the_run_with_exit_3_and_resume_finishes_it(server, tmp_path):
+    source, output = write_lines(tmp_path / "in.jsonl", prompts(5)), str(tmp_path / "out.jsonl")
+    result = quill_batch(f"http://127.0.0.1:{free_port()}", "Generate", source, output)
+    assert result.returncode == 3 and "cannot connect" in result.stderr
+    assert records(output) == []
+    result = quill_batch(server.url, "Generate", source, output, "--resume")
+    assert result.returncode == 0 and [r["line"] for r in records(output)] == [1, 2, 3, 4, 5]
+
+
+def test_bad_command_lines_exit_2(server, tmp_path):
+    source = write_lines(tmp_path / "in.jsonl", prompts(1))
+    result = quill_batch(server.url, "Generate", str(tmp_path / "missing.jsonl"), str(tmp_path / "o1.jsonl"))
+    assert result.returncode == 2 and "cannot read --input" in result.stderr
+    result = quill_batch("ftp://nowhere", "Generate", source, str(tmp_path / "o2.jsonl"))
+    assert result.returncode == 2 and "bad server URL" in result.stderr
+    result = quill_batch(server.url, "Gen/erate", source, str(tmp_path / "o3.jsonl"))
+    assert result.returncode == 2
+    result = quill_batch(server.url, "Generate", source, str(tmp_path / "o4.jsonl"), "--concurrency", "0")
+    assert result.returncode == 2 and "must be a positive integer" in result.stderr
+
+
+# ---------------------------------------------------------------- progress on a terminal
+
+def test_on_a_terminal_a_bar_is_redrawn_in_place(server, tmp_path):
+    source = write_lines(tmp_path / "in.jsonl", prompts(60, token_delay_ms=5))
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(batch_command(server.url, "Generate", source, str(tmp_path / "out.jsonl")),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            data = os.read(controller, 4096)
+        except OSError:  # the terminal closed: the command ended
+            break
+        if not data:
+            break
+        shown += data
+    os.close(controller)
+    assert process.wait(timeout=TIMEOUT) == 0
+    text = shown.decode()
+    assert "\r" in text and "[########################] 60/60 lines" in text
+    assert re.search(r"lines/s, 0 failed, ETA \d+:\d\d", text)
