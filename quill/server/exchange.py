@@ -43,6 +43,18 @@ def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
+def _peer(client: Any) -> tuple[str, int] | None:
+    """The ASGI ``client`` as ``(host, port)`` with an int port (granian reports it as a str).
+
+    >>> _peer(["127.0.0.1", "41110"]), _peer(None)
+    (('127.0.0.1', 41110), None)
+    """
+    if not client:
+        return None
+    host, port = client[0], client[1]
+    return host, int(port) if isinstance(port, str) and port.isdigit() else port
+
+
 def wants_json(headers: dict[str, str]) -> bool:
     """True when the client asked for JSON and not protobuf (``Accept: application/json``)."""
     accept = headers.get("accept", "").lower()
@@ -77,7 +89,7 @@ class Exchange:
         self._send = send
         self.max_request_bytes = max_request_bytes
         self.headers = header_dict(scope.get("headers", ()))
-        self.context = Context(method_path, self.headers, scope.get("client"))
+        self.context = Context(method_path, self.headers, _peer(scope.get("client")))
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
