@@ -20,8 +20,9 @@ TLS: every engine serves the certificate and can require client certificates; gr
 ask for an optional one (``ca_certs`` without ``require_client_cert``), so there a client
 certificate is then not requested at all.
 
-HTTP/2 limits (hypercorn and granian): at most 100 concurrent streams per connection, frames of
-at most 16 KiB (the protocol default), 1 MiB flow-control windows per stream and connection.
+HTTP/2 limits: at most 100 concurrent streams per connection and frames of at most 16 KiB (the
+protocol default) on both; flow-control windows of 1 MiB per stream and connection on granian,
+the protocol's 64 KiB on hypercorn (which does not make them configurable).
 
 >>> sorted(ENGINES)
 ['granian', 'hypercorn', 'uvicorn']
@@ -29,6 +30,7 @@ at most 16 KiB (the protocol default), 1 MiB flow-control windows per stream and
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import importlib.util
 import logging
@@ -65,23 +67,23 @@ class ServeOptions:
         self.tls = tls
 
 
-class Running:
+class Running(abc.ABC):
     """A server ready to run on its socket."""
 
     http2 = False
 
+    @abc.abstractmethod
     def run(self) -> None:
         """Serve until :meth:`stop`, or SIGINT/SIGTERM when run in the main thread."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def started(self) -> bool:
         """True once the server accepts calls (lifespan startup done)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def stop(self) -> None:
         """Begin a graceful shutdown (from any thread)."""
-        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------
@@ -138,8 +140,9 @@ class _AsyncioEngine(Running):
             self._stop_event.set()
         await self._serve()
 
+    @abc.abstractmethod
     async def _serve(self) -> None:
-        raise NotImplementedError
+        """Serve until ``self._stop_event`` is set."""
 
     @property
     def started(self) -> bool:
