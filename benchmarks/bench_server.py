@@ -178,6 +178,16 @@ def raw_read(url: str, path: str, body: bytes = b"") -> int:
     return n
 
 
+def measure_ceiling(repeats: int) -> float:
+    """MB/s of urllib3 reading the raw socket server's prepared chunked body."""
+    process, url = start("--ceiling")
+    try:
+        return median_rate(lambda: raw_read(url, "/"), CEILING_BYTES, repeats) / 1e6
+    finally:
+        process.terminate()
+        process.wait()
+
+
 def quill_rows(url: str, server: str, repeats: int) -> list[tuple]:
     """Unary, stream and tensor rows with QuillClient and raw urllib3 (quill.benchmark's runners)."""
     from quill.benchmark import WORKLOADS, run_benchmarks
@@ -269,12 +279,7 @@ def main() -> None:
     engines = args.engines.split(",") if args.engines else available_engines() + ["uvicorn-h11"]
 
     rows: list[tuple] = []
-    process, url = start("--ceiling")
-    try:
-        ceiling = median_rate(lambda: raw_read(url, "/"), CEILING_BYTES, repeats) / 1e6
-    finally:
-        process.terminate()
-        process.wait()
+    ceilings = [measure_ceiling(repeats)]  # measured before and after the rows: the load may move
     for engine in engines:
         label = "uvicorn (h11, asyncio)" if engine == "uvicorn-h11" else engine
         for kind in ("quill", "bare"):
@@ -299,7 +304,10 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait()
-    print(f"loopback ceiling (urllib3 reading a raw socket server's chunked body): {ceiling:,.0f} MB/s\n")
+    ceilings.append(measure_ceiling(repeats))
+    ceiling = statistics.median(ceilings)
+    print(f"loopback ceiling (urllib3 reading a raw socket server's chunked body): {ceiling:,.0f} MB/s "
+          f"(before the rows {ceilings[0]:,.0f}, after {ceilings[1]:,.0f})\n")
     print("| workload | server | client | rate | / ceiling |")
     print("| --- | --- | --- | ---: | ---: |")
     for workload, server, client, rate, unit in rows:

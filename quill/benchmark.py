@@ -83,11 +83,9 @@ def _create_app():
     return app
 
 
-def __getattr__(name: str):
-    if name == "app":  # built on first use so importing quill.benchmark needs no server extra
-        globals()["app"] = _create_app()
-        return globals()["app"]
-    raise AttributeError(name)
+#: The benchmark service, a plain module attribute so that any ASGI server finds it
+#: (``hypercorn quill.benchmark:app`` looks it up with eval; a lazy module ``__getattr__`` hid it).
+app = _create_app()
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -132,16 +130,16 @@ def quill_runner(base_url: str, workload: Workload) -> Callable[[], list[float]]
     client = QuillClient(base_url, timeout_ms=120_000)
     request = workload.request
     if workload.kind == "unary":
-        def op():
+        def unary_op():
             assert len(client.call(BENCH_SERVICE, "Echo", request)) == workload.size
-        return lambda: _timed(workload.count, op)
+        return lambda: _timed(workload.count, unary_op)
     if workload.kind == "stream":
-        def op():
+        def stream_op():
             n = 0
             for message in client.call_stream(BENCH_SERVICE, "Stream", request):
                 n += len(message)
             assert n == workload.count * workload.size
-        return lambda: _timed(3, op)
+        return lambda: _timed(3, stream_op)
 
     def tensor_op():
         assert client.call_tensor(BENCH_SERVICE, "Tensor", request).size_bytes == workload.size

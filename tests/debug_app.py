@@ -28,13 +28,21 @@ def release_free_memory(request: bytes, context) -> bytes:
 
 @app.unary("debug.v1.Debug/NoDelay")
 def no_delay(request: bytes, context) -> bytes:
-    """``<pid> <TCP_NODELAY>`` of the connection this request came on (found by its peer address)."""
-    for candidate in gc.get_objects():
-        if isinstance(candidate, socket.socket) and candidate.fileno() >= 0:
+    """``<pid> <TCP_NODELAY>`` of the connection this request came on, found among the process's
+    descriptors by its peer address (any engine or event loop: uvloop keeps no socket objects)."""
+    wanted = tuple(context.client[:2])
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            candidate = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue
+        with candidate:
             try:
-                peer = candidate.getpeername()
+                if candidate.family in (socket.AF_INET, socket.AF_INET6) and \
+                        tuple(candidate.getpeername()[:2]) == wanted:
+                    return b"%d %d" % (os.getpid(), candidate.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
             except OSError:
                 continue
-            if tuple(peer[:2]) == tuple(context.client[:2]):
-                return b"%d %d" % (os.getpid(), candidate.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
     return b"%d none" % os.getpid()

@@ -39,6 +39,11 @@ def url(engine):
     def echo(request, context):
         return request
 
+    @app.unary("t.v1.Meta/Peer")
+    def peer(request, context):
+        host, port = context.client
+        return json.dumps([host, port]).encode()
+
     with serve_in_thread(app, engine=engine) as base_url:
         yield base_url
 
@@ -131,3 +136,9 @@ def test_accept_encoding_q_values(url, http, accept_encoding, compressed):
     r = http.request("POST", f"{url}/{ECHO}", body=body, headers=headers, decode_content=True)
     assert r.status == 200 and r.data == body
     assert (r.headers.get("content-encoding") == "zstd") is compressed
+
+
+def test_context_client_is_host_and_int_port_on_every_engine(url, http):
+    """granian reports the ASGI client port as a str; handlers get an int on every engine."""
+    host, port = json.loads(http.request("POST", f"{url}/t.v1.Meta/Peer", body=b"").data)
+    assert host == "127.0.0.1" and isinstance(port, int) and 0 < port < 65536

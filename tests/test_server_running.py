@@ -199,17 +199,25 @@ def test_quill_serve_bad_tls_and_socket_options(options, fragment):
 
 
 def test_quill_serve_with_workers_on_each_engine(engine):
-    """--workers N forks N servers on the shared socket; SIGTERM stops them all."""
+    """--workers N forks N servers on the shared socket, every connection of every worker has
+    TCP_NODELAY, and SIGTERM stops them all."""
     from serve_process import children
 
-    process, url = quill_serve("--engine", engine, "--workers", "2")
+    process, url = quill_serve("debug_app:app", "--app-dir", os.path.dirname(os.path.abspath(__file__)),
+                               "--engine", engine, "--workers", "2")
     try:
-        http = urllib3.PoolManager(retries=False)
-        pids = set()
-        for _ in range(40):
-            pids.update(children(process.pid))
-            assert http.request("POST", f"{url}/{SERVICE}/Echo", body=b"w").data == b"w"
-        assert len(children(process.pid)) == 2
+        deadline = time.monotonic() + 10
+        while len(children(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = set(children(process.pid))
+        answers: dict[int, set] = {}
+        for _ in range(200):  # fresh connections until both workers have answered
+            with QuillClient(url) as client:
+                pid, nodelay = client.call("debug.v1.Debug", "NoDelay", b"").split()
+            answers.setdefault(int(pid), set()).add(nodelay)
+            if len(answers) == 2:
+                break
+        assert set(answers) == pids and all(v == {b"1"} for v in answers.values()), answers
     finally:
         stop(process)
     for pid in pids:  # no worker left behind
@@ -236,3 +244,22 @@ def test_a_dead_worker_takes_the_others_down(engine):
             process.kill()
             process.wait()
         process.stderr.close()
+
+
+def test_hypercorn_cli_finds_the_benchmark_app():
+    """``hypercorn quill.benchmark:app`` looks the app up with eval: it must be a plain attribute."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "hypercorn", "quill.benchmark:app", "--bind", f"127.0.0.1:{port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = QuillClient(f"http://127.0.0.1:{port}", timeout_ms=2000)
+        deadline = time.monotonic() + 30
+        while not client.health_check():
+            assert process.poll() is None and time.monotonic() < deadline, "hypercorn did not serve quill.benchmark:app"
+            time.sleep(0.1)
+        assert client.call("bench.v1.BenchService", "Echo", b"hi") == b"hi"
+    finally:
+        process.terminate()
+        process.wait(30)

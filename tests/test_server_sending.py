@@ -199,3 +199,37 @@ def test_tensor_compressed_in_blocks_without_content_length():
     assert wire == b"".join(bytes(p) for p in encode_tensor_frames(noise))
     compressible = decoded_per_message(call(tensor_app(), "/t.v1.T/Get", headers=ZSTD))
     assert b"".join(compressible) == b"".join(bytes(p) for p in encode_tensor_frames(TENSOR))
+
+
+BIG = bytes(range(256)) * 1024  # 256 KiB
+
+
+def big_message_app() -> QuillApp:
+    app = QuillApp()
+
+    @app.server_stream("s.v1.S/Big")
+    async def big(request, context):
+        yield b"small"
+        yield BIG
+        yield memoryview(BIG)[: 100 * 1024]
+
+    return app
+
+
+def test_large_stream_messages_go_out_uncopied_after_their_header():
+    messages = call(big_message_app(), "/s.v1.S/Big")
+    bodies = [m["body"] for m in messages[1:]]
+    assert any(b is BIG for b in bodies)  # the handler's own buffer, not a joined copy
+    decoder = MessageStreamDecoder()
+    assert decoder.feed(body_of(messages)) == [b"small", BIG, BIG[: 100 * 1024]]
+    decoder.finish()
+
+
+@pytest.mark.parametrize("headers, extensions", [(ZSTD, None), ((), {SEND_BYTES_EXTENSION: {}})])
+def test_large_stream_messages_joined_when_compressed_or_for_bytes_engines(headers, extensions):
+    messages = call(big_message_app(), "/s.v1.S/Big", headers=headers, extensions=extensions)
+    bodies = [m["body"] for m in messages[1:]]
+    assert len(bodies) == 4 and all(type(b) is bytes for b in bodies)  # one message per frame
+    data = b"".join(decoded_per_message(messages)) if headers else body_of(messages)
+    decoder = MessageStreamDecoder()
+    assert decoder.feed(data) == [b"small", BIG, BIG[: 100 * 1024]]

@@ -16,8 +16,13 @@ forked workers share that one socket, and TCP_NODELAY is set on every accepted c
 server: ``run()`` blocks until ``stop()`` (thread-safe) or, in the main thread, SIGINT or
 SIGTERM; in-flight calls then get ``graceful_timeout`` seconds.
 
-HTTP/2 limits (hypercorn and granian): at most 100 concurrent streams per connection, frames of
-at most 16 KiB (the protocol default), 1 MiB flow-control windows per stream and connection.
+TLS: every engine serves the certificate and can require client certificates; granian cannot
+ask for an optional one (``ca_certs`` without ``require_client_cert``), so there a client
+certificate is then not requested at all.
+
+HTTP/2 limits: at most 100 concurrent streams per connection and frames of at most 16 KiB (the
+protocol default) on both; flow-control windows of 1 MiB per stream and connection on granian,
+the protocol's 64 KiB on hypercorn (which does not make them configurable).
 
 >>> sorted(ENGINES)
 ['granian', 'hypercorn', 'uvicorn']
@@ -25,6 +30,7 @@ at most 16 KiB (the protocol default), 1 MiB flow-control windows per stream and
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import importlib.util
 import logging
@@ -32,6 +38,7 @@ import os
 import signal
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 from .sockets import BACKLOG
@@ -60,23 +67,23 @@ class ServeOptions:
         self.tls = tls
 
 
-class Running:
+class Running(abc.ABC):
     """A server ready to run on its socket."""
 
     http2 = False
 
+    @abc.abstractmethod
     def run(self) -> None:
         """Serve until :meth:`stop`, or SIGINT/SIGTERM when run in the main thread."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def started(self) -> bool:
         """True once the server accepts calls (lifespan startup done)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def stop(self) -> None:
         """Begin a graceful shutdown (from any thread)."""
-        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------
@@ -133,8 +140,9 @@ class _AsyncioEngine(Running):
             self._stop_event.set()
         await self._serve()
 
+    @abc.abstractmethod
     async def _serve(self) -> None:
-        raise NotImplementedError
+        """Serve until ``self._stop_event`` is set."""
 
     @property
     def started(self) -> bool:
@@ -188,7 +196,7 @@ class _Hypercorn(_AsyncioEngine):
             config.certfile, config.keyfile, config.ca_certs = tls.certfile, tls.keyfile, tls.ca_certs
             config.verify_mode = tls.verify_mode
         self._config = config
-        secure = tls is not None and sock.family != socket.AF_UNIX
+        secure = tls is not None
         self._sockets = Sockets(secure_sockets=[sock] if secure else [], insecure_sockets=[] if secure else [sock],
                                 quic_sockets=[])
         from hypercorn.utils import wrap_app
@@ -216,8 +224,8 @@ class _Granian(_AsyncioEngine):
 
         tls = options.tls
         tls_options = {} if tls is None else {
-            "ssl_cert": _path(tls.certfile), "ssl_key": _path(tls.keyfile or tls.certfile),
-            "ssl_ca": _path(tls.ca_certs) if tls.ca_certs else None, "ssl_client_verify": tls.require_client_cert,
+            "ssl_cert": Path(tls.certfile), "ssl_key": Path(tls.keyfile or tls.certfile),
+            "ssl_ca": Path(tls.ca_certs) if tls.ca_certs else None, "ssl_client_verify": tls.require_client_cert,
         }
         if tls is not None:
             from granian.constants import SSLProtocols
@@ -273,12 +281,6 @@ def _quiet_embedded_warning(record: logging.LogRecord) -> bool:
     """granian warns that its embedded server is experimental at every start; quill chose it
     (it serves quill's own socket in this process) and tests it, so the warning is dropped."""
     return "Embedded server is experimental" not in record.getMessage()
-
-
-def _path(name: str) -> Any:
-    from pathlib import Path
-
-    return Path(name)
 
 
 #: Engine name -> (the module that must be importable, the class that runs it).

@@ -43,6 +43,18 @@ def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
+def _peer(client: Any) -> tuple[str, int] | None:
+    """The ASGI ``client`` as ``(host, port)`` with an int port (granian reports it as a str).
+
+    >>> _peer(["127.0.0.1", "41110"]), _peer(None)
+    (('127.0.0.1', 41110), None)
+    """
+    if not client:
+        return None
+    host, port = client[0], client[1]
+    return host, int(port) if isinstance(port, str) and port.isdigit() else port
+
+
 def wants_json(headers: dict[str, str]) -> bool:
     """True when the client asked for JSON and not protobuf (``Accept: application/json``)."""
     accept = headers.get("accept", "").lower()
@@ -77,7 +89,7 @@ class Exchange:
         self._send = send
         self.max_request_bytes = max_request_bytes
         self.headers = header_dict(scope.get("headers", ()))
-        self.context = Context(method_path, self.headers, scope.get("client"))
+        self.context = Context(method_path, self.headers, _peer(scope.get("client")))
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -217,6 +229,9 @@ class Exchange:
     async def stream(self, items: AsyncIterator, encode: Callable, end_frame: bytes, cancel_frame: Callable) -> None:
         """Send ``items`` as frames; a failing handler ends the stream with a CANCEL frame.
 
+        ``encode(item)`` gives a frame's bytes, or a tuple of buffers (a frame header, then the
+        item's own payload) that are sent one after another without being joined.
+
         The first item is fetched before the response starts, so a handler that fails
         straight away still gets a proper Problem Details status (its exception propagates
         from here). A client that disconnects, even before the first item, cancels the
@@ -249,8 +264,18 @@ class Exchange:
                 # The per-item path, kept lean (a token stream sends one message per batch):
                 # ``send`` called directly, counters updated as it goes.
                 while item is not _END:
-                    frame = encode(item) if compress is None else compress(encode(item))
-                    self.bytes_out += len(frame)
+                    frame = encode(item)
+                    if type(frame) is tuple:  # (header, payload): a large message, its buffer uncopied
+                        if compress is not None:
+                            frame = b"".join([compress(piece) for piece in frame])
+                        else:
+                            for piece in frame[:-1]:
+                                self.bytes_out += len(piece)
+                                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                            frame = frame[-1]
+                    elif compress is not None:
+                        frame = compress(frame)
+                    self.bytes_out += frame.nbytes if type(frame) is memoryview else len(frame)
                     await send({"type": "http.response.body", "body": frame, "more_body": True})
                     self.items_out += 1
                     try:

@@ -61,15 +61,25 @@ async def _stream_items(exchange: Exchange, route: Route) -> AsyncIterator | Non
     return as_async_iterator(result, route.path)
 
 
+#: Messages of at least this size are sent as their frame header, then the handler's own
+#: buffer (no copy into a joined frame), unless the engine wants ``bytes`` bodies.
+SPLIT_MESSAGE_BYTES = 64 * 1024
+
+
 async def _serve_server_stream(exchange: Exchange, route: Route) -> None:
-    from ..frames import encode_end_stream, encode_stream_cancel, encode_stream_frame
+    from ..frames import encode_end_stream, encode_stream_cancel, encode_stream_frame, stream_frame_header
 
     items = await _stream_items(exchange, route)
     if items is None:
         return
+    split = SPLIT_MESSAGE_BYTES if not exchange.send_bytes else None
 
-    def encode(message: Any) -> bytes:
-        return encode_stream_frame(as_body(message, route.path))
+    def encode(message: Any) -> Any:
+        body = as_body(message, route.path)
+        size = body.nbytes if isinstance(body, memoryview) else len(body)
+        if split is not None and size >= split:
+            return stream_frame_header(size), body if not isinstance(body, memoryview) else body.cast("B")
+        return encode_stream_frame(body)
 
     await exchange.stream(items, encode, encode_end_stream(), encode_stream_cancel)
 
