@@ -763,6 +763,11 @@ cdef class TensorReceiver(_TensorFrameReader):
     CANCEL (as the reference), and bytes after END_STREAM. CANCEL raises
     StreamCancelledError with the reason.
 
+    ``out`` (any writable, C-contiguous buffer: a numpy array, bytearray...) receives the payload
+    instead of a fresh allocation, so one destination can be reused across calls without paying
+    for new pages each time; the Tensor then shares ``out``'s memory (its first ``byte_size``
+    bytes). A tensor larger than ``out`` is refused at its META frame with LimitExceededError.
+
     >>> import numpy as np
     >>> from quill.tensor import Tensor
     >>> receiver = TensorReceiver()
@@ -776,14 +781,23 @@ cdef class TensorReceiver(_TensorFrameReader):
     cdef object _max_bytes
     cdef object _meta
     cdef cnp.ndarray _buffer   # meta.size_bytes uninitialised bytes, filled in place
+    cdef object _out           # the caller's destination (a writable byte memoryview), or None
     cdef Py_ssize_t _expected
     cdef Py_ssize_t _received
     cdef object _tensor
 
-    def __init__(self, max_bytes=DEFAULT_MAX_TENSOR_BYTES):
+    def __init__(self, max_bytes=DEFAULT_MAX_TENSOR_BYTES, out=None):
         if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
             raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
         self._max_bytes = max_bytes
+        if out is not None:
+            try:
+                view = memoryview(out)
+            except TypeError:
+                raise TypeError(f"out must be a writable buffer, got {type(out).__name__}") from None
+            if view.readonly or not view.c_contiguous:
+                raise ValueError("out must be a writable, C-contiguous buffer")
+            self._out = view.cast("B") if view.ndim != 1 or view.format != "B" else view
 
     cdef int _start_frame(self) except -1:
         cdef int frame_type = self._type
@@ -814,9 +828,16 @@ cdef class TensorReceiver(_TensorFrameReader):
                 meta = TensorMeta.decode(self._payload, max_bytes=self._max_bytes)
             except DecodeError as exc:   # LimitExceededError included: checked before allocating
                 raise _relocate(exc, "TENSOR_META frame", payload_start) from exc
-            # numpy puts large buffers on transparent huge pages: several times fewer page
-            # faults than a bytearray while the payload is written (see bench_frames.py).
-            self._buffer = np.empty(meta.size_bytes, dtype=np.uint8)
+            if self._out is not None:
+                if meta.size_bytes > self._out.nbytes:
+                    raise LimitExceededError(
+                        f"tensor of {meta.size_bytes} bytes does not fit the out buffer of {self._out.nbytes} bytes",
+                        offset=payload_start)
+                self._buffer = np.frombuffer(self._out, dtype=np.uint8, count=meta.size_bytes)
+            else:
+                # numpy puts large buffers on transparent huge pages: several times fewer page
+                # faults than a bytearray while the payload is written (see bench_frames.py).
+                self._buffer = np.empty(meta.size_bytes, dtype=np.uint8)
             self._expected = meta.size_bytes
             self._received = 0
             self._meta = meta

@@ -125,8 +125,9 @@ def _timed(count: int, op: Callable[[], object]) -> list[float]:
     return out
 
 
-def quill_runner(base_url: str, workload: Workload) -> Callable[[], list[float]]:
-    """A run of ``workload`` with QuillClient (checks every answer's size)."""
+def quill_runner(base_url: str, workload: Workload, reuse_out: bool = False) -> Callable[[], list[float]]:
+    """A run of ``workload`` with QuillClient (checks every answer's size); ``reuse_out`` receives
+    tensors into one preallocated buffer (``call_tensor(..., out=)``) instead of fresh memory."""
     client = QuillClient(base_url, timeout_ms=120_000)
     request = workload.request
     if workload.kind == "unary":
@@ -141,8 +142,10 @@ def quill_runner(base_url: str, workload: Workload) -> Callable[[], list[float]]
             assert n == workload.count * workload.size
         return lambda: _timed(3, stream_op)
 
+    out = bytearray(workload.size) if reuse_out else None
+
     def tensor_op():
-        assert client.call_tensor(BENCH_SERVICE, "Tensor", request).size_bytes == workload.size
+        assert client.call_tensor(BENCH_SERVICE, "Tensor", request, out=out).size_bytes == workload.size
     return lambda: _timed(3, tensor_op)
 
 
@@ -187,7 +190,10 @@ def run_benchmarks(
     for name in workloads or WORKLOADS:
         workload = WORKLOADS[name]
         volume = None if workload.kind == "unary" else workload.size * (workload.count if workload.kind == "stream" else 1)
-        for client, make in (("quill", quill_runner), ("urllib3", urllib3_runner)):
+        runners = [("quill", quill_runner), ("urllib3", urllib3_runner)]
+        if workload.kind == "tensor":
+            runners.append(("quill, out= reused", lambda url, w: quill_runner(url, w, reuse_out=True)))
+        for client, make in runners:
             if progress:
                 progress(f"{workload.label}: {client} against {server}")
             run = make(base_url, workload)

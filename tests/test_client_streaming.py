@@ -230,6 +230,20 @@ def test_call_tensor_round_trip(client, dtype):
     np.testing.assert_array_equal(result.to_numpy(), array * 2)
 
 
+def test_call_tensor_into_a_reused_out_buffer(client):
+    from quill.errors import LimitExceededError
+
+    out = np.empty(4 * 150_000, dtype=np.uint8)
+    for scale in (1, 2):
+        array = (np.arange(150_000, dtype=np.float32) * scale).reshape(3, 50_000)
+        result = client.call_tensor(SVC, "Double", Tensor.from_numpy(array), out=out)
+        np.testing.assert_array_equal(result.to_numpy(), array * 2)
+        assert np.shares_memory(result.to_numpy(), out)  # written into the caller's buffer, no new pages
+    with pytest.raises(LimitExceededError, match="does not fit the out buffer"):
+        client.call_tensor(SVC, "Double", Tensor.from_numpy(np.ones(200_000, dtype=np.float32)), out=out)
+    assert client.call(SVC, "Echo", b"after") == b"after"
+
+
 def test_call_tensor_with_bytes_and_send_tensor(served, client):
     app, _ = served
     np.testing.assert_array_equal(client.call_tensor(SVC, "Double", b"\x01\x02").to_numpy(), [1, 2])

@@ -712,3 +712,18 @@ def test_corrupted_streams_fail_cleanly_whatever_the_split(dtype, shape, chunk_s
             frames = TensorFrameParser().feed(wire)
             assert received.meta == TensorMeta.decode(frames[0].payload)
             assert received.tobytes() == b"".join(f.payload for f in frames if f.type == T.TENSOR_PAYLOAD)
+
+
+def test_tensor_receiver_writes_into_a_caller_buffer():
+    array = np.arange(70_000, dtype=np.int32)
+    wire = b"".join(bytes(p) for p in encode_tensor_frames(Tensor.from_numpy(array)))
+    out = bytearray(array.nbytes + 16)
+    tensor = TensorReceiver(out=out).feed(wire)
+    np.testing.assert_array_equal(tensor.to_numpy(), array)
+    assert np.shares_memory(tensor.to_numpy(), np.frombuffer(out, dtype=np.uint8))
+    with pytest.raises(LimitExceededError, match="does not fit"):
+        TensorReceiver(out=bytearray(array.nbytes - 1)).feed(wire)
+    with pytest.raises(ValueError, match="writable"):
+        TensorReceiver(out=bytes(16))
+    with pytest.raises(TypeError, match="writable buffer"):
+        TensorReceiver(out=42)

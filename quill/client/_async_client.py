@@ -180,11 +180,11 @@ class AsyncQuillClient:
             response.release(complete)
         return error_for_response(response.status, response.headers, raw, request.call)
 
-    async def _read_whole(self, response: Any, request: Request) -> Any:
+    async def _read_whole(self, response: Any, request: Request, out: Any = None) -> Any:
         """Read a 2xx answer through its consumer, then release the connection."""
         ok = False
         try:
-            consumer = self._core.consumer(request, response.headers)
+            consumer = self._core.consumer(request, response.headers, out)
             if request.expect == "tensor":
                 while True:
                     data = await response.read()
@@ -204,10 +204,10 @@ class AsyncQuillClient:
             response.release(ok)
 
     async def _unary(self, expect: str, service: str, method: str, payload: Any, timeout_ms: int | None,
-                     headers: Mapping[str, str] | None, idempotent: bool | None) -> Any:
+                     headers: Mapping[str, str] | None, idempotent: bool | None, out: Any = None) -> Any:
         request = self._core.request(expect, service, method, payload, timeout_ms=timeout_ms, headers=headers,
                                      idempotent=idempotent)
-        return await self._read_whole(await self._open(request), request)
+        return await self._read_whole(await self._open(request), request, out)
 
     async def _stream(self, stream_class: type, expect: str, service: str, method: str, payload: Any,
                       timeout_ms: int | None, headers: Mapping[str, str] | None, idempotent: bool | None) -> Any:
@@ -258,10 +258,17 @@ class AsyncQuillClient:
         return await self._unary("client_stream", service, method, messages, timeout_ms, headers, idempotent)
 
     async def call_tensor(self, service: str, method: str, request: Any, *, timeout_ms: int | None = None,
-                          headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> Tensor:
+                          headers: Mapping[str, str] | None = None, idempotent: bool | None = None,
+                          out: Any = None) -> Tensor:
         """Tensor RPC: send ``request`` (a Tensor as tensor frames, bytes, or a dict as JSON) and receive a
-        Tensor, written straight into one allocation (limit ``max_tensor_bytes``)."""
-        return await self._unary("tensor", service, method, request, timeout_ms, headers, idempotent)
+        Tensor, written straight into one allocation (limit ``max_tensor_bytes``), or into ``out`` (any
+        writable buffer, reused across calls to skip the page faults of fresh memory; the Tensor then
+        shares its memory, and a larger tensor is refused with LimitExceededError).
+
+        >>> out = np.empty(64 << 20, dtype=np.uint8)                                   # doctest: +SKIP
+        >>> t = await client.call_tensor("demo.v1.Model", "Weights", b"", out=out)       # doctest: +SKIP
+        """
+        return await self._unary("tensor", service, method, request, timeout_ms, headers, idempotent, out)
 
     async def send_tensor(self, service: str, method: str, tensor: Tensor, *, timeout_ms: int | None = None,
                           headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> bytes:

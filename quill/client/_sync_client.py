@@ -181,11 +181,11 @@ class QuillClient:
             response.release(complete)
         return error_for_response(response.status, response.headers, raw, request.call)
 
-    def _read_whole(self, response: Any, request: Request) -> Any:
+    def _read_whole(self, response: Any, request: Request, out: Any = None) -> Any:
         """Read a 2xx answer through its consumer, then release the connection."""
         ok = False
         try:
-            consumer = self._core.consumer(request, response.headers)
+            consumer = self._core.consumer(request, response.headers, out)
             if request.expect == "tensor":
                 while True:
                     data = response.read()
@@ -205,10 +205,10 @@ class QuillClient:
             response.release(ok)
 
     def _unary(self, expect: str, service: str, method: str, payload: Any, timeout_ms: int | None,
-                     headers: Mapping[str, str] | None, idempotent: bool | None) -> Any:
+                     headers: Mapping[str, str] | None, idempotent: bool | None, out: Any = None) -> Any:
         request = self._core.request(expect, service, method, payload, timeout_ms=timeout_ms, headers=headers,
                                      idempotent=idempotent)
-        return self._read_whole(self._open(request), request)
+        return self._read_whole(self._open(request), request, out)
 
     def _stream(self, stream_class: type, expect: str, service: str, method: str, payload: Any,
                       timeout_ms: int | None, headers: Mapping[str, str] | None, idempotent: bool | None) -> Any:
@@ -259,10 +259,17 @@ class QuillClient:
         return self._unary("client_stream", service, method, messages, timeout_ms, headers, idempotent)
 
     def call_tensor(self, service: str, method: str, request: Any, *, timeout_ms: int | None = None,
-                          headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> Tensor:
+                          headers: Mapping[str, str] | None = None, idempotent: bool | None = None,
+                          out: Any = None) -> Tensor:
         """Tensor RPC: send ``request`` (a Tensor as tensor frames, bytes, or a dict as JSON) and receive a
-        Tensor, written straight into one allocation (limit ``max_tensor_bytes``)."""
-        return self._unary("tensor", service, method, request, timeout_ms, headers, idempotent)
+        Tensor, written straight into one allocation (limit ``max_tensor_bytes``), or into ``out`` (any
+        writable buffer, reused across calls to skip the page faults of fresh memory; the Tensor then
+        shares its memory, and a larger tensor is refused with LimitExceededError).
+
+        >>> out = np.empty(64 << 20, dtype=np.uint8)                                   # doctest: +SKIP
+        >>> t = client.call_tensor("demo.v1.Model", "Weights", b"", out=out)       # doctest: +SKIP
+        """
+        return self._unary("tensor", service, method, request, timeout_ms, headers, idempotent, out)
 
     def send_tensor(self, service: str, method: str, tensor: Tensor, *, timeout_ms: int | None = None,
                           headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> bytes:

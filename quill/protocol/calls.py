@@ -274,8 +274,9 @@ class ClientCore:
         return Body(chunks=lambda: compression.compress_stream(pieces()), encoding="zstd", rewindable=False)
 
     # -- answers ------------------------------------------------------------------------
-    def consumer(self, request: Request, headers: Mapping[str, str]) -> Any:
-        """The consumer that reads a 2xx answer to ``request`` (``headers``: lower-case names)."""
+    def consumer(self, request: Request, headers: Mapping[str, str], out: Any = None) -> Any:
+        """The consumer that reads a 2xx answer to ``request`` (``headers``: lower-case names);
+        ``out`` is the destination buffer of a tensor answer (None: a fresh allocation)."""
         call = request.call.describe()
         expect = request.expect
         if expect == "bytes":
@@ -286,4 +287,4 @@ class ClientCore:
             return FrameConsumer(headers, MessageStreamDecoder(), call, "message stream")
         if expect == "tokens":
             return FrameConsumer(headers, TokenStreamDecoder(), call, "token stream")
-        return TensorConsumer(headers, self.config["max_tensor_bytes"], call)
+        return TensorConsumer(headers, self.config["max_tensor_bytes"], call, out)

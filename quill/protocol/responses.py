@@ -185,15 +185,16 @@ class FrameConsumer:
 
 
 class TensorConsumer:
-    """A Tensor received from tensor frames into one allocation (limit ``max_bytes``)."""
+    """A Tensor received from tensor frames into one allocation (limit ``max_bytes``), or into the
+    caller's ``out`` buffer when given."""
 
     __slots__ = ("_decoder", "_receiver", "_tensor", "_call")
 
-    def __init__(self, headers: Mapping[str, str], max_bytes: int, call: str):
+    def __init__(self, headers: Mapping[str, str], max_bytes: int, call: str, out: Any = None):
         from ..frames import TensorReceiver
 
         self._decoder = ContentDecoder(headers, None, f"{call}: tensor")
-        self._receiver = TensorReceiver(max_bytes=max_bytes)
+        self._receiver = TensorReceiver(max_bytes=max_bytes, out=out)
         self._tensor = None
         self._call = call
 
