@@ -41,8 +41,10 @@ COMPILER = re.compile(r"(^|-)(cc|c\+\+|c89|c99|gcc|g\+\+|cpp|clang|clang\+\+|ld|
                       r"(-[0-9.]+)?$|gcc|clang|mingw")
 # The suite's modules that exercise numpy (dtypes, casts, tensors, frames, tokens, DLPack, pickling):
 # the part whose result can depend on the numpy version.
+# The README's examples are not among them: they use pyarrow and DuckDB, whose current wheels
+# need NumPy 2 (they run in the whole suite).
 NUMPY_TESTS = ["test_casts.py", "test_dtypes.py", "test_tensor.py", "test_frames.py", "test_tokens.py",
-               "test_memory.py", "test_seed_examples.py", "test_readme.py", "interop"]
+               "test_memory.py", "test_seed_examples.py", "interop"]
 
 
 def say(message):
