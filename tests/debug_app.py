@@ -13,6 +13,7 @@ import gc
 import os
 import socket
 
+from proc_sockets import socket_connected_to
 from quill.demo import create_demo_app
 
 app = create_demo_app()
@@ -30,19 +31,8 @@ def release_free_memory(request: bytes, context) -> bytes:
 def no_delay(request: bytes, context) -> bytes:
     """``<pid> <TCP_NODELAY>`` of the connection this request came on, found among the process's
     descriptors by its peer address (any engine or event loop: uvloop keeps no socket objects)."""
-    wanted = tuple(context.client[:2])
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                continue
-            candidate = socket.socket(fileno=os.dup(int(fd)))
-        except OSError:
-            continue
-        with candidate:
-            try:
-                if candidate.family in (socket.AF_INET, socket.AF_INET6) and \
-                        tuple(candidate.getpeername()[:2]) == wanted:
-                    return b"%d %d" % (os.getpid(), candidate.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-            except OSError:
-                continue
-    return b"%d none" % os.getpid()
+    sock = socket_connected_to(context.client)
+    if sock is None:
+        return b"%d none" % os.getpid()
+    with sock:
+        return b"%d %d" % (os.getpid(), sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))

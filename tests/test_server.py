@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import sys
 import threading
 
 import pytest
@@ -305,25 +307,13 @@ def test_listening_socket_gets_tcp_nodelay():
 
 
 def accepted_socket_of(client: socket.socket) -> socket.socket:
-    """The server side of ``client``'s connection, found among this process's descriptors
-    (the server runs in this process), as a socket object on a duplicate descriptor."""
-    import os
+    """The server side of ``client``'s connection (the server runs in this process)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from proc_sockets import socket_connected_to
 
-    wanted = client.getsockname()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                continue
-            candidate = socket.socket(fileno=os.dup(int(fd)))
-        except OSError:
-            continue
-        try:
-            if candidate.family == socket.AF_INET and candidate.getpeername() == wanted:
-                return candidate
-        except OSError:
-            pass
-        candidate.close()
-    raise AssertionError(f"no server socket connected to {wanted}")
+    accepted = socket_connected_to(client.getsockname())
+    assert accepted is not None, f"no server socket connected to {client.getsockname()}"
+    return accepted
 
 
 def test_every_engine_sets_tcp_nodelay_on_accepted_connections(server, engine):
