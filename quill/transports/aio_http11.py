@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
 import threading
 import warnings
@@ -48,6 +49,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.parser = None
         self.lost = False
         self.reset = False
+        self.reused = False  # a kept-alive connection from the pool (set at checkout)
         self._waiter: asyncio.Future | None = None
         self._drain: asyncio.Future | None = None
         self._paused_writing = False
@@ -113,9 +115,10 @@ class _Connection(asyncio.BufferedProtocol):
             if self.head_done:
                 self._fail(TransportError("body", sent=True, detail="body cut short"))
             else:
-                # A reset means our bytes went unread; a clean close, that the server may have read them.
-                self._fail(TransportError("response", sent=not self.reset, detail=str(exc or "connection closed"),
-                                          reused=True))
+                # On a kept-alive connection a reset means our bytes went unread; a clean close (or any
+                # failure of a fresh connection) means the server may have read them.
+                self._fail(TransportError("response", sent=not (self.reused and self.reset),
+                                          detail=str(exc or "connection closed"), reused=self.reused))
         self._wake()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
@@ -189,6 +192,19 @@ class _Connection(asyncio.BufferedProtocol):
             self._paused_reading = False
             self.transport.resume_reading()
         return chunk
+
+    def idle_and_open(self) -> bool:
+        """Whether a pooled connection can carry a request: not closed, and nothing readable on its
+        socket (on an idle keep-alive connection that is the server's close, already in the kernel
+        but not yet seen by the loop; the same check urllib3 makes at checkout)."""
+        if self.lost or self.transport.is_closing():
+            return False
+        sock = self.transport.get_extra_info("socket")
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     def close(self) -> None:
         """Close now (abort: no graceful flush); safe on a closed loop."""
@@ -361,7 +377,8 @@ class AsyncHTTP11Transport:
             ) from None
         while self._idle:
             conn = self._idle.pop()
-            if not conn.lost and not conn.transport.is_closing():
+            if conn.idle_and_open():
+                conn.reused = True
                 return conn, True
             conn.close()
         try:
@@ -378,11 +395,7 @@ class AsyncHTTP11Transport:
                 if conn.error is not None:
                     raise conn.error
                 await conn.wait(request.timeout, "response")
-        except BaseException as exc:
-            if isinstance(exc, TransportError):
-                exc.reused = reused
-                if exc.stage == "response" and not reused:
-                    exc.sent = True  # a fresh connection that fails: the request may have been read
+        except BaseException:
             self._release(conn, False)
             raise
         return AsyncHTTP11Response(conn, self, request.timeout)
