@@ -29,7 +29,7 @@ large payload copies run without the GIL, into memory the parser owns.
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -221,16 +221,48 @@ def decode_varint(buf, Py_ssize_t offset=0):
 include "_frames_tensor.pxi"
 
 # ==========================================================================================
-# Incremental reading: shared error handling
+# Incremental reading: shared error handling, payload windows
 # ==========================================================================================
 
+@cython.final
+cdef class PayloadWindow:
+    """A writable buffer over the rest of the payload a parser is filling, from
+    ``payload_window()``: a reader writes the stream's next bytes straight into it (one copy,
+    from the socket), releases every view of it, then hands it back with ``commit(window, n)``.
+
+    It keeps the memory it exposes alive, and it is single-use: after ``commit`` (or once the
+    parser moves on) it exports nothing more.
+    """
+
+    cdef object _owner        # the object whose memory this is (bytes being filled, an array)
+    cdef char* _start         # NULL once committed or abandoned
+    cdef Py_ssize_t _size
+    cdef Py_ssize_t _exports  # views of it not yet released
+
+    def __len__(self):
+        return self._size if self._start != NULL else 0
+
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        if self._start == NULL:
+            raise BufferError("this payload window was already committed or abandoned")
+        PyBuffer_FillInfo(buffer, self, self._start, self._size, 0, flags)
+        self._exports += 1
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        self._exports -= 1
+
+    def __repr__(self):
+        return f"<PayloadWindow of {len(self)} bytes>"
+
+
 cdef class _IncrementalReader:
-    """Feed/finish plumbing shared by every parser: sticky and deferred errors."""
+    """Feed/finish plumbing shared by every parser: sticky and deferred errors, payload windows."""
 
     cdef object _error        # the first error met; raised again by every later call
     cdef uint64_t _position   # stream offset of the next byte to consume
     cdef bint _done           # END_STREAM seen (decoders only)
     cdef bint _busy           # a feed() or finish() is running (it may have released the GIL)
+    cdef PayloadWindow _window  # handed out by payload_window() and not yet committed, or None
 
     cdef int _consume(self, const unsigned char* data, Py_ssize_t n) except -1:
         raise NotImplementedError
@@ -259,8 +291,88 @@ cdef class _IncrementalReader:
         if self._busy:
             raise RuntimeError(f"{type(self).__name__}.{call}() called while another feed() or finish() "
                                f"of the same parser is running; feed one parser from one thread at a time")
+        if self._window is not None and call != "commit":
+            if self._window._exports:
+                raise RuntimeError(f"{type(self).__name__}.{call}() called while a view of its payload "
+                                   f"window is held; commit the window first")
+            self._window._start = NULL  # abandoned: the bytes fed now take its place
+            self._window = None
         self._busy = True
         return 0
+
+    # -- payload windows: subclasses say where the current payload's unfilled bytes are --------
+    cdef object _window_owner(self):
+        """The object owning the current payload's memory, or None between payloads."""
+        return None
+
+    cdef char* _window_start(self):
+        return NULL
+
+    cdef Py_ssize_t _window_room(self):
+        return 0
+
+    cdef int _advance(self, Py_ssize_t n) except -1:
+        """``n`` payload bytes were written in place at ``_window_start()``."""
+        raise NotImplementedError
+
+    def payload_window(self, Py_ssize_t min_size=65536):
+        """A :class:`PayloadWindow` over the rest of the payload being filled when at least
+        ``min_size`` bytes of it are still to come, else None (between payloads, a small
+        remainder, after an error).
+
+        The window's bytes are the very next bytes of the stream: write into it what ``feed``
+        would have been given, then ``commit(window, n)``. Any ``feed`` or ``finish`` before the
+        commit abandons the window (RuntimeError while a view of it is held).
+
+        >>> decoder = MessageStreamDecoder()
+        >>> wire = encode_stream_frame(bytes(range(200)) * 500)
+        >>> decoder.feed(wire[:4])
+        []
+        >>> window = decoder.payload_window()
+        >>> memoryview(window)[:] = wire[4:4 + len(window)]
+        >>> [len(m) for m in decoder.commit(window, len(window))], decoder.feed(END_STREAM_FRAME)
+        ([100000], [])
+        """
+        if self._busy or self._error is not None or self._done:
+            return None
+        if self._window is not None:
+            if self._window._exports:
+                raise RuntimeError(f"{type(self).__name__}.payload_window() called while a view of "
+                                   f"its previous window is held")
+            self._window._start = NULL
+            self._window = None
+        cdef Py_ssize_t room = self._window_room()
+        if room <= 0 or room < min_size:
+            return None
+        cdef PayloadWindow window = PayloadWindow.__new__(PayloadWindow)
+        window._owner = self._window_owner()
+        window._start = self._window_start()
+        window._size = room
+        self._window = window
+        return window
+
+    def commit(self, PayloadWindow window not None, Py_ssize_t n):
+        """Account for ``n`` bytes written at the start of ``window`` (this parser's current one,
+        every view of it released); returns what ``feed`` would have returned for them."""
+        if window is not self._window or window._start == NULL:
+            raise ValueError("commit() needs the window this parser handed out last, uncommitted")
+        if window._exports:
+            raise BufferError("commit() while a view of the payload window is still held")
+        if n < 0 or n > window._size:
+            raise ValueError(f"commit() of {n} bytes into a window of {window._size}")
+        self._enter("commit")
+        try:
+            window._start = NULL
+            self._window = None
+            try:
+                self._advance(n)
+            except Exception as exc:
+                self._error = exc
+                if not self._has_output():
+                    raise
+            return self._take_output()
+        finally:
+            self._busy = False
 
     cdef object _feed(self, data):
         cdef Py_buffer view

@@ -233,6 +233,22 @@ cdef class _StreamFrameReader(_IncrementalReader):
                     self._complete_frame()
         return 0
 
+    cdef object _window_owner(self):
+        return self._payload if self._stage == 2 else None
+
+    cdef char* _window_start(self):
+        return PyBytes_AS_STRING(self._payload) + self._filled
+
+    cdef Py_ssize_t _window_room(self):
+        return <Py_ssize_t>self._length - self._filled if self._stage == 2 else 0
+
+    cdef int _advance(self, Py_ssize_t n) except -1:
+        self._filled += n
+        self._position += n
+        if self._filled == <Py_ssize_t>self._length:
+            self._complete_frame()
+        return 0
+
     cdef int _check_complete(self) except -1:
         if self._stage == 0 and self._varint_len == 0:
             return 0

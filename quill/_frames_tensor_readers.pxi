@@ -80,6 +80,28 @@ cdef class _TensorFrameReader(_IncrementalReader):
                 self._complete_frame()
         return 0
 
+    cdef object _dest_owner(self):
+        """The owner of ``_dest`` when it is not a payload bytes object (a receiver's buffer)."""
+        return None
+
+    cdef object _window_owner(self):
+        if self._header_len < TENSOR_HEADER_SIZE or self._dest == NULL:
+            return None
+        return self._payload if self._payload is not None else self._dest_owner()
+
+    cdef char* _window_start(self):
+        return self._dest + self._filled
+
+    cdef Py_ssize_t _window_room(self):
+        return self._length - self._filled if self._window_owner() is not None else 0
+
+    cdef int _advance(self, Py_ssize_t n) except -1:
+        self._filled += n
+        self._position += n
+        if self._filled == self._length:
+            self._complete_frame()
+        return 0
+
     cdef int _check_complete(self) except -1:
         if self._header_len == 0:
             return 0
@@ -271,6 +293,9 @@ cdef class TensorReceiver(_TensorFrameReader):
         else:
             self._raise_cancel()
         return 0
+
+    cdef object _dest_owner(self):
+        return self._buffer
 
     cdef bint _has_output(self):
         return self._tensor is not None

@@ -1,4 +1,5 @@
-"""Faults on the wire, for each kind of call (unary, token stream, tensor): the server dies, hangs,
+"""Faults on the wire, for each kind of call (unary, token stream, tensor, message stream of large
+messages, which the clients read straight into place): the server dies, hangs,
 sends garbage, truncates, lies about Content-Length, resets, or says 429/503 with Retry-After.
 
 Every fault must end in the documented error (ConnectionError, TimeoutError, a DecodeError, an
@@ -46,14 +47,22 @@ from quill.errors import (  # noqa: E402
     RateLimitedError,
     ServiceUnavailableError,
 )
-from quill.frames import END_STREAM_FRAME, encode_tensor_frames, encode_token_batch_frame  # noqa: E402
+from quill.frames import (  # noqa: E402
+    END_STREAM_FRAME,
+    encode_end_stream,
+    encode_stream_frame,
+    encode_tensor_frames,
+    encode_token_batch_frame,
+)
 from quill.tensor import Tensor  # noqa: E402
 
 SVC = "fault.v1.Faults"
 TIMEOUT_MS = 1500  # the calls' timeout: each hanging fault must end within it (plus scheduling slack)
 SLACK_S = 3.0
 TENSOR = Tensor.from_numpy(np.arange(64 * 1024, dtype=np.float32).reshape(256, 256), name="weights")
-TENSOR_WIRE = b"".join(bytes(p) for p in encode_tensor_frames(TENSOR, chunk_size=16 * 1024))
+# 128 KiB frames: the clients read such payloads from the socket straight into the tensor
+TENSOR_WIRE = b"".join(bytes(p) for p in encode_tensor_frames(TENSOR, chunk_size=128 * 1024))
+MESSAGES = [os.urandom(200_000), os.urandom(300_000)]
 
 
 def token_wire(count: int) -> bytes:
@@ -67,7 +76,10 @@ def token_wire(count: int) -> bytes:
 
 
 TOKEN_WIRE = token_wire(20)
-WIRES = {"tokens": TOKEN_WIRE, "tensor": TENSOR_WIRE, "unary": os.urandom(4096)}
+WIRES = {"tokens": TOKEN_WIRE, "tensor": TENSOR_WIRE, "unary": os.urandom(4096),
+         "messages": b"".join(encode_stream_frame(m) for m in MESSAGES) + encode_end_stream()}
+STREAMED = ["tokens", "tensor", "messages"]
+EVERY_KIND = [*STREAMED, "unary"]
 
 
 def call(client: QuillClient, kind: str):
@@ -76,6 +88,8 @@ def call(client: QuillClient, kind: str):
         return list(client.stream_tokens(SVC, "Generate", b"prompt"))
     if kind == "tensor":
         return client.call_tensor(SVC, "Embed", TENSOR)
+    if kind == "messages":
+        return list(client.call_stream(SVC, "Watch", b""))
     return client.call(SVC, "Echo1", b"x")
 
 
@@ -84,6 +98,8 @@ def check_result(kind: str, result) -> None:
         assert len(result) == 20 and result[-1].is_final and [b[0].id for b in result] == list(range(20))
     elif kind == "tensor":
         assert result == TENSOR
+    elif kind == "messages":
+        assert result == MESSAGES
     else:
         assert result == WIRES["unary"]
 
@@ -192,19 +208,19 @@ def garbage_status_line(wire, sock, release):
 
 # ---------------------------------------------------------------- tests
 
-@pytest.mark.parametrize("kind", ["tokens", "tensor"])
+@pytest.mark.parametrize("kind", STREAMED)
 def test_a_server_that_accepts_and_never_answers_times_out(kind):
     ends_in(QuillTimeoutError, kind, never_answers, match="no answer within 1.5 s")
 
 
-@pytest.mark.parametrize("kind", ["tokens", "tensor", "unary"])
+@pytest.mark.parametrize("kind", EVERY_KIND)
 @pytest.mark.parametrize("fault", [stalls_mid_body, stalls_mid_chunked_body])
 def test_a_server_that_stalls_mid_body_times_out(kind, fault):
     error = ends_in(QuillTimeoutError, kind, fault)
     assert isinstance(error, TimeoutError)
 
 
-@pytest.mark.parametrize("kind", ["tokens", "tensor", "unary"])
+@pytest.mark.parametrize("kind", EVERY_KIND)
 @pytest.mark.parametrize("fault", [truncated_chunked, chunked_without_last_chunk, content_length_longer,
                                    reset_mid_body])
 def test_a_body_cut_short_is_a_connection_error(kind, fault):
@@ -212,7 +228,7 @@ def test_a_body_cut_short_is_a_connection_error(kind, fault):
     assert isinstance(error, ConnectionError) and f"{SVC}/" in str(error)
 
 
-@pytest.mark.parametrize("kind", ["tokens", "tensor"])
+@pytest.mark.parametrize("kind", STREAMED)
 def test_a_content_length_shorter_than_the_frames_is_an_incomplete_stream(kind):
     ends_in(IncompleteStreamError, kind, content_length_shorter, match="ended")
 
@@ -229,14 +245,14 @@ def test_unary_content_length_shorter_never_leaks_into_the_next_call():
             assert client.call(SVC, "Echo", b"mine") == b"mine"
 
 
-@pytest.mark.parametrize("kind", ["tokens", "tensor"])
+@pytest.mark.parametrize("kind", ["tokens", "tensor"])  # message frames carry no type byte to refuse
 @pytest.mark.parametrize("fault", [garbage_body, garbage_chunk_mid_stream])
 def test_garbage_frames_are_a_decode_error(kind, fault):
     error = ends_in(DecodeError, kind, fault)
     assert isinstance(error, ValueError) and error.offset is not None
 
 
-@pytest.mark.parametrize("kind", ["tokens", "tensor", "unary"])
+@pytest.mark.parametrize("kind", EVERY_KIND)
 def test_a_garbage_status_line_is_a_connection_error(kind):
     ends_in(QuillConnectionError, kind, garbage_status_line)
 
@@ -337,7 +353,7 @@ def busy_then_ok(kind: str, statuses: list[int], retry_after: str):
     return ScriptedServer(handler), answered
 
 
-@pytest.mark.parametrize("kind", ["tokens", "tensor", "unary"])
+@pytest.mark.parametrize("kind", EVERY_KIND)
 @pytest.mark.parametrize("status,error", [(429, RateLimitedError), (503, ServiceUnavailableError)])
 def test_429_and_503_raise_with_retry_after_when_not_retrying(kind, status, error):
     server, answered = busy_then_ok(kind, [status], "0.2")
@@ -351,7 +367,7 @@ def test_429_and_503_raise_with_retry_after_when_not_retrying(kind, status, erro
         assert server.connections == 1
 
 
-@pytest.mark.parametrize("kind", ["tokens", "tensor", "unary"])
+@pytest.mark.parametrize("kind", EVERY_KIND)
 def test_status_retries_wait_as_retry_after_says_then_succeed(kind):
     server, answered = busy_then_ok(kind, [429, 503], "0.2")
     with server:

@@ -23,7 +23,7 @@ from ..protocol.responses import ERROR_BODY_LIMIT, BytesConsumer, error_for_resp
 from ..protocol.retries import RetryState, TransportError, quill_error_for
 from ..tensor import Tensor
 from ..transports.aio_http11 import AsyncHTTP11Transport
-from ._async_streams import AsyncMessageStream, AsyncTokenStream
+from ._async_streams import AsyncMessageStream, AsyncTokenStream, read_body
 from ._map import MapCall
 from ._map_tasks import AsyncMapResults
 
@@ -186,11 +186,9 @@ class AsyncQuillClient:
         try:
             consumer = self._core.consumer(request, response.headers, out)
             if request.expect == "tensor":
-                while True:
-                    data = await response.read()
-                    if not data:
-                        break
-                    consumer.feed(data)
+                ended = False
+                while not ended:
+                    _, ended = await read_body(response, consumer)
             else:
                 limit = self._core.config["max_response_bytes"]
                 consumer.feed(await response.read_all(limit, request.call.describe()))

@@ -12,7 +12,20 @@ from ..protocol.requests import Request
 from ..protocol.retries import TransportError, quill_error_for
 from ._arrow_export import AsyncTokenArrowExport
 
-__all__ = ["AsyncFrameStream", "AsyncMessageStream", "AsyncTokenStream"]
+__all__ = ["AsyncFrameStream", "AsyncMessageStream", "AsyncTokenStream", "read_body"]
+
+
+async def read_body(response: Any, consumer: Any) -> tuple[Any, bool]:
+    """Read the next part of a body into ``consumer``: the items it completed, and whether the
+    body has ended. The rest of a large payload is read straight into place (the consumer's
+    window: one copy, from the socket); anything else is read as a chunk and fed."""
+    window = consumer.window()
+    if window is None:
+        data = await response.read()
+        return (consumer.feed(data), False) if data else ([], True)
+    size = len(window)
+    filled = await response.read_into(window)
+    return consumer.commit(window, filled), filled < size
 
 
 class AsyncFrameStream:
@@ -60,12 +73,11 @@ class AsyncFrameStream:
                 if consumer.done:
                     await self._drain()
                     return
-                data = await self._response.read()
-                if not data:
+                items, ended = await read_body(self._response, consumer)
+                if ended:
                     consumer.finish()  # raises IncompleteStreamError without END_STREAM
                     self._finish(True)
                     return
-                items = consumer.feed(data)
                 if items:
                     self._items = items
                     if consumer.done:

@@ -24,7 +24,7 @@ from ..protocol.responses import ERROR_BODY_LIMIT, BytesConsumer, error_for_resp
 from ..protocol.retries import RetryState, TransportError, quill_error_for
 from ..tensor import Tensor
 from ..transports.http11 import HTTP11Transport
-from ._sync_streams import MessageStream, TokenStream
+from ._sync_streams import MessageStream, TokenStream, read_body
 from ._map import MapCall
 from ._map_threads import MapResults
 
@@ -187,11 +187,9 @@ class QuillClient:
         try:
             consumer = self._core.consumer(request, response.headers, out)
             if request.expect == "tensor":
-                while True:
-                    data = response.read()
-                    if not data:
-                        break
-                    consumer.feed(data)
+                ended = False
+                while not ended:
+                    _, ended = read_body(response, consumer)
             else:
                 limit = self._core.config["max_response_bytes"]
                 consumer.feed(response.read_all(limit, request.call.describe()))

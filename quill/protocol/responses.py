@@ -31,6 +31,7 @@ from .constants import media_type
 __all__ = [
     "ERROR_BODY_LIMIT",
     "DECODE_PIECE",
+    "WINDOW_MIN",
     "ContentDecoder",
     "BytesConsumer",
     "JsonConsumer",
@@ -44,6 +45,9 @@ __all__ = [
 ERROR_BODY_LIMIT = 64 * 1024
 #: A compressed chunk is decoded in pieces of at most this size.
 DECODE_PIECE = 1 << 20
+#: A payload with at least this much still to come is read from the socket straight into place
+#: (the consumer's ``window()``), instead of being copied out of a read chunk.
+WINDOW_MIN = 64 * 1024
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -172,6 +176,17 @@ class FrameConsumer:
         self.count += len(items)
         return items
 
+    def window(self) -> Any:
+        """Where the next body bytes may be written in place (the rest of a large payload), or
+        None: read a chunk and ``feed`` it instead. Only for an identity-encoded body."""
+        return self._frames.payload_window(WINDOW_MIN) if self._decoder.identity else None
+
+    def commit(self, window: Any, n: int) -> list:
+        """``n`` bytes were written into ``window``; the items that completed."""
+        items = self._frames.commit(window, n)
+        self.count += len(items)
+        return items
+
     def finish(self) -> None:
         """The body ended: raise IncompleteStreamError unless END_STREAM was seen."""
         try:
@@ -203,6 +218,16 @@ class TensorConsumer:
             got = self._receiver.feed(piece)
             if got is not None:
                 self._tensor = got
+
+    def window(self) -> Any:
+        """Where the next body bytes may be written in place: the rest of the current payload
+        frame, inside the tensor's own buffer (see :meth:`FrameConsumer.window`)."""
+        return self._receiver.payload_window(WINDOW_MIN) if self._decoder.identity else None
+
+    def commit(self, window: Any, n: int) -> None:
+        got = self._receiver.commit(window, n)
+        if got is not None:
+            self._tensor = got
 
     def finish(self) -> Any:
         # Always: it raises for a stream without END_STREAM and for bytes after the tensor.

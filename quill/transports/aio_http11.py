@@ -32,7 +32,7 @@ __all__ = ["AsyncHTTP11Transport", "AsyncHTTP11Response"]
 _PAUSE_AT = 4 << 20
 _RESUME_AT = 1 << 20
 _SMALL_BODY = 16 * 1024
-_READ_SIZE = 1 << 20
+_READ_SIZE = 262144
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -187,11 +187,29 @@ class _Connection(asyncio.BufferedProtocol):
 
     def take(self) -> bytes:
         chunk = self.chunks.popleft()
-        self.buffered -= len(chunk)
+        self._taken(len(chunk))
+        return chunk
+
+    def take_into(self, view: memoryview) -> int:
+        """Copy queued body bytes into ``view`` (a part of the first chunk stays queued)."""
+        filled = 0
+        while self.chunks and filled < len(view):
+            chunk = self.chunks[0]
+            take = min(len(view) - filled, len(chunk))
+            view[filled:filled + take] = chunk if take == len(chunk) else memoryview(chunk)[:take]
+            if take == len(chunk):
+                self.chunks.popleft()
+            else:
+                self.chunks[0] = memoryview(chunk)[take:]
+            filled += take
+        self._taken(filled)
+        return filled
+
+    def _taken(self, size: int) -> None:
+        self.buffered -= size
         if self._paused_reading and self.buffered < _RESUME_AT and not self.lost:
             self._paused_reading = False
             self.transport.resume_reading()
-        return chunk
 
     def idle_and_open(self) -> bool:
         """Whether a pooled connection can carry a request: not closed, and nothing readable on its
@@ -236,17 +254,29 @@ class AsyncHTTP11Response:
         self.status = conn.status
         self.headers = conn.headers
 
-    async def read(self) -> bytes:
+    async def _body_ready(self) -> bool:
+        """Wait until body bytes are queued (True) or the body has ended (False)."""
         conn = self._conn
         while not conn.chunks:
             if conn.error is not None and conn.error.stage != "response":
                 raise conn.error
             if conn.complete:
-                return b""
+                return False
             if conn.error is not None:
                 raise conn.error
             await conn.wait(self._timeout, "body")
-        return conn.take()
+        return True
+
+    async def read(self) -> bytes:
+        return self._conn.take() if await self._body_ready() else b""
+
+    async def read_into(self, window: Any) -> int:
+        """Fill ``window`` with the next body bytes; fewer than ``len(window)`` only at the end."""
+        with memoryview(window) as view:
+            filled = 0
+            while filled < len(view) and await self._body_ready():
+                filled += self._conn.take_into(view[filled:])
+            return filled
 
     async def read_all(self, limit: int, what: str) -> bytes:
         declared = self.headers.get("content-length")

@@ -30,7 +30,7 @@ from .head import request_head
 
 __all__ = ["HTTP11Transport", "HTTP11Response", "STREAM_READ_SIZE"]
 
-STREAM_READ_SIZE = 1 << 20
+STREAM_READ_SIZE = 1048576  # larger reads allocate (and fault in) fresh memory per read
 _SENDMSG_BATCH = 512  # buffers per sendmsg() call (IOV_MAX is 1024 on Linux)
 _SMALL_BODY = 16 * 1024  # below this, head and body go out joined in one send
 
@@ -106,6 +106,19 @@ class HTTP11Response:
             if not data and self._resp.length:  # Content-Length promised more than arrived
                 raise http.client.IncompleteRead(b"", self._resp.length)
             return data
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise _body_error(exc) from exc
+
+    def read_into(self, window: Any) -> int:
+        """Fill ``window`` (a writable buffer) with the next body bytes, straight from the socket;
+        returns how many arrived: fewer than ``len(window)`` only when the body ended."""
+        resp = self._resp
+        try:
+            with memoryview(window) as view:
+                filled = resp.readinto(view)
+            if filled < len(window) and resp.length:  # Content-Length promised more than arrived
+                raise http.client.IncompleteRead(b"", resp.length)
+            return filled
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise _body_error(exc) from exc
 
