@@ -5,7 +5,8 @@ Servers, each in its own process (so it has a core of its own, not the client's 
   * a minimal fast HTTP/1.1 server speaking the same protocol (blocking sockets, no framework),
     to show the client's own ceiling where the reference server is the bottleneck;
   * a grpcio server with an equivalent servicer (raw bytes, no protobuf codegen).
-Clients: QuillClient, raw urllib3 (HTTPConnectionPool.urlopen; streams read as raw chunks) and grpcio.
+Clients: QuillClient, raw urllib3 (HTTPConnectionPool.urlopen; streams read as raw chunks) and grpcio;
+AsyncQuillClient against the minimal server.
 
     python benchmarks/bench_client.py [--quick] [--workloads unary_100B,unary_1MiB,...]
 """
@@ -155,6 +156,90 @@ def grpc_runner(target: str, workload):
     return lambda: benchmark._timed(3, tensor_op)
 
 
+# ---------------------------------------------------------------- AsyncQuillClient
+
+def aio_runner(base_url: str, workload, reuse_out: bool = False):
+    """The workload with AsyncQuillClient on one asyncio loop (kept across runs, as an app would)."""
+    import asyncio
+
+    from quill.client import AsyncQuillClient
+
+    loop = asyncio.new_event_loop()
+    client = AsyncQuillClient(base_url, timeout_ms=120_000)
+    request = workload.request
+    out = bytearray(workload.size) if reuse_out else None
+
+    async def unary():
+        assert len(await client.call(BENCH_SERVICE, "Echo", request)) == workload.size
+
+    async def stream():
+        n = 0
+        async for message in await client.call_stream(BENCH_SERVICE, "Stream", request):
+            n += len(message)
+        assert n == workload.count * workload.size
+
+    async def tensor():
+        assert (await client.call_tensor(BENCH_SERVICE, "Tensor", request, out=out)).size_bytes == workload.size
+
+    op = {"unary": unary, "stream": stream, "tensor": tensor}[workload.kind]
+    count = workload.count if workload.kind == "unary" else 3
+    return lambda: benchmark._timed(count, lambda: loop.run_until_complete(op()))
+
+
+def asyncio_ceiling_runner(base_url: str, workload):
+    """A bare asyncio BufferedProtocol reading the chunked answer into one reused buffer, counting
+    bytes until the last chunk: what the event loop alone allows, with no HTTP parsing at all."""
+    import asyncio
+
+    host, port = base_url.rsplit("/", 1)[-1].split(":")
+    method = "Stream" if workload.kind == "stream" else "Tensor"
+    body = workload.request
+    request = (f"POST /{BENCH_SERVICE}/{method} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/proto\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    class Counting(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buffer = memoryview(bytearray(1 << 20))
+            self.tail = b""
+            self.done: asyncio.Future | None = None
+
+        def get_buffer(self, sizehint):
+            return self.buffer
+
+        def buffer_updated(self, nbytes):
+            self.tail = (self.tail + bytes(self.buffer[max(0, nbytes - 5):nbytes]))[-5:]
+            if self.tail == b"0\r\n\r\n":
+                self.done.set_result(None)
+
+    loop = asyncio.new_event_loop()
+    transport, protocol = loop.run_until_complete(loop.create_connection(Counting, host, int(port)))
+
+    async def one():
+        protocol.tail, protocol.done = b"", loop.create_future()
+        transport.write(request)
+        await protocol.done
+
+    return lambda: benchmark._timed(3, lambda: loop.run_until_complete(one()))
+
+
+def aio_rows(url: str, server: str, workload, repeats: int, progress) -> list[dict]:
+    volume = None if workload.kind == "unary" else workload.size * (workload.count if workload.kind == "stream" else 1)
+    rows = []
+    variants = [("AsyncQuillClient", False)] + ([("AsyncQuillClient, out= reused", True)]
+                                                if workload.kind == "tensor" else [])
+    runners = [(client, lambda reuse_out=reuse_out: aio_runner(url, workload, reuse_out))
+               for client, reuse_out in variants]
+    if workload.kind != "unary":
+        runners.append(("asyncio protocol, bytes counted (no HTTP parsing)",
+                        lambda: asyncio_ceiling_runner(url, workload)))
+    for client, make in runners:
+        progress(f"{workload.label}: {client} against {server}")
+        run = make()
+        run()
+        rows.append(measure(workload.label, client, server, run, volume, repeats))
+    return rows
+
+
 # ---------------------------------------------------------------- main
 
 def spawn(mode: str, port: int) -> subprocess.Popen:
@@ -192,8 +277,10 @@ def main() -> None:
         for name in names:
             workload = WORKLOADS[name]
             rows += benchmark.run_benchmarks(reference_url, [name], repeats=repeats, progress=progress)
-            rows += benchmark.run_benchmarks(f"http://127.0.0.1:{fast_port}", [name], repeats=repeats,
+            fast_url = f"http://127.0.0.1:{fast_port}"
+            rows += benchmark.run_benchmarks(fast_url, [name], repeats=repeats,
                                              server="minimal fast server", progress=progress)
+            rows += aio_rows(fast_url, "minimal fast server", workload, repeats, progress)
             progress(f"{workload.label}: grpcio")
             run = grpc_runner(f"127.0.0.1:{grpc_port}", workload)
             run()

@@ -203,20 +203,25 @@ def run_benchmarks(
 
 
 def format_table(rows: list[dict]) -> str:
-    """A Markdown table; the last column is quill's rate divided by that row's client's rate."""
+    """A Markdown table; ``quill / this`` is quill's rate divided by that row's client's rate, and
+    ``this / urllib3`` the row's rate divided by raw urllib3's against the same server."""
     quill_rate = {(r["workload"], r["server"]): r["rate"] for r in rows if r["client"] == "quill"}
+    urllib3_rate = {(r["workload"], r["server"]): r["rate"] for r in rows if r["client"] == "urllib3"}
     lines = [
-        "| workload | server | client | rate | p50 ms | p99 ms | quill / this |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| workload | server | client | rate | p50 ms | p99 ms | quill / this | this / urllib3 |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        mine = quill_rate.get((r["workload"], r["server"]))
+        key = (r["workload"], r["server"])
+        mine = quill_rate.get(key)
         if mine is None:  # a peer measured on its own server (grpcio): compare with quill on any server
             mine = max((v for (w, _), v in quill_rate.items() if w == r["workload"]), default=None)
         ratio = f"{mine / r['rate']:.2f}x" if mine else "-"
+        raw = urllib3_rate.get(key)
+        share = f"{r['rate'] / raw:.2f}x" if raw else "-"
         lines.append(
             f"| {r['workload']} | {r['server']} | {r['client']} | {r['rate']:,.0f} {r['unit']} | "
-            f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {ratio} |"
+            f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {ratio} | {share} |"
         )
     return "\n".join(lines)
 

@@ -575,6 +575,18 @@ def parser_machine(make_parser, model, streams):
             self.fed += len(chunk)
             self.call(self.parser.feed, memoryview(chunk) if size % 2 else chunk)
 
+        @rule(size=st.integers(0, 70), abandon=st.booleans())
+        def fill_window(self, size, abandon):
+            """Write the next bytes into the payload window on offer (if any) and commit them; or
+            take a window and leave it (the next feed abandons it)."""
+            window = self.parser.payload_window(1)
+            if window is None or abandon:
+                return
+            chunk = self.data[self.fed:self.fed + min(size, len(window))]
+            memoryview(window)[:len(chunk)] = chunk
+            self.fed += len(chunk)
+            self.call(self.parser.commit, window, len(chunk))
+
         @invariant()
         def outputs_are_a_prefix(self):
             STEPS[type(self.parser).__name__] += 1

@@ -3,8 +3,8 @@
 ===========  =============================  =============================================
 engine       HTTP                           installed by
 ===========  =============================  =============================================
-uvicorn      HTTP/1.1                       ``pip install quill`` (httptools and uvloop
-                                            with the ``server`` extra)
+uvicorn      HTTP/1.1                       ``pip install quill`` (with httptools and
+                                            uvloop)
 hypercorn    HTTP/1.1, HTTP/2 (h2c prior    ``pip install 'quill[http2]'``
              knowledge, and ALPN over TLS)
 granian      HTTP/1.1, HTTP/2 (Rust I/O)    ``pip install 'quill[server]'``

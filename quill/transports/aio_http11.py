@@ -1,5 +1,5 @@
 """Asyncio HTTP/1.1: a small keep-alive pool of asyncio connections, responses parsed by httptools
-(uvicorn's C parser, the ``aio`` extra). TCP, TLS and Unix sockets; failures leave as
+(uvicorn's C parser). TCP, TLS and Unix sockets; failures leave as
 :class:`~quill.protocol.retries.TransportError`. Same interface as :mod:`quill.transports.http11`,
 with ``open``, ``read``, ``read_all`` and ``aclose`` as coroutines.
 
@@ -22,10 +22,7 @@ from ..protocol.requests import Request, buffer_size
 from ..protocol.retries import TransportError
 from .head import request_head
 
-try:
-    import httptools
-except ImportError:  # pragma: no cover - depends on the environment
-    httptools = None
+import httptools
 
 __all__ = ["AsyncHTTP11Transport", "AsyncHTTP11Response"]
 
@@ -317,8 +314,6 @@ class AsyncHTTP11Transport:
     """Asyncio HTTP/1.1 over a pool of at most ``max_connections`` connections per event loop."""
 
     def __init__(self, core: Any):
-        if httptools is None:
-            raise ImportError("AsyncQuillClient needs httptools: pip install 'quill[aio]'")
         self._endpoint = core.endpoint
         self._config = core.config
         self._heads: dict = {}
