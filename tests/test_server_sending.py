@@ -14,7 +14,7 @@ from quill.frames import TensorReceiver, encode_tensor_frames
 from quill.protocol.constants import PROTO
 from quill.server import QuillApp
 from quill.server.exchange import SEND_BYTES_EXTENSION
-from quill.server.kinds import SEND_BLOCK_BYTES, _blocks
+from quill.server.kinds import SEND_BLOCK_BYTES, TENSOR_ANSWER_FRAME_BYTES, _blocks
 from quill.tensor import Tensor
 
 TENSOR = Tensor.from_numpy(np.arange(3 << 20, dtype=np.uint8).reshape(3, 1 << 20), name="t")
@@ -60,7 +60,7 @@ def test_tensor_answer_payloads_are_views_of_the_tensor():
     start, bodies = messages[0], messages[1:]
     assert start["status"] == 200 and dict(start["headers"])[b"content-length"] == b"%d" % len(body_of(messages))
     views = [m["body"] for m in bodies if isinstance(m["body"], memoryview)]
-    assert len(views) == TENSOR.size_bytes // (64 << 10)
+    assert len(views) == TENSOR.size_bytes // TENSOR_ANSWER_FRAME_BYTES == 3
     base = np.frombuffer(TENSOR.data, dtype=np.uint8)
     for view in views:  # zero copy: every payload shares the tensor's memory
         assert np.shares_memory(np.frombuffer(view, dtype=np.uint8), base)
@@ -74,7 +74,7 @@ def test_tensor_answer_in_bytes_blocks_for_an_engine_that_asks():
     assert all(type(b) is bytes for b in bodies)
     assert all(len(b) >= SEND_BLOCK_BYTES for b in bodies[:-1]) and len(bodies) <= TENSOR.size_bytes // SEND_BLOCK_BYTES + 1
     assert [m["more_body"] for m in messages[1:]] == [True] * (len(bodies) - 1) + [False]
-    wire = b"".join(bytes(p) for p in encode_tensor_frames(TENSOR))
+    wire = b"".join(bytes(p) for p in encode_tensor_frames(TENSOR, chunk_size=TENSOR_ANSWER_FRAME_BYTES))
     assert body_of(messages) == wire
 
 
@@ -196,9 +196,9 @@ def test_tensor_compressed_in_blocks_without_content_length():
     decoder = ZstdDecoder()
     wire = b"".join(decoder.decompress(b) for b in bodies)
     decoder.finish()
-    assert wire == b"".join(bytes(p) for p in encode_tensor_frames(noise))
+    assert wire == b"".join(bytes(p) for p in encode_tensor_frames(noise, chunk_size=TENSOR_ANSWER_FRAME_BYTES))
     compressible = decoded_per_message(call(tensor_app(), "/t.v1.T/Get", headers=ZSTD))
-    assert b"".join(compressible) == b"".join(bytes(p) for p in encode_tensor_frames(TENSOR))
+    assert b"".join(compressible) == b"".join(bytes(p) for p in encode_tensor_frames(TENSOR, chunk_size=TENSOR_ANSWER_FRAME_BYTES))
 
 
 BIG = bytes(range(256)) * 1024  # 256 KiB
