@@ -2,7 +2,8 @@
 
 Coroutine functions are awaited; generator functions (sync or async) are called directly;
 other sync functions run in the default thread pool, so a slow handler never blocks the loop.
-A sync iterator is driven from the loop one ``next`` at a time in the thread pool.
+A sync iterator runs in a thread of its own, a few items ahead of the loop
+(:mod:`quill.server.sync_iterators`).
 
 >>> route = Route("a.v1.S/M", "unary", lambda request, context: request)
 >>> route.kind in HANDLER_KINDS
@@ -15,7 +16,9 @@ import asyncio
 import contextvars
 import functools
 import inspect
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable
+
+from .sync_iterators import iterate_in_thread
 
 __all__ = [
     "HANDLER_KINDS",
@@ -27,7 +30,6 @@ __all__ = [
 ]
 
 HANDLER_KINDS = ("unary", "server_stream", "client_stream", "token_stream", "tensor")
-_END = object()
 
 
 class Route:
@@ -57,33 +59,6 @@ async def invoke(function: Callable, *args) -> Any:
     return result
 
 
-async def _iterate_sync(iterator: Iterator) -> AsyncIterator:
-    """Drive a sync iterator from the event loop, each ``next`` in the thread pool (in a copy
-    of the caller's context).
-
-    When the consumer stops early (a client disconnect cancels it), the generator is
-    closed in a worker thread once its running ``next`` has returned, so its ``finally``
-    blocks run.
-    """
-    loop = asyncio.get_running_loop()
-    context = contextvars.copy_context()  # entered by one ``next`` at a time
-    try:
-        while True:
-            pending = loop.run_in_executor(None, context.run, next, iterator, _END)
-            try:
-                item = await asyncio.shield(pending)
-            except asyncio.CancelledError:
-                await asyncio.wait([pending])
-                raise
-            if item is _END:
-                return
-            yield item
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            await loop.run_in_executor(None, close)
-
-
 def as_async_iterator(result: Any, method_path: str) -> AsyncIterator:
     """What a streaming handler returned, as an async iterator (TypeError for bytes or a
     non-iterable)."""
@@ -93,7 +68,7 @@ def as_async_iterator(result: Any, method_path: str) -> AsyncIterator:
         return result.__aiter__()
     if isinstance(result, (bytes, bytearray, memoryview, str)) or not hasattr(result, "__iter__"):
         raise TypeError(f"streaming handler for {method_path} returned {type(result).__name__}, expected an iterator")
-    return _iterate_sync(iter(result))
+    return iterate_in_thread(iter(result))
 
 
 async def close_async_iterator(iterator: Any) -> None:
