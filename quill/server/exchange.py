@@ -301,23 +301,24 @@ class Exchange:
                 while item is not _END:
                     frame = encode(item)
                     self.items_out += 1
-                    if type(frame) is not tuple:
+                    if type(frame) is tuple:  # (header, payload): a large message
+                        await self._send_large(pending, frame, compress)
+                        held = 0
+                    else:
                         pending.append(frame)
                         held += frame.nbytes if type(frame) is memoryview else len(frame)
                         if not quick or held >= JOIN_BYTES:
                             await self._send_joined(pending, compress)
                             held = 0
-                    else:  # (header, payload): a large message, its payload sent or compressed uncopied
-                        pending.extend(frame[:-1])
-                        if compress is None:
-                            await self._send_joined(pending, None)
-                            await self._send_joined([frame[-1]], None)
-                        else:  # what is held and the header as one zstd block, the payload as the next
-                            pending[:] = [compress(b"".join(pending)), compress(frame[-1])]
-                            await self._send_joined(pending, None)
-                        held = 0
-                    # The next item: taken as it is when the handler has it ready.
                     started = clock()
+                    if not pending:  # nothing held: the next item simply awaited
+                        try:
+                            item = await next_item()
+                        except StopAsyncIteration:
+                            break
+                        quick = clock() - started < QUICK_ITEM_SECONDS
+                        continue
+                    # Frames held: the next item taken as it is when the handler has it ready...
                     step = next_item().__await__()
                     try:
                         signal = step.send(None)
@@ -327,11 +328,9 @@ class Exchange:
                         continue
                     except StopAsyncIteration:
                         break
-                    # The handler waits for something: what is made goes out first.
-                    if pending:
-                        await self._send_joined(pending, compress)
-                        held = 0
-                    quick = False
+                    # ...else it waits for something: what is held goes out first.
+                    await self._send_joined(pending, compress)
+                    held, quick = 0, False
                     try:
                         item = await _resume(step, signal)
                     except StopAsyncIteration:
@@ -345,6 +344,18 @@ class Exchange:
             await self.body(last if zstd is None else zstd.compress(last) + zstd.flush(), more=False)
         finally:
             await close_async_iterator(items)
+
+    async def _send_large(self, frames: list, message: tuple, compress: Callable | None) -> None:
+        """Send ``frames`` (held) and a large message's ``(header, payload)``; the payload is
+        sent, or compressed, straight from the handler's buffer."""
+        header, payload = message
+        frames.append(header)
+        if compress is None:
+            await self._send_joined(frames, None)
+            await self._send_joined([payload], None)
+        else:  # the held frames and the header as one zstd block, the payload as the next
+            frames[:] = [compress(b"".join(frames)), compress(payload)]
+            await self._send_joined(frames, None)
 
     async def _send_joined(self, frames: list, compress: Callable | None) -> None:
         """Send ``frames`` as one body message (compressed as one zstd block with ``compress``),
