@@ -7,7 +7,8 @@ raw urllib3, every throughput row printed against the loopback ceiling measured 
   installed (uvicorn, granian, hypercorn), plus uvicorn limited to h11 and asyncio, what a plain
   ``pip install quill`` without the ``server`` extra runs.
 * ``bare ASGI (ENGINE)`` -- a hand-written ASGI app on the same engine sending the same prepared
-  token frames: the floor of what the engine costs, for the token-streaming row.
+  token frames, one body message each: what the engine costs per frame, for the token-streaming
+  row (QuillApp joins frames ready back to back; ``bench_token_overhead.py`` compares the two).
 * ``HTTP/2`` rows -- httpx with ``http2=True`` on the engines that speak it (hypercorn, granian),
   when httpx and h2 are installed.
 

@@ -6,13 +6,14 @@ handed to the engine can be checked: its type, size and whether it shares the te
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 
 from quill.frames import TensorReceiver, encode_tensor_frames
 from quill.protocol.constants import PROTO
-from quill.server import QuillApp
+from quill.server import QuillApp, exchange
 from quill.server.exchange import SEND_BYTES_EXTENSION
 from quill.server.kinds import SEND_BLOCK_BYTES, TENSOR_ANSWER_FRAME_BYTES, _blocks
 from quill.tensor import Tensor
@@ -30,14 +31,15 @@ def tensor_app() -> QuillApp:
     return app
 
 
-def call(app: QuillApp, path: str, body: bytes = b"", headers=(), extensions=None) -> list[dict]:
-    """Run one HTTP call through ``app`` in memory; return the messages it sent."""
+def call(app: QuillApp, path: str, body: bytes = b"", headers=(), extensions=None, sent=None) -> list[dict]:
+    """Run one HTTP call through ``app`` in memory; return the messages it sent (into ``sent``
+    when given: a handler can look at it midway)."""
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "path": path,
              "headers": [(b"content-type", PROTO.encode()), *headers], "client": ("127.0.0.1", 1)}
     if extensions is not None:
         scope["extensions"] = extensions
     requests = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict] = []
+    sent = [] if sent is None else sent
 
     async def receive():
         if requests:
@@ -109,7 +111,7 @@ def test_which_engines_ask_for_bytes_bodies(engine):
 # zstd for streamed answers: frame by frame, never buffered
 # ----------------------------------------------------------------------------------------
 from quill._tokens import Token, TokenBatch  # noqa: E402
-from quill.frames import MessageStreamDecoder, TokenStreamDecoder  # noqa: E402
+from quill.frames import MessageStreamDecoder, StreamFlags, StreamFrameParser, TokenStreamDecoder  # noqa: E402
 from quill.protocol.compression import ZstdDecoder  # noqa: E402
 
 ZSTD = [(b"accept-encoding", b"zstd")]
@@ -144,16 +146,83 @@ def decoded_per_message(messages: list[dict]) -> list[bytes]:
     return out
 
 
-def test_message_stream_compressed_frame_by_frame():
+def test_message_stream_compressed_in_whole_frames():
     messages = call(stream_app(), "/s.v1.S/Count", b"50", headers=ZSTD)
     assert dict(messages[0]["headers"])[b"content-encoding"] == b"zstd"
     assert b"content-length" not in dict(messages[0]["headers"])
     decoded = decoded_per_message(messages)
-    decoder = MessageStreamDecoder()
-    per_message = [decoder.feed(piece) for piece in decoded]  # every piece completes its own frame
-    decoder.finish()
-    assert per_message[:-1] == [[b"message %d " % i * 20] for i in range(50)] and per_message[-1] == []
+    assert [bytes(f.payload) for f in whole_frames(decoded) if f.flags == StreamFlags.DATA] == [
+        b"message %d " % i * 20 for i in range(50)
+    ]
     assert sum(len(m["body"]) for m in messages[1:]) < len(b"".join(decoded)) / 2  # it did compress
+
+
+def whole_frames(pieces: list[bytes]) -> list:
+    """The stream frames of ``pieces``, each piece read on its own: it must hold whole frames
+    (what a client decodes as soon as the piece arrives)."""
+    frames = []
+    for piece in pieces:
+        parser = StreamFrameParser()
+        frames += parser.feed(piece)
+        parser.finish()  # raises for a frame cut at the piece's end
+    return frames
+
+
+def test_frames_made_back_to_back_go_out_joined(monkeypatch):
+    monkeypatch.setattr(exchange, "QUICK_ITEM_SECONDS", float("inf"))  # however loaded the machine
+    messages = call(stream_app(), "/s.v1.S/Count", b"50")
+    bodies = [m["body"] for m in messages[1:]]
+    assert len(bodies) == 2  # the first message at once, then the other 49 and END_STREAM together
+    assert len(whole_frames(bodies)) == 51
+
+
+def test_frames_held_to_be_joined_go_out_before_the_cancel_frame(monkeypatch):
+    monkeypatch.setattr(exchange, "QUICK_ITEM_SECONDS", float("inf"))
+    app = QuillApp()
+
+    @app.server_stream("s.v1.S/FailLate")
+    async def fail_late(request, context):
+        yield b"a"
+        yield b"b"
+        yield b"c"
+        raise RuntimeError("the model fell over")
+
+    frames = whole_frames([m["body"] for m in call(app, "/s.v1.S/FailLate")[1:]])
+    assert [bytes(f.payload) for f in frames[:-1]] == [b"a", b"b", b"c"] and frames[-1].flags & StreamFlags.CANCEL
+
+
+def test_a_frame_made_is_sent_before_the_handler_waits(monkeypatch):
+    monkeypatch.setattr(exchange, "QUICK_ITEM_SECONDS", float("inf"))
+    sent: list[dict] = []
+    seen: list[list] = []
+    app = QuillApp()
+
+    @app.server_stream("s.v1.S/Wait")
+    async def wait(request, context):
+        yield b"a"
+        yield b"b"  # ready at once: held to be joined...
+        await asyncio.sleep(0)  # ...until the handler waits
+        seen.append([bytes(f.payload) for f in whole_frames([m["body"] for m in sent[1:]])])
+        yield b"c"
+
+    call(app, "/s.v1.S/Wait", sent=sent)
+    assert seen == [[b"a", b"b"]]
+
+
+def test_a_handler_computing_between_items_gets_each_frame_sent_at_once():
+    sent: list[dict] = []
+    seen: list[list] = []
+    app = QuillApp()
+
+    @app.server_stream("s.v1.S/Compute")
+    async def compute(request, context):
+        for message in (b"a", b"b", b"c"):
+            seen.append([bytes(f.payload) for f in whole_frames([m["body"] for m in sent[1:]])])
+            time.sleep(0.002)  # blocking work, no await: longer than QUICK_ITEM_SECONDS
+            yield message
+
+    call(app, "/s.v1.S/Compute", sent=sent)
+    assert seen == [[], [b"a"], [b"a", b"b"]]
 
 
 def test_token_stream_compressed_and_q0_is_not():
@@ -168,13 +237,9 @@ def test_token_stream_compressed_and_q0_is_not():
 
 
 def test_failing_stream_ends_with_a_compressed_cancel_frame():
-    from quill.frames import StreamFlags
-
     decoded = decoded_per_message(call(stream_app(), "/s.v1.S/Fail", headers=ZSTD))
     frames = MessageStreamDecoder()
     assert frames.feed(decoded[0]) == [b"first"]
-    from quill.frames import StreamFrameParser
-
     parser = StreamFrameParser()
     (cancel,) = parser.feed(decoded[1])
     assert cancel.flags & StreamFlags.CANCEL and b"500 Internal server error" in bytes(cancel.payload)

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+import types
 from typing import Any, AsyncIterator, Callable, Iterable
 
 from ..errors import DecodeError, LimitExceededError, ProblemDetails
@@ -27,6 +29,36 @@ __all__ = ["Exchange", "SEND_BYTES_EXTENSION", "header_dict", "wants_json", "una
 
 logger = logging.getLogger("quill.server")
 _END = object()
+
+#: Frames of items that a handler makes back to back are joined into one body message of
+#: about this size at most: one engine send (one socket write) instead of one per frame.
+JOIN_BYTES = 64 * 1024
+#: A frame waits to be joined with the next one only when its item was ready within this
+#: time of being asked for. A handler that awaits between items, or computes between them
+#: without awaiting, gets each frame sent as soon as it is made.
+QUICK_ITEM_SECONDS = 50e-6
+
+
+@types.coroutine
+def _resume(step: Any, signal: Any) -> Any:
+    """Await the rest of an awaitable whose first step (``step.send(None)``) ran and yielded
+    ``signal``: what ``yield from`` does, less the first step."""
+    while True:
+        try:
+            value = yield signal
+        except GeneratorExit:
+            step.close()
+            raise
+        except BaseException as exc:  # cancellation, thrown into the handler where it waits
+            try:
+                signal = step.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                signal = step.send(value)
+            except StopIteration as done:
+                return done.value
 
 
 def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -230,7 +262,8 @@ class Exchange:
         """Send ``items`` as frames; a failing handler ends the stream with a CANCEL frame.
 
         ``encode(item)`` gives a frame's bytes, or a tuple of buffers (a frame header, then the
-        item's own payload) that are sent one after another without being joined.
+        item's own payload) that are sent one after another without being joined. Frames of
+        items the handler has ready back to back go out joined (see :data:`JOIN_BYTES`).
 
         The first item is fetched before the response starts, so a handler that fails
         straight away still gets a proper Problem Details status (its exception propagates
@@ -259,43 +292,88 @@ class Exchange:
                 item = _END
             zstd = self.answer_compressor()
             await self.start(200, [("content-type", PROTO), *(() if zstd is None else [("content-encoding", "zstd")])])
-            send, next_item, compress = self._send, items.__anext__, None if zstd is None else zstd.compress
+            next_item, compress, clock = items.__anext__, None if zstd is None else zstd.compress, time.perf_counter
+            pending: list = []  # frames of items that came back to back, sent joined (see JOIN_BYTES)
+            held = 0  # their bytes
+            quick = False  # whether ``item`` was ready the moment it was asked for
             try:
-                # The per-item path, kept lean (a token stream sends one message per batch):
-                # ``send`` called directly, counters updated as it goes.
+                # The per-item path, kept lean (a token stream sends one message per batch).
                 while item is not _END:
                     frame = encode(item)
-                    if type(frame) is tuple:  # (header, payload): a large message, its buffer uncopied
-                        if compress is not None:
-                            frame = b"".join([compress(piece) for piece in frame])
-                        else:
-                            for piece in frame[:-1]:
-                                self.bytes_out += len(piece)
-                                await send({"type": "http.response.body", "body": piece, "more_body": True})
-                            frame = frame[-1]
-                    elif compress is not None:
-                        frame = compress(frame)
-                    self.bytes_out += frame.nbytes if type(frame) is memoryview else len(frame)
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
                     self.items_out += 1
+                    if type(frame) is tuple:  # (header, payload): a large message
+                        await self._send_large(pending, frame, compress)
+                        held = 0
+                    else:
+                        pending.append(frame)
+                        held += frame.nbytes if type(frame) is memoryview else len(frame)
+                        if not quick or held >= JOIN_BYTES:
+                            await self._send_joined(pending, compress)
+                            held = 0
+                    started = clock()
+                    if not pending:  # nothing held: the next item simply awaited
+                        try:
+                            item = await next_item()
+                        except StopAsyncIteration:
+                            break
+                        quick = clock() - started < QUICK_ITEM_SECONDS
+                        continue
+                    # Frames held: the next item taken as it is when the handler has it ready...
+                    step = next_item().__await__()
                     try:
-                        item = await next_item()
+                        signal = step.send(None)
+                    except StopIteration as ready:
+                        item = ready.value
+                        quick = clock() - started < QUICK_ITEM_SECONDS
+                        continue
+                    except StopAsyncIteration:
+                        break
+                    # ...else it waits for something: what is held goes out first.
+                    await self._send_joined(pending, compress)
+                    held, quick = 0, False
+                    try:
+                        item = await _resume(step, signal)
                     except StopAsyncIteration:
                         item = _END
                 last = end_frame
             except Exception as exc:  # the status is out: end the stream with a CANCEL frame
                 self.stream_failed = True
                 last = cancel_frame(cancel_reason(exc, self.context.method_path))
+            pending.append(last)
+            last = b"".join(pending)
             await self.body(last if zstd is None else zstd.compress(last) + zstd.flush(), more=False)
         finally:
             await close_async_iterator(items)
+
+    async def _send_large(self, frames: list, message: tuple, compress: Callable | None) -> None:
+        """Send ``frames`` (held) and a large message's ``(header, payload)``; the payload is
+        sent, or compressed, straight from the handler's buffer."""
+        header, payload = message
+        frames.append(header)
+        if compress is None:
+            await self._send_joined(frames, None)
+            await self._send_joined([payload], None)
+        else:  # the held frames and the header as one zstd block, the payload as the next
+            frames[:] = [compress(b"".join(frames)), compress(payload)]
+            await self._send_joined(frames, None)
+
+    async def _send_joined(self, frames: list, compress: Callable | None) -> None:
+        """Send ``frames`` as one body message (compressed as one zstd block with ``compress``),
+        and empty the list."""
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        frames.clear()
+        if compress is not None:
+            data = compress(data)
+        self.bytes_out += data.nbytes if type(data) is memoryview else len(data)
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     def answer_compressor(self) -> compression.StreamCompressor | None:
         """A zstd compressor for a streamed answer when the client accepts zstd, else None.
 
         Streamed answers (message streams, token streams, tensors) are compressed whatever
-        their size: each frame is flushed as a zstd block of its own, so the client decodes it
-        as soon as it arrives (the stream stays a stream; nothing is buffered).
+        their size: each body message sent (a frame, or frames joined) is flushed as a zstd
+        block of its own, so the client decodes it as soon as it arrives (the stream stays a
+        stream; nothing is buffered).
         """
         if compression.accepts_zstd(self.headers.get("accept-encoding")):
             return compression.StreamCompressor()
