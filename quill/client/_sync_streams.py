@@ -34,7 +34,8 @@ class FrameStream:
 
     Each read hands out the items whose frames are complete, so an item arrives as soon as the
     server sends it; the whole body is never buffered. ``cancel()`` may be called from any task
-    or thread: a pending read ends with StreamCancelledError, later iteration ends.
+    or thread: the read pending then, or else the next one, raises StreamCancelledError (once,
+    whether or not a read was waiting on the socket at that moment); later iteration ends.
     """
 
     _what = "stream"
@@ -47,6 +48,7 @@ class FrameStream:
         self._index = 0
         self._open = True
         self.cancelled = False
+        self._cancel_told = False  # StreamCancelledError raised once already
 
     @property
     def headers(self) -> dict[str, str]:
@@ -59,6 +61,8 @@ class FrameStream:
     def __next__(self) -> Any:
         while self._index >= len(self._items):
             if not self._open:
+                if self.cancelled and not self._cancel_told:
+                    raise self._cancelled_error()
                 raise StopIteration
             self._fill()
         item = self._items[self._index]
@@ -87,7 +91,7 @@ class FrameStream:
         except TransportError as failure:
             self._finish(False)
             if self.cancelled:
-                raise StreamCancelledError(f"{self._request.call.describe()}: the {self._what} was cancelled") from None
+                raise self._cancelled_error() from None
             when = f"mid-{self._what} after {consumer.count} item(s)"
             raise quill_error_for(failure, self._request.call.describe(), self._request.timeout, when) from failure
         except IncompleteStreamError:
@@ -96,6 +100,10 @@ class FrameStream:
         except BaseException:
             self._finish(False)
             raise
+
+    def _cancelled_error(self) -> StreamCancelledError:
+        self._cancel_told = True
+        return StreamCancelledError(f"{self._request.call.describe()}: the {self._what} was cancelled")
 
     def _drain(self) -> None:
         """After END_STREAM only the end of the HTTP body may follow; read it so the connection is reused."""
@@ -117,7 +125,7 @@ class FrameStream:
 
     def cancel(self) -> None:
         """Cancel the call from any task or thread: the connection is closed so the server stops
-        producing; a pending read raises StreamCancelledError and iteration ends."""
+        producing; the pending (or next) read raises StreamCancelledError, then iteration ends."""
         if self._open:
             self.cancelled = True
             self._response.abort()
