@@ -30,7 +30,10 @@ from .head import request_head
 
 __all__ = ["HTTP11Transport", "HTTP11Response", "STREAM_READ_SIZE"]
 
-STREAM_READ_SIZE = 1048576  # larger reads allocate (and fault in) fresh memory per read
+STREAM_READ_SIZE = 256 * 1024  # larger reads allocate (and fault in) fresh memory per read
+#: The read after a payload was read in place: large payloads tend to follow one another, and
+#: a small read takes the next frame's header without copying much of the payload behind it.
+AFTER_WINDOW_READ_SIZE = 8 * 1024
 _SENDMSG_BATCH = 512  # buffers per sendmsg() call (IOV_MAX is 1024 on Linux)
 _SMALL_BODY = 16 * 1024  # below this, head and body go out joined in one send
 
@@ -81,13 +84,14 @@ def send_parts(sock: socket.socket, parts: list) -> None:
 class HTTP11Response:
     """An answer being read off one pooled connection (see :mod:`quill.transports`)."""
 
-    __slots__ = ("status", "headers", "_resp", "_conn", "_pool", "_open")
+    __slots__ = ("status", "headers", "_resp", "_conn", "_pool", "_open", "_after_window")
 
     def __init__(self, resp: http.client.HTTPResponse, conn: Any, pool: Any):
         self._resp = resp
         self._conn = conn
         self._pool = pool
         self._open = True
+        self._after_window = False
         self.status = resp.status
         headers: dict[str, str] = {}
         for name, value in resp.getheaders():
@@ -101,6 +105,8 @@ class HTTP11Response:
         return not self._resp.will_close
 
     def read(self, size: int = STREAM_READ_SIZE) -> bytes:
+        if self._after_window:
+            size, self._after_window = min(size, AFTER_WINDOW_READ_SIZE), False
         try:
             data = self._resp.read1(size)
             if not data and self._resp.length:  # Content-Length promised more than arrived
@@ -118,6 +124,7 @@ class HTTP11Response:
                 filled = resp.readinto(view)
             if filled < len(window) and resp.length:  # Content-Length promised more than arrived
                 raise http.client.IncompleteRead(b"", resp.length)
+            self._after_window = True
             return filled
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise _body_error(exc) from exc
