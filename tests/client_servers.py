@@ -88,7 +88,7 @@ class ScriptedServer:
     """A threaded loopback server; ``handler(request, sock)`` writes the answer itself.
 
     ``handler`` returns False to close the connection after answering. Every request is appended
-    to ``requests``; ``connections`` counts accepted connections.
+    to ``requests``; ``connections`` counts accepted connections, ``closed`` those it has closed.
     """
 
     def __init__(self, handler: Callable[[Request, socket.socket], object], port: int = 0, ssl_context=None):
@@ -96,6 +96,7 @@ class ScriptedServer:
         self._ssl_context = ssl_context
         self.requests: list[Request] = []
         self.connections = 0
+        self.closed = 0
         self._listener = socket.create_server(("127.0.0.1", port))
         self.port = self._listener.getsockname()[1]
         self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}"
@@ -139,6 +140,7 @@ class ScriptedServer:
         finally:
             rfile.close()
             sock.close()
+            self.closed += 1
 
     def close(self) -> None:
         self._stopped = True

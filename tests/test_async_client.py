@@ -223,3 +223,37 @@ print("open sockets", sum(map(is_socket, os.listdir("/proc/self/fd"))))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "open sockets 0" in result.stdout
+
+
+@pytest.mark.parametrize("frame_bytes", [64 << 10, 1 << 20])
+def test_a_content_length_tensor_arriving_in_dribbles_is_received_whole(frame_bytes):
+    """After the head of a Content-Length answer the async connection counts the body itself and
+    reads it straight into the tensor: any split of the bytes, and bytes after the body, are handled
+    (the connection is then not reused)."""
+    from client_servers import ScriptedServer
+
+    from quill.frames import encode_tensor_frames
+
+    tensor = Tensor.from_numpy(np.arange(3 << 18, dtype=np.float32).reshape(3, -1), name="w")
+    wire = b"".join(bytes(p) for p in encode_tensor_frames(tensor, chunk_size=frame_bytes))
+    pieces = [wire[:7], wire[7:5000], wire[5000:300_000], wire[300_000:300_001], wire[300_001:]]
+
+    def dribble(request, sock):
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/proto\r\nContent-Length: %d\r\n\r\n" % len(wire))
+        for piece in pieces:
+            time.sleep(0.01)
+            sock.sendall(piece)
+        sock.sendall(b"surplus" if request.path.endswith("Surplus") else b"")
+        return True
+
+    async def main():
+        async with AsyncQuillClient(server.url, max_connections=1) as client:
+            out = np.empty(tensor.size_bytes, dtype=np.uint8)
+            first = await client.call_tensor("t.v1.T", "Surplus", b"", out=out)
+            second = await client.call_tensor("t.v1.T", "Get", b"")
+            return first, second
+
+    with ScriptedServer(dribble) as server:
+        first, second = asyncio.run(main())
+        assert first == tensor and second == tensor
+        assert server.connections == 2  # the surplus bytes made the first connection unusable

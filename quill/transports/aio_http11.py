@@ -36,7 +36,10 @@ class _Connection(asyncio.BufferedProtocol):
     """One HTTP/1.1 connection: writes requests, parses answers into a head and body chunks.
 
     A buffered protocol: the socket is read into one reused buffer of :data:`_READ_SIZE` bytes
-    and parsed at once (httptools copies only the body bytes out of it).
+    and parsed at once (httptools copies only the body bytes out of it). Once the head of a
+    Content-Length answer is parsed, the rest of its body needs no parsing, only counting: it is
+    queued by the connection itself, or read from the socket straight into a reader's buffer
+    (:meth:`AsyncHTTP11Response.read_into`), one copy instead of three.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
@@ -65,6 +68,11 @@ class _Connection(asyncio.BufferedProtocol):
         self.error: TransportError | None = None
         self.chunks: collections.deque = collections.deque()
         self.buffered = 0
+        self.body_seen = 0  # body bytes httptools handed out
+        self.body_left: int | None = None  # a Content-Length body's bytes still to come, once counted here
+        self.sink: memoryview | None = None  # where counted body bytes go straight from the socket
+        self.sink_filled = 0
+        self._into_sink = False  # the last get_buffer() returned the sink
 
     @property
     def reusable(self) -> bool:
@@ -75,16 +83,46 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        sink, left = self.sink, self.body_left
+        self._into_sink = bool(sink is not None and left and self.sink_filled < len(sink))
+        if self._into_sink:
+            return sink[self.sink_filled:self.sink_filled + min(len(sink) - self.sink_filled, left)]
         return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._into_sink:
+            self.any_byte = True
+            self.sink_filled += nbytes
+            self._counted(nbytes)
+            return
         self.data_received(self._read_buffer[:nbytes])
+
+    def _counted(self, size: int) -> None:
+        """``size`` bytes of a counted body arrived."""
+        self.body_left -= size
+        if not self.body_left:
+            self.complete = True
+        self._wake()
 
     def data_received(self, data: Any) -> None:
         self.any_byte = True
         if self.complete:  # bytes after the answer (a lying Content-Length): never reuse this connection
             self.keep_alive = False
             return
+        if self.body_left is not None:
+            take = min(len(data), self.body_left)
+            if take < len(data):  # bytes after the answer: never reuse this connection
+                self.keep_alive = False
+            self.chunks.append(bytes(data[:take]))
+            self.buffered += take
+            self._counted(take)
+        else:
+            self._parse(data)
+        if self.buffered > _PAUSE_AT and not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    def _parse(self, data: Any) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -95,9 +133,10 @@ class _Connection(asyncio.BufferedProtocol):
                 return
             self._fail(TransportError("body" if self.head_done else "response", sent=True,
                                       detail=f"malformed HTTP response: {exc}"))
-        if self.buffered > _PAUSE_AT and not self._paused_reading:
-            self._paused_reading = True
-            self.transport.pause_reading()
+            return
+        declared = self.headers.get("content-length", "")
+        if self.head_done and not self.complete and declared.isdigit() and "transfer-encoding" not in self.headers:
+            self.body_left = int(declared) - self.body_seen  # the rest is counted here, not parsed
 
     def eof_received(self) -> bool:
         if self.head_done and not self.complete and "content-length" not in self.headers \
@@ -137,11 +176,13 @@ class _Connection(asyncio.BufferedProtocol):
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()  # known from the head; kept if the body ends well
         self._wake()
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
+        self.body_seen += len(body)
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -268,12 +309,31 @@ class AsyncHTTP11Response:
         return self._conn.take() if await self._body_ready() else b""
 
     async def read_into(self, window: Any) -> int:
-        """Fill ``window`` with the next body bytes; fewer than ``len(window)`` only at the end."""
+        """Fill ``window`` with the next body bytes; fewer than ``len(window)`` only at the end.
+        Bytes of a counted body that are not queued yet go from the socket straight into it."""
+        conn = self._conn
         with memoryview(window) as view:
             filled = 0
-            while filled < len(view) and await self._body_ready():
-                filled += self._conn.take_into(view[filled:])
+            while filled < len(view):
+                if not conn.chunks and conn.body_left and conn.error is None:
+                    filled += await self._receive_into(view[filled:])
+                elif await self._body_ready():
+                    filled += conn.take_into(view[filled:])
+                else:
+                    break
             return filled
+
+    async def _receive_into(self, view: memoryview) -> int:
+        conn = self._conn
+        conn.sink, conn.sink_filled = view, 0
+        try:
+            while conn.sink_filled < len(view) and conn.body_left and conn.error is None:
+                await conn.wait(self._timeout, "body")
+            if conn.error is not None:
+                raise conn.error
+            return conn.sink_filled
+        finally:
+            conn.sink = None
 
     async def read_all(self, limit: int, what: str) -> bytes:
         declared = self.headers.get("content-length")
