@@ -39,8 +39,8 @@ import time
 from collections import deque
 from typing import Any, BinaryIO, Callable, Iterator
 
-from .cli import EXIT_OK, EXIT_PROTOCOL, EXIT_RPC_ERROR, EXIT_USAGE, _UsageError, _add_client_options, \
-    _check_names, _parse_headers, _positive_int, _run_client_command
+from .cli_support import EXIT_OK, EXIT_PROTOCOL, EXIT_RPC_ERROR, EXIT_USAGE, UsageError, add_client_options, \
+    check_names, parse_headers, positive_int, run_client_command
 
 __all__ = ["add_batch_command", "run_batch"]
 
@@ -68,7 +68,7 @@ def add_batch_command(command: Callable[..., argparse.ArgumentParser]) -> None:
     batch.add_argument("--output", "-o", required=True, help="JSON Lines file of records (never overwritten)")
     batch.add_argument("--resume", action="store_true",
                        help="continue an interrupted run: keep --output's records, do the lines after them")
-    batch.add_argument("--concurrency", "-c", type=_positive_int, default=8, help="calls in flight (default 8)")
+    batch.add_argument("--concurrency", "-c", type=positive_int, default=8, help="calls in flight (default 8)")
     batch.add_argument("--kind", choices=["json", "tokens", "tensor"], default="json",
                        help="read each answer as JSON (default), a token stream, or a tensor")
     batch.add_argument("--status-retries", type=int, default=2,
@@ -77,20 +77,20 @@ def add_batch_command(command: Callable[..., argparse.ArgumentParser]) -> None:
                        help="the method is safe to repeat: resend a request the server may have read "
                             "when its connection fails")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
-    _add_client_options(batch)
+    add_client_options(batch)
     batch.set_defaults(run=_cmd_batch)
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    return _run_client_command(lambda: run_batch(args))
+    return run_client_command(lambda: run_batch(args))
 
 
 def run_batch(args: argparse.Namespace) -> int:
     """Run ``quill batch`` with parsed ``args``; the exit status."""
     from .client import QuillClient
 
-    headers = _parse_headers(args.header)
-    _check_names(args.service, args.method)
+    headers = parse_headers(args.header)
+    check_names(args.service, args.method)
     source = _open_input(args.input)
     output = BatchOutput.open(args.output, args.resume)
     try:
@@ -98,7 +98,7 @@ def run_batch(args: argparse.Namespace) -> int:
                              max_connections=args.concurrency, status_retries=args.status_retries)
     except ValueError as exc:  # the URL: scheme, host, port
         output.close()
-        raise _UsageError(f"bad server URL {args.url!r}: {exc}") from None
+        raise UsageError(f"bad server URL {args.url!r}: {exc}") from None
     total = None if args.no_progress or source is sys.stdin.buffer else _count_requests(args.input)
     progress = BatchProgress(total, output.records, sys.stderr, quiet=args.no_progress)
     pending: deque = deque()  # (line number, bad-line error or None) of each request the map has read
@@ -198,7 +198,7 @@ def _open_input(path: str) -> BinaryIO:
     try:
         return open(path, "rb")
     except OSError as exc:
-        raise _UsageError(f"cannot read --input {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read --input {path}: {exc.strerror or exc}") from None
 
 
 def _numbered_lines(source: BinaryIO, after: int) -> Iterator[tuple[int, bytes]]:
@@ -242,9 +242,9 @@ class BatchOutput:
                 return output
             output = cls(path, open(path, "r+b"))
         except FileExistsError:
-            raise _UsageError(f"--output {path} already exists: add --resume to continue it, or remove it") from None
+            raise UsageError(f"--output {path} already exists: add --resume to continue it, or remove it") from None
         except OSError as exc:
-            raise _UsageError(f"cannot write --output {path}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot write --output {path}: {exc.strerror or exc}") from None
         try:
             output._lock()
             output._handle.truncate(output._scan())
@@ -263,7 +263,7 @@ class BatchOutput:
         try:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise _UsageError(f"--output {self.path} is being written by another run: wait for it, or stop it") \
+            raise UsageError(f"--output {self.path} is being written by another run: wait for it, or stop it") \
                 from None
 
     def _scan(self) -> int:
@@ -278,7 +278,7 @@ class BatchOutput:
                 record = None
             number = record.get("line") if isinstance(record, dict) else None
             if not isinstance(number, int) or number <= self.last_line:
-                raise _UsageError(f"--output {self.path} line {index} is not a record of quill batch "
+                raise UsageError(f"--output {self.path} line {index} is not a record of quill batch "
                                   f"(expected {{\"line\": N, ...}} with N rising): cannot resume it")
             self._count(record)
             end += len(line)

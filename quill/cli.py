@@ -24,103 +24,26 @@ import signal
 import sys
 import textwrap
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-EXIT_OK = 0
-EXIT_RPC_ERROR = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_PROTOCOL = 4
-EXIT_MISSING_PACKAGE = 5
-EXIT_SERVER_FAILED = 6
-
-EXIT_CODES_HELP = """\
-exit codes: 0 success, 1 the server answered with an error (Problem Details on stderr),
-2 bad command line, 3 server unreachable or timed out, 4 undecodable answer or broken stream,
-5 a needed package is missing (an HTTP server: pip install 'quill[server]'), 6 a server worker died"""
+from .cli_support import (
+    EXIT_CODES_HELP,
+    EXIT_MISSING_PACKAGE,
+    EXIT_OK,
+    EXIT_SERVER_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    UsageError,
+    add_client_options,
+    check_names,
+    error,
+    make_client,
+    parse_headers,
+    positive_int,
+    run_client_command,
+)
 
 DEMO_SERVICE = "inference.v1.LLMService"
-
-
-class _UsageError(Exception):
-    """A command-line value that argparse could not check by itself."""
-
-
-def _error(text: str) -> None:
-    print(f"quill: error: {text}", file=sys.stderr, flush=True)
-
-
-def _print_rpc_error(exc: Any) -> None:
-    """A Problem Details answer, readable: status and title, then the other members."""
-    problem = exc.problem
-    if problem is None:
-        _error(f"the server answered HTTP {exc.status}" + (f": {exc.body.strip()[:500]}" if exc.body else ""))
-        return
-    _error(f"{problem.status} {problem.title}")
-    for key, value in problem.to_dict().items():
-        if key not in ("status", "title"):
-            print(f"  {key}: {value}", file=sys.stderr)
-
-
-def _run_client_command(action: Callable[[], int]) -> int:
-    """Run a command that talks to a server; map quill errors to exit codes."""
-    from .errors import (
-        DecodeError,
-        QuillConnectionError,
-        QuillTimeoutError,
-        RpcError,
-        StreamCancelledError,
-    )
-
-    try:
-        return action()
-    except RpcError as exc:
-        _print_rpc_error(exc)
-        return EXIT_RPC_ERROR
-    except (QuillConnectionError, QuillTimeoutError) as exc:
-        _error(str(exc))
-        return EXIT_UNREACHABLE
-    except (DecodeError, StreamCancelledError) as exc:
-        _error(str(exc))
-        return EXIT_PROTOCOL
-    except _UsageError as exc:
-        _error(str(exc))
-        return EXIT_USAGE
-
-
-def _parse_headers(values: Sequence[str]) -> dict[str, str]:
-    from .protocol.names import check_header
-
-    headers = {}
-    for value in values:
-        name, colon, text = value.partition(":")
-        if not colon or not name.strip():
-            raise _UsageError(f"header {value!r} must look like 'Name: value'")
-        try:
-            name, text = check_header(name.strip(), text.strip())
-        except ValueError as exc:
-            raise _UsageError(f"-H {value!r}: {exc}") from None
-        headers[name] = text
-    return headers
-
-
-def _check_names(service: str, method: str) -> None:
-    from .protocol.names import check_rpc_name
-
-    try:
-        check_rpc_name("service", service)
-        check_rpc_name("method", method)
-    except ValueError as exc:
-        raise _UsageError(str(exc)) from None
-
-
-def _client(args: argparse.Namespace):
-    from .client import QuillClient
-
-    try:
-        return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress)
-    except ValueError as exc:  # the URL: scheme, host, port
-        raise _UsageError(f"bad server URL {args.url!r}: {exc}") from None
 
 
 def _write_bytes(data: bytes, output: str | None) -> None:
@@ -130,7 +53,7 @@ def _write_bytes(data: bytes, output: str | None) -> None:
             with open(output, "wb") as handle:
                 handle.write(data)
         except OSError as exc:
-            raise _UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
         print(f"wrote {len(data)} bytes to {output}", file=sys.stderr)
         return
     if not sys.stdout.isatty():
@@ -162,10 +85,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             tls = TLSConfig(args.certfile, args.keyfile, ca_certs=args.ca_certs,
                             require_client_cert=args.require_client_cert)
         except ValueError as exc:
-            _error(f"--require-client-cert: {exc}")
+            error(f"--require-client-cert: {exc}")
             return EXIT_USAGE
     elif args.keyfile or args.ca_certs or args.require_client_cert:
-        _error("--keyfile, --ca-certs and --require-client-cert need --certfile")
+        error("--keyfile, --ca-certs and --require-client-cert need --certfile")
         return EXIT_USAGE
     if args.app == "quill.demo:app" or args.app is None:
         from .demo import create_demo_app
@@ -179,7 +102,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         try:
             app = load_app(args.app)
         except (ImportError, ValueError) as exc:
-            _error(f"cannot load {args.app}: {exc}")
+            error(f"cannot load {args.app}: {exc}")
             return EXIT_USAGE
         name = args.app
     if isinstance(app, QuillApp):
@@ -192,7 +115,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.public_metrics:
             app.public_paths = app.public_paths | {"/metrics"}
     elif args.bearer_token or args.api_key or args.max_request_mb is not None or args.public_metrics:
-        _error(f"{args.app} is not a QuillApp: --bearer-token, --api-key, --public-metrics and --max-request-mb "
+        error(f"{args.app} is not a QuillApp: --bearer-token, --api-key, --public-metrics and --max-request-mb "
                "do not apply")
         return EXIT_USAGE
 
@@ -214,10 +137,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               on_listening=listening, workers=args.workers)
     except OSError as exc:
         where = args.uds if args.uds is not None else f"{args.host}:{args.port}"
-        _error(f"cannot listen on {where}: {exc.strerror or exc}")
+        error(f"cannot listen on {where}: {exc.strerror or exc}")
         return EXIT_UNREACHABLE
     except WorkerDied as exc:
-        _error(str(exc))
+        error(str(exc))
         return EXIT_SERVER_FAILED
     except SystemExit as exc:
         if exc.code not in (None, EXIT_OK):
@@ -231,14 +154,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------
 def _cmd_call(args: argparse.Namespace) -> int:
     def action() -> int:
-        headers = _parse_headers(args.header)
-        _check_names(args.service, args.method)
-        with _client(args) as client:
+        headers = parse_headers(args.header)
+        check_names(args.service, args.method)
+        with make_client(args) as client:
             if args.json is not None:
                 try:
                     obj = json.loads(args.json)
                 except ValueError as exc:
-                    raise _UsageError(f"--json is not valid JSON: {exc}") from None
+                    raise UsageError(f"--json is not valid JSON: {exc}") from None
                 if args.stream:
                     for message in client.call_stream(args.service, args.method, obj, headers=headers):
                         _print_message(message)
@@ -250,7 +173,7 @@ def _cmd_call(args: argparse.Namespace) -> int:
                 try:
                     request = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
                 except OSError as exc:
-                    raise _UsageError(f"cannot read --file {args.file}: {exc.strerror or exc}") from None
+                    raise UsageError(f"cannot read --file {args.file}: {exc.strerror or exc}") from None
             else:
                 request = (args.data or "").encode()
             if args.stream:
@@ -260,7 +183,7 @@ def _cmd_call(args: argparse.Namespace) -> int:
             _write_bytes(client.call(args.service, args.method, request, headers=headers), args.output)
             return EXIT_OK
 
-    return _run_client_command(action)
+    return run_client_command(action)
 
 
 def _print_message(message: bytes) -> None:
@@ -272,15 +195,15 @@ def _print_message(message: bytes) -> None:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     def action() -> int:
-        headers = _parse_headers(args.header)
-        _check_names(args.service, args.method)
+        headers = parse_headers(args.header)
+        check_names(args.service, args.method)
         request = {"prompt": args.prompt, "max_tokens": args.max_tokens, "batch_size": args.batch_size}
         if args.seed is not None:
             request["seed"] = args.seed
         started = time.perf_counter()
         first_token = None
         count = 0
-        with _client(args) as client:
+        with make_client(args) as client:
             # bytes, so the answer comes as TOKEN_BATCH frames (a dict would ask for JSON)
             stream = client.stream_tokens(args.service, args.method, json.dumps(request).encode(), headers=headers)
             for batch in stream:
@@ -302,7 +225,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                   f"first token after {(first_token or 0) * 1000:.0f} ms]", file=sys.stderr)
         return EXIT_OK
 
-    return _run_client_command(action)
+    return run_client_command(action)
 
 
 # --------------------------------------------------------------------------------------
@@ -315,7 +238,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         run_demo(max_tokens=args.max_tokens, token_delay=args.token_delay_ms / 1000.0)
         return EXIT_OK
 
-    return _run_client_command(action)
+    return run_client_command(action)
 
 
 class _ProgressBar:
@@ -376,19 +299,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(benchmark.format_table(rows), flush=True)
         return EXIT_OK
 
-    return _run_client_command(action)
+    return run_client_command(action)
 
 
 # --------------------------------------------------------------------------------------
 # argument parsing
 # --------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _octal_mode(text: str) -> int:
     try:
         mode = int(text, 8)
@@ -404,14 +320,6 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
-
-
-def _add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
-                        help="extra request header (repeatable), e.g. -H 'Authorization: Bearer TOKEN'")
-    parser.add_argument("--timeout-ms", type=_positive_int, default=30_000, help="per-call timeout (default 30000)")
-    parser.add_argument("--compress", action="store_true",
-                        help="zstd-compress request bodies of 1 KiB or more and accept zstd answers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -467,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-metrics", action="store_true",
                        help="answer /metrics without credentials (by default only /health and /ready are open "
                             "when --bearer-token or --api-key is given)")
-    serve.add_argument("--workers", type=_positive_int, default=1,
+    serve.add_argument("--workers", type=positive_int, default=1,
                        help="worker processes sharing the listening socket (default 1; more than 1 needs POSIX fork)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
@@ -488,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--stream", action="store_true",
                       help="server-streaming method: print each message of the stream on its own line")
     call.add_argument("--output", "-o", help="write the answer's bytes to this file")
-    _add_client_options(call)
+    add_client_options(call)
     call.set_defaults(run=_cmd_call)
 
     generate = command("generate", "stream generated tokens to the terminal",
@@ -496,19 +404,19 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("url", help="base URL of the server, e.g. http://127.0.0.1:8080")
     generate.add_argument("prompt", help="the prompt text")
     generate.add_argument("--max-tokens", type=int, default=64, help="tokens to generate (default 64)")
-    generate.add_argument("--batch-size", type=_positive_int, default=1, help="tokens per TokenBatch (default 1)")
+    generate.add_argument("--batch-size", type=positive_int, default=1, help="tokens per TokenBatch (default 1)")
     generate.add_argument("--seed", type=int, default=None, help="sampling seed")
     generate.add_argument("--service", default=DEMO_SERVICE, help=f"service (default {DEMO_SERVICE})")
     generate.add_argument("--method", default="Generate", help="method (default Generate)")
     generate.add_argument("--logprobs", action="store_true", help="print one token per line with its logprob ('-' for a token sent without one)")
     generate.add_argument("--quiet", "-q", action="store_true", help="no statistics line on stderr")
-    _add_client_options(generate)
+    add_client_options(generate)
     generate.set_defaults(run=_cmd_generate)
 
     demo = command("demo", "run the demo end to end on an embedded server (offline, a few seconds)",
                    "Start the demo inference service on a free loopback port, stream a generation to the "
                    "terminal, round-trip an embedding tensor, and print tokens/s, MB/s and latencies.")
-    demo.add_argument("--max-tokens", type=_positive_int, default=48, help="tokens to stream (default 48)")
+    demo.add_argument("--max-tokens", type=positive_int, default=48, help="tokens to stream (default 48)")
     demo.add_argument("--token-delay-ms", type=_non_negative_float, default=25.0,
                       help="simulated compute per token on the server (default 25)")
     demo.set_defaults(run=_cmd_demo)
@@ -543,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("quill: interrupted", file=sys.stderr)
         return 130
     except ImportError as exc:  # an optional dependency (an HTTP server engine) is not installed
-        _error(str(exc))
+        error(str(exc))
         return EXIT_MISSING_PACKAGE
     except BrokenPipeError:  # `quill generate ... | head`
         return EXIT_OK

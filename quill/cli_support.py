@@ -1,0 +1,127 @@
+"""What the ``quill`` subcommands share (quill.cli, quill.batch): exit codes, usage errors, the
+client options, and the mapping of quill's errors to exit codes.
+
+>>> run_client_command(lambda: EXIT_OK)
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Sequence
+
+__all__ = [
+    "EXIT_OK", "EXIT_RPC_ERROR", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_PROTOCOL", "EXIT_MISSING_PACKAGE",
+    "EXIT_SERVER_FAILED", "EXIT_CODES_HELP", "UsageError", "error", "print_rpc_error", "run_client_command",
+    "parse_headers", "check_names", "make_client", "positive_int", "add_client_options",
+]
+
+EXIT_OK = 0
+EXIT_RPC_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_PROTOCOL = 4
+EXIT_MISSING_PACKAGE = 5
+EXIT_SERVER_FAILED = 6
+
+EXIT_CODES_HELP = """\
+exit codes: 0 success, 1 the server answered with an error (Problem Details on stderr),
+2 bad command line, 3 server unreachable or timed out, 4 undecodable answer or broken stream,
+5 a needed package is missing (an HTTP server: pip install 'quill[server]'), 6 a server worker died"""
+
+
+class UsageError(Exception):
+    """A command-line value that argparse could not check by itself."""
+
+
+def error(text: str) -> None:
+    print(f"quill: error: {text}", file=sys.stderr, flush=True)
+
+
+def print_rpc_error(exc: Any) -> None:
+    """A Problem Details answer, readable: status and title, then the other members."""
+    problem = exc.problem
+    if problem is None:
+        error(f"the server answered HTTP {exc.status}" + (f": {exc.body.strip()[:500]}" if exc.body else ""))
+        return
+    error(f"{problem.status} {problem.title}")
+    for key, value in problem.to_dict().items():
+        if key not in ("status", "title"):
+            print(f"  {key}: {value}", file=sys.stderr)
+
+
+def run_client_command(action: Callable[[], int]) -> int:
+    """Run a command that talks to a server; map quill errors to exit codes."""
+    from .errors import (
+        DecodeError,
+        QuillConnectionError,
+        QuillTimeoutError,
+        RpcError,
+        StreamCancelledError,
+    )
+
+    try:
+        return action()
+    except RpcError as exc:
+        print_rpc_error(exc)
+        return EXIT_RPC_ERROR
+    except (QuillConnectionError, QuillTimeoutError) as exc:
+        error(str(exc))
+        return EXIT_UNREACHABLE
+    except (DecodeError, StreamCancelledError) as exc:
+        error(str(exc))
+        return EXIT_PROTOCOL
+    except UsageError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+
+
+def parse_headers(values: Sequence[str]) -> dict[str, str]:
+    from .protocol.names import check_header
+
+    headers = {}
+    for value in values:
+        name, colon, text = value.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"header {value!r} must look like 'Name: value'")
+        try:
+            name, text = check_header(name.strip(), text.strip())
+        except ValueError as exc:
+            raise UsageError(f"-H {value!r}: {exc}") from None
+        headers[name] = text
+    return headers
+
+
+def check_names(service: str, method: str) -> None:
+    from .protocol.names import check_rpc_name
+
+    try:
+        check_rpc_name("service", service)
+        check_rpc_name("method", method)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def make_client(args: argparse.Namespace):
+    from .client import QuillClient
+
+    try:
+        return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress)
+    except ValueError as exc:  # the URL: scheme, host, port
+        raise UsageError(f"bad server URL {args.url!r}: {exc}") from None
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="extra request header (repeatable), e.g. -H 'Authorization: Bearer TOKEN'")
+    parser.add_argument("--timeout-ms", type=positive_int, default=30_000, help="per-call timeout (default 30000)")
+    parser.add_argument("--compress", action="store_true",
+                        help="zstd-compress request bodies of 1 KiB or more and accept zstd answers")
