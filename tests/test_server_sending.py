@@ -80,6 +80,32 @@ def test_tensor_answer_in_bytes_blocks_for_an_engine_that_asks():
     assert body_of(messages) == wire
 
 
+def test_tensor_blocks_are_joined_one_at_a_time_as_they_are_sent(monkeypatch):
+    """Never the whole tensor copied at once: at most the block being sent and the next one exist."""
+    import quill.server.kinds as kinds
+
+    events = []
+    blocks = kinds._blocks
+
+    def recording_blocks(pieces, size):
+        for block in blocks(pieces, size):
+            events.append("joined")
+            yield block
+
+    monkeypatch.setattr(kinds, "_blocks", recording_blocks)
+
+    class Recording(list):
+        def append(self, message):
+            if message.get("type") == "http.response.body":
+                events.append("sent")
+            super().append(message)
+
+    sent = Recording()
+    call(tensor_app(), "/t.v1.T/Get", extensions={SEND_BYTES_EXTENSION: {}}, sent=sent)
+    ahead = [events[:i].count("joined") - events[:i].count("sent") for i in range(len(events) + 1)]
+    assert events.count("joined") == events.count("sent") >= 3 and max(ahead) <= 2
+
+
 @pytest.mark.parametrize("size", [1, 9, 100, 1 << 16])
 def test_blocks_keep_the_bytes_in_order(size):
     pieces = list(encode_tensor_frames(Tensor.from_numpy(np.arange(1000, dtype=np.int32)), chunk_size=97))
