@@ -17,19 +17,19 @@ import threading
 import warnings
 from typing import Any
 
+import httptools
+
 from ..errors import LimitExceededError, QuillConnectionError, QuillTimeoutError
 from ..protocol.requests import Request, buffer_size
 from ..protocol.retries import TransportError
 from .head import request_head
-
-import httptools
 
 __all__ = ["AsyncHTTP11Transport", "AsyncHTTP11Response"]
 
 _PAUSE_AT = 4 << 20
 _RESUME_AT = 1 << 20
 _SMALL_BODY = 16 * 1024
-_READ_SIZE = 262144
+_READ_SIZE = 256 * 1024  # larger reads make httptools allocate (and fault in) larger body pieces
 
 
 class _Connection(asyncio.BufferedProtocol):
