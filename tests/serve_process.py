@@ -11,8 +11,9 @@ import os
 import re
 import subprocess
 import sys
-import time
 from typing import Iterator
+
+from waiting import wait_until
 
 SERVICE = "inference.v1.LLMService"
 
@@ -29,12 +30,8 @@ class ServeProcess:
         """The pids that serve requests: the process itself, or its forked workers."""
         if self.workers == 1:
             return [self.process.pid]
-        deadline = time.monotonic() + 10
-        while True:
-            pids = children(self.process.pid)
-            if len(pids) == self.workers or time.monotonic() > deadline:
-                return pids
-            time.sleep(0.05)
+        wait_until(lambda: len(children(self.process.pid)) == self.workers, 10, interval=0.05)
+        return children(self.process.pid)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from client_servers import free_port  # noqa: E402
 from serve_process import SERVICE, quill_serve  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from quill import QuillClient  # noqa: E402
 
@@ -130,9 +131,7 @@ def test_sigint_leaves_the_lines_done_and_resume_does_only_the_rest(tmp_path):
         output = str(tmp_path / "out.jsonl")
         process = subprocess.Popen(batch_command(server.url, "Generate", source, output, "--concurrency", "4"),
                                    stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + TIMEOUT
-        while (not os.path.exists(output) or os.path.getsize(output) < 20_000) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: os.path.exists(output) and os.path.getsize(output) >= 20_000, TIMEOUT, interval=0.02)
         process.send_signal(signal.SIGINT)
         stderr = process.communicate(timeout=TIMEOUT)[1]
         assert process.returncode == 130, stderr

@@ -25,6 +25,7 @@ from client_servers import (  # noqa: E402
     response,
     zstd,
 )
+from waiting import wait_until  # noqa: E402
 
 from quill.client import QuillClient  # noqa: E402
 
@@ -314,9 +315,7 @@ def test_a_stale_keep_alive_connection_is_replaced_transparently():
             # an idle connection goes stale: the server has closed it before the next call (under
             # load the call could otherwise race the server's own close, which no client can tell
             # from a server that read the request and died)
-            deadline = time.monotonic() + 5
-            while server.closed <= i and time.monotonic() < deadline:
-                time.sleep(0.001)
+            assert wait_until(lambda: server.closed > i, 5, interval=0.001)
         assert server.connections == 5
 
 

@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from serve_process import SERVICE, open_fds, open_sockets, quill_serve, rss_bytes  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from quill.client import QuillClient  # noqa: E402
 from quill.frames import encode_tensor_frames  # noqa: E402
@@ -110,15 +111,6 @@ def test_sixteen_threads_ten_thousand_calls_each_all_checked(workers):
             os.kill(pid, 0)
 
 
-def wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def abort_upload(url: str, reset: bool) -> None:
     """Announce a 1 MiB tensor, send 64 KiB of it, then leave (with a FIN, or an RST)."""
     wire = b"".join(bytes(p) for p in encode_tensor_frames(UPLOAD))
@@ -157,7 +149,7 @@ def test_a_thousand_clients_leave_mid_stream_and_the_server_recovers():
         leave_mid_stream(1000, 200)
 
         # The server notices each departure and releases the connection, the generator, the buffers.
-        assert wait_for(lambda: open_fds(pid) <= fds_before), (open_fds(pid), fds_before)
+        assert wait_until(lambda: open_fds(pid) <= fds_before), (open_fds(pid), fds_before)
         fds_after = open_fds(pid)
         time.sleep(0.5)
         rss_after = settled_rss()

@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from client_servers import ScriptedServer, echo, free_port, response  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from quill import AsyncQuillClient, QuillClient, Tensor, Token, TokenBatch  # noqa: E402
 from quill.errors import BadRequestError, ProblemDetails, QuillConnectionError, ServiceUnavailableError  # noqa: E402
@@ -130,15 +131,6 @@ def client(served):
 
 def sleeps(*pairs) -> list[bytes]:
     return [b"%d|%s" % (ms, payload) for ms, payload in pairs]
-
-
-def wait_until(condition, timeout=WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # ---------------------------------------------------------------- order and concurrency
@@ -275,12 +267,12 @@ def test_leaving_early_cancels_the_streams_in_flight(client, counts, how):
     results = client.map(SVC, "Count", long_streams(50), kind="tokens", concurrency=4)
     first = next(results)
     assert [b.text() for b in first] == ["t0", "t1"]
-    assert wait_until(lambda: counts.in_flight == 4)  # four long ones (the two short ones are done)
+    assert wait_until(lambda: counts.in_flight == 4, WAIT)  # four long ones (the two short ones are done)
     if how == "close":
         results.close()
     else:
         del results  # what `break` does: the results are dropped
-    assert wait_until(lambda: counts.in_flight == 0)
+    assert wait_until(lambda: counts.in_flight == 0, WAIT)
     assert counts.disconnected == 4
     started = counts.started
     time.sleep(0.3)
@@ -334,7 +326,7 @@ def test_cancelling_the_consuming_task_cancels_every_call(served, counts):
             assert await client.call(SVC, "Sleep", b"0|after") == b"after"
 
     asyncio.run(main())
-    assert wait_until(lambda: counts.in_flight == 0)
+    assert wait_until(lambda: counts.in_flight == 0, WAIT)
     assert counts.disconnected >= 4
 
 

@@ -15,7 +15,6 @@ import time
 import urllib.parse
 
 import pytest
-import urllib3
 
 from quill.client import QuillClient
 from quill.demo import SERVICE, create_demo_app
@@ -26,6 +25,7 @@ from quill.server.tls import TLSConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
 from certificates import make_certificates  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +206,7 @@ def test_quill_serve_with_workers_on_each_engine(engine):
     process, url = quill_serve("debug_app:app", "--app-dir", os.path.dirname(os.path.abspath(__file__)),
                                "--engine", engine, "--workers", "2")
     try:
-        deadline = time.monotonic() + 10
-        while len(children(process.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(children(process.pid)) >= 2, 10, interval=0.05)
         pids = set(children(process.pid))
         answers: dict[int, set] = {}
         for _ in range(200):  # fresh connections until both workers have answered
@@ -231,9 +229,7 @@ def test_a_dead_worker_takes_the_others_down(engine):
 
     process, url = quill_serve("--engine", engine, "--workers", "2")
     try:
-        deadline = time.monotonic() + 10
-        while len(children(process.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(children(process.pid)) >= 2, 10, interval=0.05)
         first, second = children(process.pid)
         os.kill(first, signal.SIGKILL)
         assert process.wait(30) == 6
