@@ -330,8 +330,8 @@ cdef class _IncrementalReader:
         []
         >>> window = decoder.payload_window()
         >>> memoryview(window)[:] = wire[4:4 + len(window)]
-        >>> [len(m) for m in decoder.commit(window, len(window))], decoder.feed(END_STREAM_FRAME)
-        ([100000], [])
+        >>> [len(m) for m in decoder.commit(window, len(window))], decoder.feed(encode_end_stream()), decoder.done
+        ([100000], [], True)
         """
         if self._busy or self._error is not None or self._done:
             return None
