@@ -1,4 +1,4 @@
-"""Build the compiled modules: every ``quill/*.pyx`` is a Cython extension.
+"""Build the compiled core: every ``quill/_core/*.pyx`` is a Cython extension, ``quill._core.<name>``.
 
 Project metadata lives in pyproject.toml; this file only lists the extensions and
 their compiler flags. A module that fails to compile fails the build: there is no
@@ -19,15 +19,17 @@ else:
     # -fno-strict-aliasing: the kernels reinterpret float bits through unions and casts.
     COMPILE_ARGS = ["-O3", "-fno-strict-aliasing", "-Wno-unreachable-code"]
 
+CORE = os.path.join("quill", "_core")
+
 extensions = [
     Extension(
-        "quill." + os.path.splitext(os.path.basename(path))[0],
+        "quill._core." + os.path.splitext(os.path.basename(path))[0],
         [path],
-        include_dirs=[numpy.get_include(), "quill"],
+        include_dirs=[numpy.get_include(), CORE],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=COMPILE_ARGS,
     )
-    for path in sorted(glob.glob(os.path.join("quill", "*.pyx")))
+    for path in sorted(glob.glob(os.path.join(CORE, "*.pyx")))
 ]
 
 setup(

@@ -10,7 +10,7 @@ median of the repeats is reported.
 "into out" writes a preallocated array (quill: out=, peers: np.copyto with
 casting="unsafe", which runs the same cast loop as astype). "allocating"
 returns a new array and drops it before the next call: quill then reuses the
-memory of the dropped result (see quill/_casts.pyx), numpy maps fresh pages
+memory of the dropped result (see quill/_core/casts.pyx), numpy maps fresh pages
 that the operating system must fault in and zero. "allocating, results kept" holds on
 to every result, so nobody can reuse memory: the page-fault cost is paid on
 both sides.
@@ -23,7 +23,7 @@ import time
 import ml_dtypes
 import numpy as np
 
-from quill._casts import _available_paths, _cast_using, cast
+from quill._core.casts import _available_paths, _cast_using, cast
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 

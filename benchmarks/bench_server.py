@@ -40,7 +40,7 @@ TOKEN_SERVICE = "inference.v1.LLMService"
 # Servers (each started as `python bench_server.py --serve KIND ENGINE PORT`)
 # --------------------------------------------------------------------------------------
 def _token_frames() -> list[bytes]:
-    from quill._tokens import Token, TokenBatch
+    from quill._core.tokens import Token, TokenBatch
     from quill.frames import encode_token_batch_frame
 
     batch = TokenBatch.from_tokens([Token(5, i, text=" word", logprob=-1.0) for i in range(32)])
@@ -72,7 +72,7 @@ def _bare_asgi_app():
 
 def _quill_app():
     """quill.benchmark's app plus a token stream of the same prepared batches."""
-    from quill._tokens import Token, TokenBatch
+    from quill._core.tokens import Token, TokenBatch
     from quill.benchmark import app
 
     batch = TokenBatch.from_tokens([Token(5, i, text=" word", logprob=-1.0) for i in range(32)])

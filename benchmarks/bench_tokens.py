@@ -1,4 +1,4 @@
-"""Token batches: quill._tokens against a pure-Python struct codec, protobuf (upb) and msgpack.
+"""Token batches: quill._core.tokens against a pure-Python struct codec, protobuf (upb) and msgpack.
 
 Workload (issue 3): 100,000 batches of 32 tokens; each token has a 3-8 letter ASCII text, a
 logprob in (-10, 0], a sequential position and a random id below 50,000; each batch has a
@@ -34,7 +34,7 @@ import msgpack
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.internal import api_implementation
 
-from quill._tokens import Token, TokenBatch
+from quill._core.tokens import Token, TokenBatch
 
 TOKENS_PER_BATCH = 32
 

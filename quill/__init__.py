@@ -9,9 +9,13 @@ Token(id=42, text='hello', pos=0)
 The wire codecs live in :mod:`quill.frames`, the reference server in :mod:`quill.server`.
 """
 
-from . import frames
-from ._casts import cast
-from ._tokens import Token, TokenBatch, TokenBatchBuilder
+import sys as _sys
+
+from . import _core, frames
+from ._core import frames as _core_frames
+from ._core import tokens as _core_tokens
+from ._core.casts import cast
+from ._core.tokens import Token, TokenBatch, TokenBatchBuilder
 from .client import MessageStream, QuillClient, TokenStream
 from .dtypes import DType
 from .errors import (
@@ -37,6 +41,13 @@ from .errors import (
 from .tensor import Shape, Tensor, TensorMeta
 
 __version__ = "0.1.0"
+
+# Pickles written by quill 0.1, before the compiled core moved into quill._core, name
+# quill._tokens (Token, TokenBatch) and quill._frames (the frame objects); they load through these
+# aliases of the modules that now hold those names (tests/test_pickle_compat.py).
+_sys.modules.setdefault(__name__ + "._tokens", _core_tokens)
+_sys.modules.setdefault(__name__ + "._frames", _core_frames)
+del _sys, _core_frames, _core_tokens
 
 __all__ = [
     "AsyncMessageStream",

@@ -331,7 +331,7 @@ def create_demo_app(*, token_delay: float = 0.0, **app_options: Any) -> QuillApp
     >>> create_demo_app(token_delay=0.01).methods()
     {'inference.v1.LLMService/Generate': 'token_stream', 'inference.v1.LLMService/Embed': 'tensor', 'inference.v1.LLMService/Echo': 'tensor'}
     """
-    from ._tokens import Token, TokenBatch
+    from ._core.tokens import Token, TokenBatch
     from .dtypes import DType
     from .tensor import Tensor
 

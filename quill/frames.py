@@ -1,6 +1,6 @@
 """Tensor frames (docs/protocol.md section 4) and message-stream frames (section 5).
 
-The codecs and incremental parsers are compiled (``quill._frames``); this module
+The codecs and incremental parsers are compiled (``quill._core.frames``); this module
 re-exports them and defines the frame-type and flag enums.
 
 Tensor frames carry tensors and token streams (9-byte header: type, 4 reserved bytes,
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
-from quill._frames import (
+from quill._core.frames import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_FRAME_PAYLOAD,
     DEFAULT_MAX_TENSOR_BYTES,

@@ -36,10 +36,10 @@ import sys
 
 import numpy as np
 
-from quill._arrow import export_tensor, tensor_schema
-from quill._arrow_import import import_tensor
-from quill._casts import cast
-from quill._tensor import buffers_equal, export_dlpack
+from quill._core.arrow import export_tensor, tensor_schema
+from quill._core.arrow_import import import_tensor
+from quill._core.casts import cast
+from quill._core.tensor import buffers_equal, export_dlpack
 from quill.dtypes import DType
 from quill.tensor_meta import Shape, TensorMeta, _as_dtype
 
@@ -331,7 +331,7 @@ class Tensor:
         return array.copy() if copy else array
 
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
-        """Export as a DLPack capsule (zero copy unless ``copy=True``); see :func:`quill._tensor.export_dlpack`.
+        """Export as a DLPack capsule (zero copy unless ``copy=True``); see :func:`quill._core.tensor.export_dlpack`.
 
         >>> np.from_dlpack(Tensor.from_numpy(np.arange(3, dtype=np.int64)))
         array([0, 1, 2])

@@ -1,6 +1,6 @@
 """A tensor's metadata: :class:`TensorMeta` (shape, dtype, name, device label) and :class:`Shape`,
 with the checks every constructor of a tensor shares. Its wire form is docs/protocol.md
-section 4 (TENSOR_META), encoded and decoded by the compiled ``quill._tensor``.
+section 4 (TENSOR_META), encoded and decoded by the compiled ``quill._core.tensor``.
 
 >>> meta = TensorMeta((2, 3), "float32", name="x")
 >>> meta.shape, meta.size_bytes, TensorMeta.decode(meta.encode()) == meta
@@ -14,7 +14,7 @@ import operator
 
 import numpy as np
 
-from quill._tensor import decode_meta, encode_meta
+from quill._core.tensor import decode_meta, encode_meta
 from quill.dtypes import DType
 
 __all__ = ["Shape", "TensorMeta"]

@@ -1,4 +1,4 @@
-"""The Arrow PyCapsule Interface of TokenBatch and Tensor (quill/_arrow.pyx, _arrow_import.pyx),
+"""The Arrow PyCapsule Interface of TokenBatch and Tensor (quill/_core/arrow.pyx, arrow_import.pyx),
 checked against pyarrow, polars and DuckDB, and the import side against malformed C structs."""
 
 import doctest
@@ -16,11 +16,11 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-import quill._arrow
-import quill._arrow_import
+import quill._core.arrow
+import quill._core.arrow_import
 from quill import DecodeError, Tensor, Token, TokenBatch
-from quill._arrow import token_batch_stream
-from quill._tokens import pin_batch
+from quill._core.arrow import token_batch_stream
+from quill._core.tokens import pin_batch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from arrow_c import Array, RawSource, Schema, bits, i32, i64, metadata, token_source, u32  # noqa: E402
@@ -67,7 +67,7 @@ class StreamOf:
         return token_batch_stream(self.batches, self.metadata)
 
 
-@pytest.mark.parametrize("module", [quill._arrow, quill._arrow_import], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [quill._core.arrow, quill._core.arrow_import], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted >= 1 and result.failed == 0

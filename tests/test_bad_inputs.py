@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from quill import errors
-from quill._tokens import Token, TokenBatch
+from quill._core.tokens import Token, TokenBatch
 from quill.errors import DecodeError, ProblemDetails
 
 QUILL_ERROR_NAMES = {name for name in errors.__all__ if isinstance(getattr(errors, name), type)

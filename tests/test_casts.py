@@ -1,4 +1,4 @@
-"""quill._casts.cast against numpy, ml_dtypes and exact rational arithmetic, on every kernel path."""
+"""quill._core.casts.cast against numpy, ml_dtypes and exact rational arithmetic, on every kernel path."""
 
 import ctypes
 import math
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quill._casts import _available_paths, _cast_using, cast
+from quill._core.casts import _available_paths, _cast_using, cast
 from quill.dtypes import DType
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -459,7 +459,7 @@ def test_bfloat16_without_ml_dtypes_uses_uint16_bits_or_says_how_to_fix_it():
 import sys
 sys.modules["ml_dtypes"] = None  # as if it were not installed
 import numpy as np
-from quill._casts import cast
+from quill._core.casts import cast
 x = np.array([1.0, -2.5, 3.4e38], dtype=np.float32)
 bits = cast(x, "bfloat16", out=np.empty(3, np.uint16))
 print(bits.tolist(), cast(bits, "float32", src_dtype="bfloat16").tolist())

@@ -117,7 +117,7 @@ def test_generate_bad_usage_is_exit_2(demo_url):
 
 def test_generate_logprobs_when_a_token_has_none():
     """A server may send tokens without a logprob: --logprobs prints a dash for them."""
-    from quill._tokens import Token, TokenBatch
+    from quill._core.tokens import Token, TokenBatch
     from quill.server import QuillApp
 
     app = QuillApp()

@@ -25,7 +25,7 @@ from client_servers import (  # noqa: E402
     zstd,
 )
 
-from quill._tokens import Token, TokenBatch  # noqa: E402
+from quill._core.tokens import Token, TokenBatch  # noqa: E402
 from quill.client import QuillClient  # noqa: E402
 
 

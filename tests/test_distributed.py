@@ -20,7 +20,7 @@ import distributed_work  # noqa: E402
 from distributed_work import SERVICE, generate_and_embed, recv_pickled, send_pickled  # noqa: E402
 from serve_process import established_connections, quill_serve  # noqa: E402
 
-from quill._tokens import Token, TokenBatch  # noqa: E402
+from quill._core.tokens import Token, TokenBatch  # noqa: E402
 from quill.client import QuillClient  # noqa: E402
 from quill.demo import embed_texts  # noqa: E402
 from quill.dtypes import DType  # noqa: E402

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from client_servers import LAST_CHUNK, ScriptedServer, chunk, chunked_head, echo, response  # noqa: E402
 from serve_process import quill_serve  # noqa: E402
 
-from quill._tokens import Token, TokenBatch  # noqa: E402
+from quill._core.tokens import Token, TokenBatch  # noqa: E402
 from quill.client import QuillClient  # noqa: E402
 
 

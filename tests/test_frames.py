@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import quill._frames
+import quill._core.frames
 import quill.frames
-from quill._tokens import Token, TokenBatch
+from quill._core.tokens import Token, TokenBatch
 from quill.errors import (
     DecodeError,
     EncodeError,
@@ -83,7 +83,7 @@ def tensor_wire(tensor, chunk_size=65536):
 # enums and encoders
 # ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("module", [quill._frames, quill.frames], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [quill._core.frames, quill.frames], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 10 and result.failed == 0

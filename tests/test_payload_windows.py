@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quill._tokens import Token, TokenBatch
+from quill._core.tokens import Token, TokenBatch
 from quill.frames import (
     END_STREAM_FRAME,
     MessageStreamDecoder,

@@ -7,8 +7,8 @@ tests/test_threads.py.
 import numpy as np
 import pytest
 
-from quill._tensor import export_dlpack
-from quill._tokens import Token, TokenBatch
+from quill._core.tensor import export_dlpack
+from quill._core.tokens import Token, TokenBatch
 from quill.dtypes import DType
 from quill.tensor import Tensor
 

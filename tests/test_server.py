@@ -345,7 +345,7 @@ def test_retry_after_header_from_rpc_error(engine):
 # ----------------------------------------------------------------------------------------
 # Streaming kinds: frames checked with the frame codecs of quill.frames
 # ----------------------------------------------------------------------------------------
-from quill._tokens import Token, TokenBatch  # noqa: E402
+from quill._core.tokens import Token, TokenBatch  # noqa: E402
 from quill.errors import BadRequestError, StreamCancelledError  # noqa: E402
 from quill.frames import (  # noqa: E402
     MessageStreamDecoder,

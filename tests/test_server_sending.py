@@ -136,7 +136,7 @@ def test_which_engines_ask_for_bytes_bodies(engine):
 # ----------------------------------------------------------------------------------------
 # zstd for streamed answers: frame by frame, never buffered
 # ----------------------------------------------------------------------------------------
-from quill._tokens import Token, TokenBatch  # noqa: E402
+from quill._core.tokens import Token, TokenBatch  # noqa: E402
 from quill.frames import MessageStreamDecoder, StreamFlags, StreamFrameParser, TokenStreamDecoder  # noqa: E402
 from quill.protocol.compression import ZstdDecoder  # noqa: E402
 

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from quill._tokens import Token, TokenBatch
+from quill._core.tokens import Token, TokenBatch
 from quill.server import QuillApp, serve_in_thread
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from quill._frames import (
+from quill._core.frames import (
     MAX_CANCEL_PAYLOAD,
     MAX_META_PAYLOAD,
     MessageStreamDecoder,
@@ -31,7 +31,7 @@ from quill._frames import (
     TensorReceiver,
     TokenStreamDecoder,
 )
-from quill._tokens import Token, TokenBatch, TokenBatchBuilder, pin_batch
+from quill._core.tokens import Token, TokenBatch, TokenBatchBuilder, pin_batch
 from quill.errors import DecodeError, IncompleteStreamError, LimitExceededError, StreamCancelledError
 from quill.tensor import Tensor, TensorMeta
 

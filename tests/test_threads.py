@@ -19,8 +19,8 @@ import time
 import numpy as np
 import pytest
 
-from quill._casts import cast
-from quill._frames import (
+from quill._core.casts import cast
+from quill._core.frames import (
     MessageStreamDecoder,
     StreamFrameParser,
     TensorFrameParser,
@@ -32,8 +32,8 @@ from quill._frames import (
     encode_token_batch_frame,
     END_STREAM_FRAME,
 )
-from quill._tensor import buffers_equal
-from quill._tokens import Token, TokenBatch, pin_batch
+from quill._core.tensor import buffers_equal
+from quill._core.tokens import Token, TokenBatch, pin_batch
 from quill.errors import QuillError
 from quill.frames import encode_end_stream
 from quill.tensor import Tensor

@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from quill._tokens import PinnedBatch, Token, TokenBatch, pin_batch
+from quill._core.tokens import PinnedBatch, Token, TokenBatch, pin_batch
 
 TEXT = "abcdefghijklmnop"   # 16 bytes: four tokens fill the first 64-byte text buffer exactly
 
@@ -162,7 +162,7 @@ def test_pickle_restores_every_column():
 
 
 def test_pickle_with_text_bytes_on_a_textless_token_is_refused():
-    from quill._tokens import _restore_batch
+    from quill._core.tokens import _restore_batch
     _, (seq, final, n, columns, offsets, text, metadata) = TokenBatch.from_tokens([Token(1, 0)]).__reduce__()
     with pytest.raises(ValueError, match="text bytes for a token without text"):
         _restore_batch(seq, final, n, columns, offsets[:8] + (2).to_bytes(8, "little"), b"ab", metadata)

@@ -1,4 +1,4 @@
-"""Token, TokenBatch and TokenBatchBuilder (quill._tokens).
+"""Token, TokenBatch and TokenBatchBuilder (quill._core.tokens).
 
 The independent oracle is a small `struct` implementation of docs/protocol.md sections 2-3 written
 here from the spec; numpy supplies the float32 rounding. Golden vectors of the Rust reference
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quill._tokens import Token, TokenBatch, TokenBatchBuilder
+from quill._core.tokens import Token, TokenBatch, TokenBatchBuilder
 from quill.errors import DecodeError, EncodeError, QuillError
 
 U32 = st.integers(0, 2**32 - 1)

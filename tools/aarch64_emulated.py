@@ -86,17 +86,17 @@ def arm64_site_packages(workdir):
 
 
 def cross_compile(workdir, root, site):
-    """quill/ with its .pyx modules compiled for aarch64 (C from Cython here, objects by the cross gcc)."""
+    """quill/ with its quill/_core/*.pyx modules compiled for aarch64 (C from Cython here, objects by the cross gcc)."""
     package = workdir / "quill"
     shutil.rmtree(package, ignore_errors=True)
     shutil.copytree(REPO / "quill", package, ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
     numpy_include = site / "numpy" / "_core" / "include"
     includes = [root / "usr" / "include" / f"python{PYTHON}",
-                root / "usr" / "include", numpy_include, package]  # pyconfig.h: <aarch64-linux-gnu/...>
+                root / "usr" / "include", numpy_include, package / "_core"]  # pyconfig.h: <aarch64-linux-gnu/...>
     suffix = f".cpython-{PYTHON.replace('.', '')}-aarch64-linux-gnu.so"
     directives = ["boundscheck=False", "wraparound=False", "cdivision=True", "initializedcheck=False",
                   "embedsignature=True"]
-    for pyx in sorted(package.glob("*.pyx")):
+    for pyx in sorted((package / "_core").glob("*.pyx")):
         c_file = pyx.with_suffix(".c")
         run(sys.executable, "-m", "cython", "-3", *[f"-X{d}" for d in directives], "-o", c_file, pyx)
         run(CROSS_GCC, *CFLAGS, *[f"-I{path}" for path in includes], "-o", pyx.with_name(pyx.stem + suffix), c_file)
@@ -123,7 +123,7 @@ def run_tests(workdir, root, site, pytest_args):
     cwd = workdir / "cwd"
     cwd.mkdir(exist_ok=True)
     run(python, "-c",
-        "import platform, numpy, ml_dtypes, quill, quill._casts as c; "
+        "import platform, numpy, ml_dtypes, quill, quill._core.casts as c; "
         "print(platform.machine(), platform.python_version(), 'numpy', numpy.__version__, "
         "'ml_dtypes', ml_dtypes.__version__, 'cast paths', c._available_paths(), quill.__file__)",
         cwd=cwd, env=env)

@@ -12,7 +12,7 @@ import pathlib
 import struct
 import sys
 
-from quill._tokens import Token, TokenBatch
+from quill._core.tokens import Token, TokenBatch
 from quill.errors import ProblemDetails
 from quill.frames import (
     MessageStreamDecoder,

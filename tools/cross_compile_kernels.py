@@ -1,6 +1,6 @@
 """Compile and link quill's C kernels for Windows and macOS from Linux, to prove their guards.
 
-The headers under quill/ (the cast kernels and their x86 dispatch, the token and DLPack helpers)
+The headers under quill/_core/ (the cast kernels and their x86 dispatch, the token and DLPack helpers)
 hold every platform-dependent line of the compiled modules: ``__builtin_cpu_supports``,
 ``mincore``, ``<immintrin.h>``, ``__attribute__``. Each target below builds one translation unit
 that includes all three and calls every dispatch entry point, into a shared library, so that a
@@ -26,9 +26,9 @@ import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = r"""
-#include "_casts_kernels.h"
-#include "_tokens_wire.h"
-#include "_tensor_dlpack.h"
+#include "casts_kernels.h"
+#include "tokens_wire.h"
+#include "tensor_dlpack.h"
 
 #if QUILL_X86_DISPATCH != EXPECT_X86_DISPATCH
 #error "the x86 dispatch (AVX2/AVX-512 paths) is not what this target should get"
@@ -78,7 +78,7 @@ def main():
                 failures += 1
                 continue
             output = pathlib.Path(tmp) / "kernels.out"
-            done = subprocess.run([*compiler, *FLAGS, f"-I{REPO / 'quill'}", "-o", str(output), str(source)],
+            done = subprocess.run([*compiler, *FLAGS, f"-I{REPO / 'quill' / '_core'}", "-o", str(output), str(source)],
                                   capture_output=True, text=True)
             print(f"{'ok' if done.returncode == 0 else 'FAILED'} {name}")
             if done.returncode != 0:

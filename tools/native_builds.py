@@ -2,13 +2,13 @@
 
 Two kinds (how docs/bad-inputs.md got its sanitizer and C-coverage figures):
 
-* ``asan``: every ``quill/*.pyx`` built by gcc with ``-fsanitize=address,undefined``. Python itself
+* ``asan``: every ``quill/_core/*.pyx`` built by gcc with ``-fsanitize=address,undefined``. Python itself
   is not instrumented, so the sanitizer runtimes are preloaded and leak detection is left to
   tools/fuzz_replay.py (LeakSanitizer would report CPython's own allocations at exit).
-* ``tsan``: every ``quill/*.pyx`` built by gcc with ``-fsanitize=thread``, libtsan preloaded into
+* ``tsan``: every ``quill/_core/*.pyx`` built by gcc with ``-fsanitize=thread``, libtsan preloaded into
   the uninstrumented Python. TSan sees the GIL's pthread locks (intercepted), so it reports races
   between the extensions' own accesses on different threads, not those inside CPython.
-* ``cov``: the decoders (_frames, _tokens, _tensor) built by clang with
+* ``cov``: the decoders (frames, tokens, tensor) built by clang with
   ``-fsanitize-coverage=inline-8bit-counters,pc-table,trace-cmp``, so libFuzzer is guided by the
   branches of the C that Cython generated, not only by the Python harness. atheris's own libFuzzer
   is loaded too late for the extension's coverage callbacks to resolve, so clang's
@@ -31,7 +31,7 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-COVERED_MODULES = ["_frames", "_tokens", "_tensor"]
+COVERED_MODULES = ["frames", "tokens", "tensor"]
 SANCOV_FLAGS = "-fsanitize-coverage=inline-8bit-counters,pc-table,trace-cmp"
 ASAN_FLAGS = "-fsanitize=address,undefined -fno-omit-frame-pointer -g"
 TSAN_FLAGS = "-fsanitize=thread -fno-omit-frame-pointer -g"
@@ -52,11 +52,11 @@ def copy_package(dest):
 
 
 def build_extensions(dest, modules, env):
-    """Compile ``quill/<module>.pyx`` in ``dest`` in place, with setup.py's flags plus ``env``'s."""
+    """Compile ``quill/_core/<module>.pyx`` in ``dest`` in place, with setup.py's flags plus ``env``'s."""
     script = (
         "import sys, numpy; from Cython.Build import cythonize; from setuptools import Extension, setup; "
         "sys.path.insert(0, '.'); "
-        "exts = [Extension('quill.' + m, ['quill/' + m + '.pyx'], include_dirs=[numpy.get_include(), 'quill'], "
+        "exts = [Extension('quill._core.' + m, ['quill/_core/' + m + '.pyx'], include_dirs=[numpy.get_include(), 'quill/_core'], "
         "define_macros=[('NPY_NO_DEPRECATED_API', 'NPY_1_7_API_VERSION')], "
         "extra_compile_args=['-O3', '-fno-strict-aliasing', '-Wno-unreachable-code']) for m in sys.argv[1:]]; "
         "setup(name='quill-instrumented', script_args=['build_ext', '--inplace', '--build-temp', 'build-temp'], "
@@ -84,14 +84,14 @@ def clang_runtime(name):
 def build(kind, dest):
     dest.mkdir(parents=True, exist_ok=True)
     copy_package(dest)
-    modules = [pathlib.Path(p).stem for p in sorted(glob.glob(str(REPO / "quill" / "*.pyx")))]
+    modules = [pathlib.Path(p).stem for p in sorted(glob.glob(str(REPO / "quill" / "_core" / "*.pyx")))]
     if kind in RUNTIMES:
         flags = ASAN_FLAGS if kind == "asan" else TSAN_FLAGS
         build_extensions(dest, modules, {"CC": "gcc", "CFLAGS": flags, "LDFLAGS": flags})
         return
     for module in set(modules) - set(COVERED_MODULES):   # imported by quill/__init__, not fuzzed
-        for built in glob.glob(str(REPO / "quill" / f"{module}.*.so")):
-            shutil.copy(built, dest / "quill")
+        for built in glob.glob(str(REPO / "quill" / "_core" / f"{module}.*.so")):
+            shutil.copy(built, dest / "quill" / "_core")
     build_extensions(dest, COVERED_MODULES,
                      {"CC": clang(), "LDSHARED": f"{clang()} -shared", "CFLAGS": f"{SANCOV_FLAGS} -g"})
     subprocess.run([clang("++"), "-shared", "-fPIC", "-o", str(dest / FUZZER_LIBRARY), "-Wl,--whole-archive",

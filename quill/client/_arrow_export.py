@@ -19,7 +19,7 @@ class TokenArrowExport:
         """An "arrow_array_stream" capsule reading this stream's TokenBatch objects one by one
         (each exported zero-copy, see ``TokenBatch.__arrow_c_array__``); ``requested_schema`` is
         not honoured (the PyCapsule Interface allows that: the schema is always TokenBatch's)."""
-        from .._arrow import token_batch_stream
+        from .._core.arrow import token_batch_stream
 
         return token_batch_stream(self)
 

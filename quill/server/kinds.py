@@ -85,7 +85,7 @@ async def _serve_server_stream(exchange: Exchange, route: Route) -> None:
 
 
 async def _serve_token_stream(exchange: Exchange, route: Route) -> None:
-    from .._tokens import TokenBatch
+    from .._core.tokens import TokenBatch
     from ..frames import END_STREAM_FRAME, encode_cancel_frame, encode_token_batch_frame
 
     items = await _stream_items(exchange, route)

@@ -1,5 +1,5 @@
 """atheris fuzz target for the Arrow import side: TokenBatch.from_arrow and Tensor.from_arrow
-(quill._arrow_import) over hand-built C structs (tests/arrow_c.py).
+(quill._core.arrow_import) over hand-built C structs (tests/arrow_c.py).
 
 The first byte of each input picks a mode:
   * raw: a well-typed token record batch whose buffers (bitmaps, values, string offsets, text
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arrow_c import Array, RawSource, Schema, i32, i64, metadata  # noqa: E402
 
 with atheris.instrument_imports(include=["quill"]):
-    from quill._tokens import TokenBatch
+    from quill._core.tokens import TokenBatch
     from quill.errors import DecodeError, EncodeError
     from quill.tensor import Tensor
 

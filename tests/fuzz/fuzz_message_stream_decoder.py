@@ -1,4 +1,4 @@
-"""atheris fuzz target for MessageStreamDecoder (quill._frames): DATA, END_STREAM, CANCEL, CREDIT.
+"""atheris fuzz target for MessageStreamDecoder (quill._core.frames): DATA, END_STREAM, CANCEL, CREDIT.
 
 Input: a frame-size limit, a message stream (generated frames with random flags,
 over-long varints and garbage, or raw bytes) and split points. Invariants (see

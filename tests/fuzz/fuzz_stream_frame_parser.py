@@ -1,4 +1,4 @@
-"""atheris fuzz target for StreamFrameParser (quill._frames): varint length, flags, payload.
+"""atheris fuzz target for StreamFrameParser (quill._core.frames): varint length, flags, payload.
 
 Input: a frame-size limit, a message stream (generated frames, over-long and overflowing
 varints, garbage, or raw bytes) and split points. Invariants (see harness.py): only quill

@@ -1,4 +1,4 @@
-"""atheris fuzz target for TensorFrameParser (quill._frames).
+"""atheris fuzz target for TensorFrameParser (quill._core.frames).
 
 Input: a payload limit, a tensor-frame stream (generated frames with lying lengths and
 garbage mixed in, or raw bytes) and split points. Invariants (see harness.py): only quill

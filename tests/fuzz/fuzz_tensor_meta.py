@@ -1,4 +1,4 @@
-"""atheris fuzz target for TensorMeta.decode (quill._tensor) and Tensor.from_bytes.
+"""atheris fuzz target for TensorMeta.decode (quill._core.tensor) and Tensor.from_bytes.
 
 The first byte of each input picks a mode:
   * raw: the rest of the input is decoded as a TENSOR_META payload, with and without a size limit;

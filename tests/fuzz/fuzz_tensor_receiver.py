@@ -1,4 +1,4 @@
-"""atheris fuzz target for TensorReceiver (quill._frames): TENSOR_META, payload frames, END_STREAM.
+"""atheris fuzz target for TensorReceiver (quill._core.frames): TENSOR_META, payload frames, END_STREAM.
 
 Input: a tensor-size limit, a tensor-frame stream (generated frames, including metas that
 claim up to 2**64 bytes, lying lengths and garbage, or raw bytes) and split points.

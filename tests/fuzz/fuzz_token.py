@@ -1,4 +1,4 @@
-"""atheris fuzz target for Token.decode and Token.decode_prefix (quill._tokens).
+"""atheris fuzz target for Token.decode and Token.decode_prefix (quill._core.tokens).
 
 The first byte of each input picks a mode:
   * raw: the rest is fed to Token.decode and Token.decode_prefix;
@@ -16,7 +16,7 @@ import atheris
 import harness
 
 with atheris.instrument_imports(include=["quill"]):
-    from quill._tokens import Token
+    from quill._core.tokens import Token
 
 
 @atheris.instrument_func

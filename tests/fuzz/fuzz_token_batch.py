@@ -1,4 +1,4 @@
-"""atheris fuzz target for TokenBatch.decode (quill._tokens).
+"""atheris fuzz target for TokenBatch.decode (quill._core.tokens).
 
 The first byte of each input picks a mode:
   * raw: the rest of the input is fed to TokenBatch.decode;
@@ -18,7 +18,7 @@ import harness
 from fuzz_token import check_token
 
 with atheris.instrument_imports(include=["quill"]):
-    from quill._tokens import Token, TokenBatch
+    from quill._core.tokens import Token, TokenBatch
     from quill.errors import DecodeError, EncodeError
 
 

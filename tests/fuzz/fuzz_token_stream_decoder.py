@@ -1,4 +1,4 @@
-"""atheris fuzz target for TokenStreamDecoder (quill._frames): TOKEN_BATCH frames, END_STREAM, CANCEL.
+"""atheris fuzz target for TokenStreamDecoder (quill._core.frames): TOKEN_BATCH frames, END_STREAM, CANCEL.
 
 Input: a payload limit, a tensor-frame stream (generated frames with lying lengths and
 garbage, or raw bytes) and split points. Invariants (see harness.py): only quill errors,

@@ -11,7 +11,7 @@ import pathlib
 
 import pytest
 
-from quill._tokens import TokenBatch
+from quill._core.tokens import TokenBatch
 from quill.errors import DecodeError, EncodeError, IncompleteStreamError, LimitExceededError
 from quill.frames import (
     END_STREAM_FRAME,

@@ -14,7 +14,7 @@ import struct
 
 import pytest
 
-from quill._tokens import Token, TokenBatch
+from quill._core.tokens import Token, TokenBatch
 from quill.errors import DecodeError, EncodeError
 
 VECTORS = pathlib.Path(__file__).parent / "vectors"

@@ -7,11 +7,11 @@ releases the struct unless a consumer moved it out (and marked it released, as t
 Every exported array holds a reference to the memory it points into, released by its release
 callback from whatever thread the consumer calls it, so an array outlives the object it came from.
 
-The import side (reading any producer's structs back) is :mod:`quill._arrow_import`.
+The import side (reading any producer's structs back) is :mod:`quill._core.arrow_import`.
 ``TokenBatch`` and ``Tensor`` call in here from their ``__arrow_c_*__`` methods;
 :func:`token_batch_stream` is the stream over an iterator of batches.
 
->>> from quill._tokens import Token, TokenBatch
+>>> from quill._core.tokens import Token, TokenBatch
 >>> capsule = token_batch_stream(iter([TokenBatch.from_tokens([Token(7, 0, "Hi")])]))
 >>> type(capsule).__name__
 'PyCapsule'
@@ -28,13 +28,13 @@ import json
 import sys
 
 
-cdef extern from "_arrow_abi.h" nogil:
+cdef extern from "arrow_abi.h" nogil:
     void quill_pack_bits(const uint8_t *values, int64_t n, int k, const uint8_t *masks, uint8_t **bitmaps,
                          int64_t *set)
 
 cdef extern from "Python.h":
     # PyObject* rather than object: capsule destructors run at refcount zero and must not
-    # touch reference counts (as in quill/_tensor.pyx).
+    # touch reference counts (as in quill/_core/tensor.pyx).
     ctypedef void (*capsule_destructor_t)(PyObject *) noexcept
     object PyCapsule_New(void *pointer, const char *name, capsule_destructor_t destructor)
     void *PyCapsule_GetPointer(PyObject *capsule, const char *name) noexcept

@@ -1,4 +1,4 @@
-"""Type stubs for quill._arrow_import: checked import of Arrow C data from any producer."""
+"""Type stubs for quill._core.arrow_import: checked import of Arrow C data from any producer."""
 
 from typing import Any, final
 

@@ -5,7 +5,7 @@ one UTF-8 text buffer with offsets) and creates ``Token`` objects only when aske
 encoding, decoding and column access (``ids_array()``, ``logprobs_array()``...) never build a
 Python object per token.
 
->>> from quill._tokens import Token, TokenBatch
+>>> from quill._core.tokens import Token, TokenBatch
 >>> batch = TokenBatch.from_tokens([Token(7, 0, "Hi", -0.5), Token(8, 1, "!")], sequence_id=3)
 >>> TokenBatch.decode(batch.encode()) == batch
 True
@@ -32,14 +32,14 @@ import numpy as np
 
 from quill.errors import DecodeError, EncodeError
 
-from quill._arrow cimport export_token_columns, token_schema
-from quill._arrow_import cimport TokenChunk, import_token_chunks
+from quill._core.arrow cimport export_token_columns, token_schema
+from quill._core.arrow_import cimport TokenChunk, import_token_chunks
 
-from quill._arrow import token_batch_stream
+from quill._core.arrow import token_batch_stream
 
 cnp.import_array()
 
-cdef extern from "_tokens_wire.h" nogil:
+cdef extern from "tokens_wire.h" nogil:
     uint32_t quill_load_be32(const unsigned char *p)
     uint16_t quill_load_be16(const unsigned char *p)
     void quill_store_be32(unsigned char *p, uint32_t v)
@@ -253,13 +253,13 @@ cdef class _Columns:
         free(self.block)
 
 
-include "_tokens_token.pxi"
+include "tokens_token.pxi"
 
 # ---------------------------------------------------------------------------------------------
 # TokenBatch
 
 
-include "_tokens_pins.pxi"
+include "tokens_pins.pxi"
 
 @cython.final
 @cython.no_gc
@@ -805,7 +805,7 @@ cdef class TokenBatch:
         """All token texts concatenated, as UTF-8 bytes."""
         return PyBytes_FromStringAndSize(<const char *>self._text, self._text_size)
 
-    # -- Arrow (the PyCapsule Interface: quill/_arrow.pyx exports, _arrow_import.pyx imports) --
+    # -- Arrow (the PyCapsule Interface: quill/_core/arrow.pyx exports, arrow_import.pyx imports) --
 
     cdef dict _arrow_metadata(self):
         cdef dict metadata = {"is_final": "true" if self._is_final else "false"}
@@ -1113,4 +1113,4 @@ cdef TokenBatch _decode_batch(const unsigned char *data, Py_ssize_t size):
     return batch
 
 
-include "_tokens_builder.pxi"
+include "tokens_builder.pxi"

@@ -1,4 +1,4 @@
-"""Type stub for the compiled module quill._casts."""
+"""Type stub for the compiled module quill._core.casts."""
 
 from typing import Any
 

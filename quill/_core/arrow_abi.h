@@ -1,5 +1,5 @@
 /* The Arrow C data interface and C stream interface structs (ABI-stable, from the Arrow
- * specification "The Arrow C data interface"), and the bitmap helpers quill/_arrow.pyx uses.
+ * specification "The Arrow C data interface"), and the bitmap helpers quill/_core/arrow.pyx uses.
  * Pure C, no Python API. The ARROW_C_* guards let this header coexist with arrow/c/abi.h. */
 #ifndef QUILL_ARROW_ABI_H
 #define QUILL_ARROW_ABI_H

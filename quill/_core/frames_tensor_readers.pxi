@@ -1,4 +1,4 @@
-# Included by quill/_frames.pyx: the incremental tensor-frame readers (TensorFrameParser, TensorReceiver, TokenStreamDecoder).
+# Included by quill/_core/frames.pyx: the incremental tensor-frame readers (TensorFrameParser, TensorReceiver, TokenStreamDecoder).
 
 # ==========================================================================================
 # Incremental tensor frame reading
@@ -337,7 +337,7 @@ cdef class TokenStreamDecoder(_TensorFrameReader):
     after END_STREAM raise DecodeError with the stream offset. A TOKEN_BATCH payload
     over ``max_payload`` is refused as soon as its header arrives.
 
-    >>> from quill._tokens import TokenBatch
+    >>> from quill._core.tokens import TokenBatch
     >>> decoder = TokenStreamDecoder()
     >>> batches = decoder.feed(encode_token_batch_frame(TokenBatch(sequence_id=3)) + END_STREAM_FRAME)
     >>> [b.sequence_id for b in batches], decoder.done

@@ -1,6 +1,6 @@
 /*
  * The DLPack 1.0 ABI (https://dmlc.github.io/dlpack/latest/c_api.html), declared here so
- * quill/_tensor.pyx can export tensors without a build dependency on dlpack.h.
+ * quill/_core/tensor.pyx can export tensors without a build dependency on dlpack.h.
  * Layouts match dlpack.h v1.0 exactly; only the members quill uses are named as constants.
  */
 #ifndef QUILL_TENSOR_DLPACK_H

@@ -1,8 +1,8 @@
-# The C-level interface of quill/_arrow_import.pyx, cimported by quill/_tokens.pyx.
+# The C-level interface of quill/_core/arrow_import.pyx, cimported by quill/_core/tokens.pyx.
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 
-from quill._tokens cimport TokenColumns
+from quill._core.tokens cimport TokenColumns
 
 
 cdef class TokenChunk:

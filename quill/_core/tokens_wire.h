@@ -1,4 +1,4 @@
-/* Byte-level helpers for quill/_tokens.pyx: big-endian loads and stores that are safe at any
+/* Byte-level helpers for quill/_core/tokens.pyx: big-endian loads and stores that are safe at any
  * alignment, and a UTF-8 validator. Pure C, no Python API, callable without the GIL. */
 #ifndef QUILL_TOKENS_WIRE_H
 #define QUILL_TOKENS_WIRE_H

@@ -1,4 +1,4 @@
-# Included by quill/_tokens.pyx: TokenBatchBuilder.
+# Included by quill/_core/tokens.pyx: TokenBatchBuilder.
 
 # ---------------------------------------------------------------------------------------------
 # TokenBatchBuilder

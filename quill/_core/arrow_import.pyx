@@ -1,6 +1,6 @@
 """Arrow import without pyarrow: any producer's Arrow C data, checked, into quill's columns.
 
-The way back of quill's Arrow support (export is :mod:`quill._arrow`). A source is any object
+The way back of quill's Arrow support (export is :mod:`quill._core.arrow`). A source is any object
 with the Arrow PyCapsule Interface: ``__arrow_c_stream__`` (read to its end, every chunk) or
 else ``__arrow_c_array__``. This is a decoder: the schema is checked first (TypeError naming the
 column and the type expected), then every array before a value is read (DecodeError): release
@@ -9,7 +9,7 @@ validity bitmaps, string offsets that never decrease, string views inside their 
 What no consumer can check is a buffer's size, which the C data interface does not carry: the
 sizes the interface implies (``offset + length`` values, the last string offset) are trusted.
 
->>> import quill._tokens  # TokenBatch.from_arrow and Tensor.from_arrow call in here
+>>> import quill._core.tokens  # TokenBatch.from_arrow and Tensor.from_arrow call in here
 """
 
 from cpython.buffer cimport PyBuffer_FillInfo
@@ -24,15 +24,15 @@ import os
 
 from quill.errors import DecodeError
 
-from quill._arrow cimport (ArrowArray, ArrowArrayStream, ArrowSchema, TOKEN_HAS_LOGPROB,
+from quill._core.arrow cimport (ArrowArray, ArrowArrayStream, ArrowSchema, TOKEN_HAS_LOGPROB,
                            TOKEN_HAS_TEXT, TOKEN_IS_SPECIAL)
 
 
-cdef extern from "_arrow_abi.h" nogil:
+cdef extern from "arrow_abi.h" nogil:
     int quill_bit(const uint8_t *bitmap, int64_t i)
     int64_t quill_count_zero_bits(const uint8_t *bitmap, int64_t start, int64_t n)
 
-cdef extern from "_tokens_wire.h" nogil:
+cdef extern from "tokens_wire.h" nogil:
     int quill_is_utf8(const unsigned char *p, size_t n)
 
 cdef extern from "Python.h":
@@ -512,4 +512,4 @@ cdef int gather_views(TokenChunk chunk, const ArrowArray *column, int64_t start,
     return 0
 
 
-include "_arrow_import_tensor.pxi"
+include "arrow_import_tensor.pxi"

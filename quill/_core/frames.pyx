@@ -37,7 +37,7 @@ from libc.string cimport memcpy
 cimport numpy as cnp
 import numpy as np
 
-from quill._tokens import TokenBatch
+from quill._core.tokens import TokenBatch
 from quill.errors import (
     DecodeError,
     EncodeError,
@@ -218,7 +218,7 @@ def decode_varint(buf, Py_ssize_t offset=0):
         PyBuffer_Release(&view)
 
 
-include "_frames_tensor.pxi"
+include "frames_tensor.pxi"
 
 # ==========================================================================================
 # Incremental reading: shared error handling, payload windows
@@ -421,9 +421,9 @@ cdef class _IncrementalReader:
         return self._position
 
 
-include "_frames_tensor_readers.pxi"
+include "frames_tensor_readers.pxi"
 
-include "_frames_stream.pxi"
+include "frames_stream.pxi"
 
 # ==========================================================================================
 # TensorDataChunk (quill-tensor's chunked transfer record)

@@ -1,10 +1,10 @@
-"""Type stubs for quill._frames (tensor frames and message-stream frames)."""
+"""Type stubs for quill._core.frames (tensor frames and message-stream frames)."""
 
 from typing import Any, Iterator, Optional, Union
 
 from typing_extensions import Buffer
 
-from quill._tokens import TokenBatch
+from quill._core.tokens import TokenBatch
 from quill.tensor import Tensor, TensorMeta
 
 MAX_STREAM_FRAME: int

@@ -1,4 +1,4 @@
-# Included by quill/_frames.pyx: tensor frames, encoding and the one-shot decode.
+# Included by quill/_core/frames.pyx: tensor frames, encoding and the one-shot decode.
 
 # ==========================================================================================
 # Tensor frames: encoding
@@ -101,7 +101,7 @@ def encode_credit_frame(n):
 def encode_token_batch_frame(batch):
     """One TOKEN_BATCH tensor frame carrying ``batch.encode()``.
 
-    >>> from quill._tokens import TokenBatch
+    >>> from quill._core.tokens import TokenBatch
     >>> encode_token_batch_frame(TokenBatch()).hex()
     '200000000000000003000000'
     """

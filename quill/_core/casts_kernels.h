@@ -1,4 +1,4 @@
-/* float16 / bfloat16 conversion kernels for quill._casts.
+/* float16 / bfloat16 conversion kernels for quill._core.casts.
  *
  * Every conversion is defined once, as a branch-free scalar function on the
  * raw bits. Rounding is integer arithmetic; the only floating-point

@@ -1,4 +1,4 @@
-# Included by quill/_frames.pyx: message-stream frames (docs/protocol.md section 5).
+# Included by quill/_core/frames.pyx: message-stream frames (docs/protocol.md section 5).
 
 # ==========================================================================================
 # Message-stream frames (section 5)

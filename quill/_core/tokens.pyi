@@ -1,4 +1,4 @@
-"""Type stubs for quill._tokens (Token, TokenBatch, TokenBatchBuilder, PinnedBatch)."""
+"""Type stubs for quill._core.tokens (Token, TokenBatch, TokenBatchBuilder, PinnedBatch)."""
 
 from collections.abc import Iterable, Iterator
 from typing import Any, final, overload

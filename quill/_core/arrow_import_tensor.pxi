@@ -1,4 +1,4 @@
-# Included by _arrow_import.pyx: a tensor from an Arrow source (fixed_shape_tensor, fixed-size
+# Included by arrow_import.pyx: a tensor from an Arrow source (fixed_shape_tensor, fixed-size
 # lists, or a plain array), checked like the token columns.
 
 def import_tensor(source):

@@ -1,4 +1,4 @@
-# Included by quill/_tokens.pyx: Token, one generated token, and its wire helpers.
+# Included by quill/_core/tokens.pyx: Token, one generated token, and its wire helpers.
 
 @cython.final
 @cython.no_gc

@@ -1,4 +1,4 @@
-"""Type stubs for quill._tensor: the TENSOR_META codec, byte equality and DLPack export."""
+"""Type stubs for quill._core.tensor: the TENSOR_META codec, byte equality and DLPack export."""
 
 from typing import Any, Sequence
 

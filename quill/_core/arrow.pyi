@@ -1,10 +1,10 @@
-"""Type stubs for quill._arrow: Arrow C data / C stream export as PyCapsules."""
+"""Type stubs for quill._core.arrow: Arrow C data / C stream export as PyCapsules."""
 
 from collections.abc import Iterable, Sequence
 
 from typing_extensions import CapsuleType
 
-from quill._tokens import TokenBatch
+from quill._core.tokens import TokenBatch
 from quill.dtypes import DType
 
 TENSOR_FORMATS: dict[str, bytes]

@@ -4,7 +4,7 @@ The public classes live in ``quill/tensor.py``; this module holds only the parts
 memory. Every length is checked before a byte is read (docs/protocol.md section 4 and its **Ours**
 rules), and bad input raises :class:`~quill.errors.DecodeError` with the offset of the bad field.
 
->>> from quill._tensor import encode_meta, decode_meta
+>>> from quill._core.tensor import encode_meta, decode_meta
 >>> from quill.dtypes import DType
 >>> wire = encode_meta((2, 3), DType.float32(), "w", 0)
 >>> wire.hex()
@@ -27,7 +27,7 @@ from quill.dtypes import DType
 from quill.errors import DecodeError, EncodeError, LimitExceededError
 
 
-cdef extern from "_tensor_dlpack.h" nogil:
+cdef extern from "tensor_dlpack.h" nogil:
     int QUILL_DLPACK_MAJOR
     int QUILL_DLPACK_MINOR
     int QUILL_kDLCPU

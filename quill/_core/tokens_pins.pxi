@@ -1,4 +1,4 @@
-# Included by quill/_tokens.pyx: PinnedBatch, TokenBatch storage frozen for GIL-free readers and zero-copy exporters.
+# Included by quill/_core/tokens.pyx: PinnedBatch, TokenBatch storage frozen for GIL-free readers and zero-copy exporters.
 
 @cython.final
 @cython.no_gc   # references only _Columns and _TextBuffer, which reference nothing
@@ -12,7 +12,7 @@ cdef class PinnedBatch:
     ``column(name)`` gives one column as a zero-copy read-only memoryview that keeps this pin
     alive (names: ``ids``, ``positions``, ``logprob_bits``, ``flags``, ``text_offsets``, ``text``).
 
-    >>> from quill._tokens import pin_batch
+    >>> from quill._core.tokens import pin_batch
     >>> batch = TokenBatch.from_tokens([Token(7, 0, "hi")])
     >>> pin = pin_batch(batch); batch.clear(); batch.add(Token(8, 0, "yo"))
     >>> len(pin), bytes(pin.column("text")), pin.column("ids").cast("I").tolist()

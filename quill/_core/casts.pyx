@@ -21,7 +21,7 @@ fresh array's pages must be faulted in and zeroed by the OS, which costs
 about as much as the conversion itself.
 
 >>> import numpy as np
->>> from quill._casts import cast
+>>> from quill._core.casts import cast
 >>> cast(np.array([1.0, 65504.0, 1e6], dtype=np.float32), "float16").tolist()
 [1.0, 65504.0, inf]
 """
@@ -35,7 +35,7 @@ from quill.dtypes import DType
 
 cnp.import_array()
 
-cdef extern from "_casts_kernels.h" nogil:
+cdef extern from "casts_kernels.h" nogil:
     ctypedef void (*quill_cast_kernel)(const char *src, char *dst, size_t n)
     enum:
         QUILL_F32_TO_BF16

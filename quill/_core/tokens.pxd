@@ -1,6 +1,6 @@
-# The C-level API of quill._tokens for other compiled modules (exporters, GIL-free readers):
+# The C-level API of quill._core.tokens for other compiled modules (exporters, GIL-free readers):
 #
-#     from quill._tokens cimport PinnedBatch, TokenColumns, pin_batch
+#     from quill._core.tokens cimport PinnedBatch, TokenColumns, pin_batch
 #
 #     cdef PinnedBatch pin = pin_batch(batch)
 #     cdef const TokenColumns *c = &pin.columns
@@ -8,7 +8,7 @@
 #     # unchanged, with or without the GIL, for as long as `pin` is referenced (hand it to the
 #     # consumer as the owner of the memory, e.g. an Arrow array's release callback).
 #
-# See the TokenBatch docstring in _tokens.pyx for the storage rules behind it.
+# See the TokenBatch docstring in tokens.pyx for the storage rules behind it.
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 

@@ -1,12 +1,12 @@
-# The C-level interface of quill/_arrow.pyx (the Arrow ABI structs and TokenBatch export),
-# cimported by quill/_tokens.pyx and quill/_arrow_import.pyx.
+# The C-level interface of quill/_core/arrow.pyx (the Arrow ABI structs and TokenBatch export),
+# cimported by quill/_core/tokens.pyx and quill/_core/arrow_import.pyx.
 
 from libc.stdint cimport int64_t
 
-from quill._tokens cimport TokenColumns
+from quill._core.tokens cimport TokenColumns
 
 
-cdef extern from "_arrow_abi.h" nogil:
+cdef extern from "arrow_abi.h" nogil:
     int ARROW_FLAG_NULLABLE
 
     struct ArrowSchema:
@@ -40,7 +40,7 @@ cdef extern from "_arrow_abi.h" nogil:
         void *private_data
 
 
-# Token flags (docs/protocol.md section 2): the bits of TokenColumns.flags (quill/_tokens.pxd).
+# Token flags (docs/protocol.md section 2): the bits of TokenColumns.flags (quill/_core/tokens.pxd).
 cdef enum:
     TOKEN_HAS_TEXT = 0x01
     TOKEN_HAS_LOGPROB = 0x02
