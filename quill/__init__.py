@@ -15,6 +15,7 @@ from . import _core, frames
 from ._core import frames as _core_frames
 from ._core import tokens as _core_tokens
 from ._core.casts import cast
+from ._version import __version__
 from ._core.tokens import Token, TokenBatch, TokenBatchBuilder
 from .client import MessageStream, QuillClient, TokenStream
 from .dtypes import DType
@@ -40,7 +41,6 @@ from .errors import (
 )
 from .tensor import Shape, Tensor, TensorMeta
 
-__version__ = "0.1.0"
 
 # Pickles written by quill 0.1, before the compiled core moved into quill._core, name
 # quill._tokens (Token, TokenBatch) and quill._frames (the frame objects); they load through these

@@ -324,7 +324,7 @@ def _non_negative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quill`` command."""
-    from . import __version__
+    from ._version import __version__
     from .server.engines import ENGINES
 
     parser = argparse.ArgumentParser(

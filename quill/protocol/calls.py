@@ -128,7 +128,7 @@ class ClientCore:
         self._fixed: dict[str, tuple] = {}
         self._generation = 0
         self._calls: dict[tuple[str, str], CallInfo] = {}
-        from .. import __version__
+        from .._version import __version__
 
         self._user_agent = f"quill-python/{__version__}"
         for name, value in (headers or {}).items():
