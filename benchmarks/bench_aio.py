@@ -1,6 +1,6 @@
 """AsyncQuillClient against its peers on the same server, in the same run.
 
-Server: the bench app (quill.benchmark:app) under ``quill serve --engine uvicorn`` (httptools) in a
+Server: the bench app (quill.cli.bench_service:app) under ``quill serve --engine uvicorn`` (httptools) in a
 child process, on TCP loopback and on a Unix socket.
 Rows: 100 B echo sequential and 64-concurrent for AsyncQuillClient, raw aiohttp ClientSession,
 grpc.aio against a grpcio servicer (bench_client.py's), httpx.AsyncClient (if installed); the sync QuillClient and raw urllib3 sequential; a message
@@ -33,7 +33,7 @@ HEADERS = {"Content-Type": "application/proto", "Accept": "application/proto", "
 def start(args: list[str]) -> subprocess.Popen:
     """``quill serve`` of the bench app on uvicorn (httptools): quill binds the socket itself, so every
     accepted connection has TCP_NODELAY (uvicorn's own binding loses it: 40 ms delayed-ACK stalls)."""
-    return subprocess.Popen([sys.executable, "-m", "quill", "serve", "quill.benchmark:app", "--engine", "uvicorn",
+    return subprocess.Popen([sys.executable, "-m", "quill", "serve", "quill.cli.bench_service:app", "--engine", "uvicorn",
                              "--log-level", "warning", *args])
 
 

@@ -1,7 +1,7 @@
 """QuillClient against its peers, measured in one run, printed as a Markdown table.
 
 Servers, each in its own process (so it has a core of its own, not the client's GIL):
-  * quill's reference server (``quill serve quill.benchmark:app``, uvicorn);
+  * quill's reference server (``quill serve quill.cli.bench_service:app``, uvicorn);
   * a minimal fast HTTP/1.1 server speaking the same protocol (blocking sockets, no framework),
     to show the client's own ceiling where the reference server is the bottleneck;
   * a grpcio server with an equivalent servicer (raw bytes, no protobuf codegen).
@@ -21,8 +21,8 @@ import sys
 import time
 from concurrent import futures
 
-from quill import benchmark
-from quill.benchmark import BENCH_SERVICE, MIB, WORKLOADS, measure
+from quill.cli import bench_service as benchmark
+from quill.cli.bench_service import BENCH_SERVICE, MIB, WORKLOADS, measure
 
 GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 

@@ -3,7 +3,7 @@ raw urllib3, every throughput row printed against the loopback ceiling measured 
 
 * ``ceiling`` -- a raw socket server writing a prepared chunked body (1 MiB chunks) that urllib3
   reads: what this machine's loopback and HTTP parsing allow, with no server work at all.
-* ``quill (ENGINE)`` -- ``quill serve quill.benchmark:app --engine ENGINE`` for each engine
+* ``quill (ENGINE)`` -- ``quill serve quill.cli.bench_service:app --engine ENGINE`` for each engine
   installed (uvicorn, granian, hypercorn), plus uvicorn limited to h11 and asyncio, what a plain
   ``pip install quill`` without the ``server`` extra runs.
 * ``bare ASGI (ENGINE)`` -- a hand-written ASGI app on the same engine sending the same prepared
@@ -71,9 +71,9 @@ def _bare_asgi_app():
 
 
 def _quill_app():
-    """quill.benchmark's app plus a token stream of the same prepared batches."""
+    """quill.cli.bench_service's app plus a token stream of the same prepared batches."""
     from quill._core.tokens import Token, TokenBatch
-    from quill.benchmark import app
+    from quill.cli.bench_service import app
 
     batch = TokenBatch.from_tokens([Token(5, i, text=" word", logprob=-1.0) for i in range(32)])
 
@@ -190,8 +190,8 @@ def measure_ceiling(repeats: int) -> float:
 
 
 def quill_rows(url: str, server: str, repeats: int) -> list[tuple]:
-    """Unary, stream and tensor rows with QuillClient and raw urllib3 (quill.benchmark's runners)."""
-    from quill.benchmark import WORKLOADS, run_benchmarks
+    """Unary, stream and tensor rows with QuillClient and raw urllib3 (quill.cli.bench_service's runners)."""
+    from quill.cli.bench_service import WORKLOADS, run_benchmarks
 
     rows = []
     for r in run_benchmarks(url, list(WORKLOADS), repeats=repeats, server=server):
@@ -216,7 +216,7 @@ def http2_rows(url: str, server: str, repeats: int) -> list[tuple]:
         import httpx
     except ImportError:
         return []
-    from quill.benchmark import BENCH_SERVICE
+    from quill.cli.bench_service import BENCH_SERVICE
 
     rows = []
     headers = {"Content-Type": "application/proto"}

@@ -30,10 +30,7 @@ LAYER_OF = [
     ("quill.client", "client"),
     ("quill.server", "server"),
     ("quill.cli", "cli"),
-    ("quill.cli_support", "cli"),
-    ("quill.batch", "cli"),
-    ("quill.demo", "cli"),
-    ("quill.benchmark", "cli"),
+    ("quill.demo", "apps"),
     ("quill.__main__", "cli"),
     ("quill", "facade"),          # quill/__init__.py: the public names, re-exported
 ]
@@ -47,8 +44,9 @@ ALLOWED = {
     "transports": BELOW_PROTOCOL | {"protocol"},
     "client": BELOW_PROTOCOL | {"protocol", "transports"},
     "server": BELOW_PROTOCOL | {"protocol"},               # never the client, nor its transports
+    "apps": BELOW_PROTOCOL | {"protocol", "server"},
     "facade": BELOW_PROTOCOL | {"protocol", "client"},
-    "cli": BELOW_PROTOCOL | {"protocol", "transports", "client", "server", "facade"},
+    "cli": BELOW_PROTOCOL | {"protocol", "transports", "client", "server", "apps", "facade"},
 }
 # The one upward edge, on purpose: the compiled frame parsers return Tensor objects, which live
 # in the pure-Python model (quill.tensor) so that their behaviour stays readable Python.

@@ -243,17 +243,17 @@ def test_a_dead_worker_takes_the_others_down(engine):
 
 
 def test_hypercorn_cli_finds_the_benchmark_app():
-    """``hypercorn quill.benchmark:app`` looks the app up with eval: it must be a plain attribute."""
+    """``hypercorn quill.cli.bench_service:app`` looks the app up with eval: it must be a plain attribute."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "hypercorn", "quill.benchmark:app", "--bind", f"127.0.0.1:{port}"],
+    process = subprocess.Popen([sys.executable, "-m", "hypercorn", "quill.cli.bench_service:app", "--bind", f"127.0.0.1:{port}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = QuillClient(f"http://127.0.0.1:{port}", timeout_ms=2000)
         deadline = time.monotonic() + 30
         while not client.health_check():
-            assert process.poll() is None and time.monotonic() < deadline, "hypercorn did not serve quill.benchmark:app"
+            assert process.poll() is None and time.monotonic() < deadline, "hypercorn did not serve quill.cli.bench_service:app"
             time.sleep(0.1)
         assert client.call("bench.v1.BenchService", "Echo", b"hi") == b"hi"
     finally:

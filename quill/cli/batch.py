@@ -39,10 +39,10 @@ import time
 from collections import deque
 from typing import Any, BinaryIO, Callable, Iterator
 
-from .cli_support import EXIT_OK, EXIT_PROTOCOL, EXIT_RPC_ERROR, EXIT_USAGE, UsageError, add_client_options, \
+from .support import EXIT_OK, EXIT_PROTOCOL, EXIT_RPC_ERROR, EXIT_USAGE, UsageError, add_client_options, \
     check_names, parse_headers, positive_int, run_client_command
 
-__all__ = ["add_batch_command", "run_batch"]
+__all__ = ["add_parser", "run_batch"]
 
 EXIT_INTERRUPTED = 130
 #: error record type -> the exit status ``quill call`` gives for such an error
@@ -54,7 +54,7 @@ SHOWN_ERRORS = 10  # per-line errors printed on stderr; the rest are only in the
 _NOT_SENT = object()
 
 
-def add_batch_command(command: Callable[..., argparse.ArgumentParser]) -> None:
+def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``quill batch`` with the CLI's subcommand factory."""
     batch = command("batch", "run each line of a JSON Lines file through a method, with a progress bar",
                     "Send each line of --input (a JSON value per line) to SERVICE/METHOD as JSON, CONCURRENCY "
@@ -87,7 +87,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 def run_batch(args: argparse.Namespace) -> int:
     """Run ``quill batch`` with parsed ``args``; the exit status."""
-    from .client import QuillClient
+    from ..client import QuillClient
 
     headers = parse_headers(args.header)
     check_names(args.service, args.method)
@@ -147,7 +147,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def _record(number: int, result: Any, bad_line: str | None, kind: str) -> dict:
     """The output record of input line ``number``; a connection failure is raised (it ends the run)."""
-    from .errors import DecodeError, EncodeError, QuillConnectionError, QuillTimeoutError, RpcError, \
+    from ..errors import DecodeError, EncodeError, QuillConnectionError, QuillTimeoutError, RpcError, \
         StreamCancelledError
 
     if bad_line is not None:

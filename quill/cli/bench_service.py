@@ -1,6 +1,6 @@
 """Client benchmarks: quill's QuillClient and raw urllib3 against the same server, side by side.
 
-The server must serve :data:`BENCH_SERVICE` (``app`` below, e.g. ``quill serve quill.benchmark:app``):
+The server must serve :data:`BENCH_SERVICE` (``app`` below, e.g. ``quill serve quill.cli.bench_service:app``):
 ``Echo`` (unary echo), ``Stream`` (a server stream of COUNT messages of SIZE bytes, request
 ``b"COUNT,SIZE"``) and ``Tensor`` (a uint8 tensor of N bytes, request ``b"N"``).
 
@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import urllib3
 
-from .client import QuillClient
+from ..client import QuillClient
 
 BENCH_SERVICE = "bench.v1.BenchService"
 MIB = 1 << 20
@@ -55,8 +55,8 @@ WORKLOADS = {
 def _create_app():
     import numpy as np
 
-    from .server import QuillApp
-    from .tensor import Tensor
+    from ..server import QuillApp
+    from ..tensor import Tensor
 
     app = QuillApp()
     payloads: dict[int, bytes] = {}
@@ -84,7 +84,7 @@ def _create_app():
 
 
 #: The benchmark service, a plain module attribute so that any ASGI server finds it
-#: (``hypercorn quill.benchmark:app`` looks it up with eval; a lazy module ``__getattr__`` hid it).
+#: (``hypercorn quill.cli.bench_service:app`` looks it up with eval; a lazy module ``__getattr__`` hid it).
 app = _create_app()
 
 
@@ -227,7 +227,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def start_server(port: int = 0) -> tuple[subprocess.Popen, str]:
-    """``quill serve quill.benchmark:app`` in a subprocess (its own core, not this GIL); returns (process, url)."""
+    """``quill serve quill.cli.bench_service:app`` in a subprocess (its own core, not this GIL); returns (process, url)."""
     import socket
 
     if not port:
@@ -235,7 +235,7 @@ def start_server(port: int = 0) -> tuple[subprocess.Popen, str]:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "quill", "serve", "quill.benchmark:app", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "quill", "serve", "quill.cli.bench_service:app", "--port", str(port), "--log-level", "warning"],
     )
     url = f"http://127.0.0.1:{port}"
     probe_client = QuillClient(url, timeout_ms=1000)
@@ -248,20 +248,5 @@ def start_server(port: int = 0) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def run_cli(url: str | None = None, *, quick: bool = False, progress: bool = True) -> str:
-    """``quill bench``: benchmark the server at ``url`` (or one started here) and return the table."""
-    report = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else None
-    proc = None
-    if url is None:
-        proc, url = start_server()
-    try:
-        rows = run_benchmarks(url, repeats=1 if quick else 3, progress=report)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
-    return format_table(rows)
-
-
-__all__ = ["BENCH_SERVICE", "WORKLOADS", "Workload", "run_benchmarks", "format_table", "measure", "run_cli",
+__all__ = ["BENCH_SERVICE", "WORKLOADS", "Workload", "run_benchmarks", "format_table", "measure",
            "start_server", "quill_runner", "urllib3_runner"]

@@ -1,5 +1,5 @@
-"""What the ``quill`` subcommands share (quill.cli, quill.batch): exit codes, usage errors, the
-client options, and the mapping of quill's errors to exit codes.
+"""What the ``quill`` subcommands share: exit codes, usage errors, the client options, argument
+types, and the mapping of quill's errors to exit codes.
 
 >>> run_client_command(lambda: EXIT_OK)
 0
@@ -14,7 +14,8 @@ from typing import Any, Callable, Sequence
 __all__ = [
     "EXIT_OK", "EXIT_RPC_ERROR", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_PROTOCOL", "EXIT_MISSING_PACKAGE",
     "EXIT_SERVER_FAILED", "EXIT_CODES_HELP", "UsageError", "error", "print_rpc_error", "run_client_command",
-    "parse_headers", "check_names", "make_client", "positive_int", "add_client_options",
+    "parse_headers", "check_names", "make_client", "positive_int", "non_negative_float", "octal_mode",
+    "add_client_options",
 ]
 
 EXIT_OK = 0
@@ -53,7 +54,7 @@ def print_rpc_error(exc: Any) -> None:
 
 def run_client_command(action: Callable[[], int]) -> int:
     """Run a command that talks to a server; map quill errors to exit codes."""
-    from .errors import (
+    from ..errors import (
         DecodeError,
         QuillConnectionError,
         QuillTimeoutError,
@@ -78,7 +79,7 @@ def run_client_command(action: Callable[[], int]) -> int:
 
 
 def parse_headers(values: Sequence[str]) -> dict[str, str]:
-    from .protocol.names import check_header
+    from ..protocol.names import check_header
 
     headers = {}
     for value in values:
@@ -94,7 +95,7 @@ def parse_headers(values: Sequence[str]) -> dict[str, str]:
 
 
 def check_names(service: str, method: str) -> None:
-    from .protocol.names import check_rpc_name
+    from ..protocol.names import check_rpc_name
 
     try:
         check_rpc_name("service", service)
@@ -104,7 +105,7 @@ def check_names(service: str, method: str) -> None:
 
 
 def make_client(args: argparse.Namespace):
-    from .client import QuillClient
+    from ..client import QuillClient
 
     try:
         return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress)
@@ -117,6 +118,23 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an octal file mode such as 600, got {text}") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"must be an octal file mode between 000 and 777, got {text}")
+    return mode
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
