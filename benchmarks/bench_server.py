@@ -5,7 +5,7 @@ raw urllib3, every throughput row printed against the loopback ceiling measured 
   reads: what this machine's loopback and HTTP parsing allow, with no server work at all.
 * ``quill (ENGINE)`` -- ``quill serve quill.cli.bench_service:app --engine ENGINE`` for each engine
   installed (uvicorn, granian, hypercorn), plus uvicorn limited to h11 and asyncio, what a plain
-  ``pip install quill`` without the ``server`` extra runs.
+  ``pip install quill-rpc`` without the ``server`` extra runs.
 * ``bare ASGI (ENGINE)`` -- a hand-written ASGI app on the same engine sending the same prepared
   token frames, one body message each: what the engine costs per frame, for the token-streaming
   row (QuillApp joins frames ready back to back; ``bench_token_overhead.py`` compares the two).

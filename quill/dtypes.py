@@ -20,7 +20,7 @@ __all__ = ["DType"]
 
 _BFLOAT16_HELP = (
     "bfloat16 has no numpy dtype of its own; install ml_dtypes "
-    "(pip install 'quill[bf16]' or pip install ml_dtypes) to use bfloat16 numpy arrays, "
+    "(pip install 'quill-rpc[bf16]' or pip install ml_dtypes) to use bfloat16 numpy arrays, "
     "or convert with Tensor.astype(DType.float32()) / to_numpy(dtype='float32')"
 )
 

@@ -108,7 +108,7 @@ def _numpy_dtype(dtype: DType) -> np.dtype:
     except TypeError:
         raise TypeError(
             "this tensor is bfloat16, which numpy cannot represent without ml_dtypes: install it "
-            "(pip install 'quill[bf16]'), or use to_numpy(dtype='float32') for a float32 copy, "
+            "(pip install 'quill-rpc[bf16]'), or use to_numpy(dtype='float32') for a float32 copy, "
             "or .data for the raw little-endian bfloat16 bytes"
         ) from None
     if dtype is not DType.bfloat16():

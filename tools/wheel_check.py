@@ -61,8 +61,8 @@ def build(workdir):
     dist = workdir / "dist"
     say("build: the sdist, then the wheel from the unpacked sdist")
     run(sys.executable, "-m", "build", "--outdir", dist, REPO, stdout=subprocess.DEVNULL)
-    (sdist,) = dist.glob("quill-*.tar.gz")
-    (wheel,) = dist.glob("quill-*.whl")
+    (sdist,) = dist.glob("quill_rpc-*.tar.gz")
+    (wheel,) = dist.glob("quill_rpc-*.whl")
     return sdist, wheel
 
 
@@ -72,7 +72,7 @@ def repair(wheel, workdir):
     plat = f"{POLICY}_{platform.machine()}"
     say(f"auditwheel repair to {plat}, then auditwheel show")
     run(sys.executable, "-m", "auditwheel", "repair", "--plat", plat, "-w", wheelhouse, wheel)
-    (repaired,) = wheelhouse.glob("quill-*.whl")
+    (repaired,) = wheelhouse.glob("quill_rpc-*.whl")
     if plat not in repaired.name:
         raise SystemExit(f"auditwheel repair produced {repaired.name}, not a {plat} wheel")
     shown = run(sys.executable, "-m", "auditwheel", "show", repaired,

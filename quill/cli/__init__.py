@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"quill {__version__}")
+    parser.add_argument("--version", action="version", version=f"quill {__version__} (distribution quill-rpc)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 

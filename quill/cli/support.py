@@ -29,7 +29,7 @@ EXIT_SERVER_FAILED = 6
 EXIT_CODES_HELP = """\
 exit codes: 0 success, 1 the server answered with an error (Problem Details on stderr),
 2 bad command line, 3 server unreachable or timed out, 4 undecodable answer or broken stream,
-5 a needed package is missing (an HTTP server: pip install 'quill[server]'), 6 a server worker died"""
+5 a needed package is missing (an HTTP server: pip install 'quill-rpc[server]'), 6 a server worker died"""
 
 
 class UsageError(Exception):

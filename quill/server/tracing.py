@@ -1,5 +1,5 @@
 """OpenTelemetry server spans, when ``opentelemetry-api`` is installed (``pip install
-'quill[otel]'``); without it, nothing here runs and nothing is imported.
+'quill-rpc[otel]'``); without it, nothing here runs and nothing is imported.
 
 Each RPC gets a SERVER span named ``package.Service/Method``, a child of the caller's
 ``traceparent``/``tracestate``, current while the handler runs (sync handlers in the thread pool
