@@ -281,10 +281,12 @@ class HTTP11Transport:
             try:
                 sent = self._send(sock, head, request)
             except (BrokenPipeError, ConnectionResetError):
-                # The server may have answered early (401, 413...) and closed: read that answer.
+                # The server may have answered early (401, 413...) and closed: read that answer. The
+                # request did not go out whole, so the connection never carries another one.
                 resp = _salvage_response(sock, method)
                 if resp is None:
                     raise
+                resp.will_close = True
                 return resp
             resp = http.client.HTTPResponse(sock, method=method)
             resp.begin()
@@ -295,10 +297,10 @@ class HTTP11Transport:
             # A clean close before any answer: the server may have read (and acted on) the request.
             raise TransportError("response", sent=True, detail=str(exc) or "closed", reused=reused) from exc
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
-            # A reset means the server's socket was closed with our bytes unread (or they arrived after
-            # the close): on a kept-alive connection that is a stale connection, the request undelivered.
-            delivered = not (reused or _nothing_sent(exc))
-            raise TransportError("send" if not sent else "response", sent=delivered,
+            # A reset is no proof that the request went unread: the server, or a proxy before it, may
+            # have acted on it first. Only a first write the kernel refused leaves nothing delivered
+            # (a pooled connection the server had closed is dropped at checkout, before any write).
+            raise TransportError("send" if not sent else "response", sent=not _nothing_sent(exc),
                                  detail=str(exc) or type(exc).__name__, reused=reused) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise TransportError("response", sent=True, detail=str(exc) or type(exc).__name__, reused=reused) from exc
