@@ -2,18 +2,22 @@
 connection whose request was not sent in full is never reused (a server that answers early and
 drains the body would read the next request as its rest), and a POST is never resent once it may
 have reached the server, even when the connection was kept alive and is then reset, unless the
-call is idempotent or carries an ``Idempotency-Key``."""
+call is idempotent or carries an ``Idempotency-Key``; an interim (1xx) answer is never taken
+for the answer."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bad_peers import SERVICE, UPLOADS, early_answer_server, reset_after_read_server  # noqa: E402
 from waiting import wait_until  # noqa: E402
+
+from client_servers import ScriptedServer, echo  # noqa: E402
 
 from quill.client import QuillClient  # noqa: E402
 from quill.errors import QuillConnectionError, RpcError  # noqa: E402
@@ -80,4 +84,20 @@ def test_an_early_answer_salvaged_after_a_reset_closes_its_connection():
         assert info.value.status == 413
         assert [conn.sock for conn in client._transport.pool.pool.queue if conn is not None] == [None]
         assert client.call(SERVICE, "Echo", b"after") == b"after"
+        client.close()
+
+
+@pytest.mark.parametrize("interim", [b"100 Continue", b"103 Early Hints\r\nLink: </style.css>; rel=preload"],
+                         ids=["100", "103"])
+def test_an_interim_answer_is_not_taken_for_the_answer(interim):
+    """A 1xx answer, in a segment of its own, comes before the answer: reading it as the answer
+    would leave the real one on the kept-alive connection, to be read as the next call's."""
+    def handler(request, sock):
+        sock.sendall(b"HTTP/1.1 " + interim + b"\r\n\r\n")
+        time.sleep(0.05)
+        echo(request, sock)
+
+    with ScriptedServer(handler) as server:
+        client = QuillClient(server.url, max_connections=1)
+        assert [client.call(SERVICE, "Echo", b"call-%d" % i) for i in range(3)] == [b"call-0", b"call-1", b"call-2"]
         client.close()

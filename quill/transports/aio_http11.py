@@ -61,6 +61,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.status = 0
         self.headers: dict[str, str] = {}
         self.head_done = False
+        self._interim = False  # inside an interim (1xx) answer
         self.complete = False
         self.any_byte = False
         self.keep_alive = False
@@ -178,7 +179,12 @@ class _Connection(asyncio.BufferedProtocol):
         self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103 Early Hints): the answer follows
+            self.headers = {}
+            self._interim = True
+            return
+        self.status = status
         self.head_done = True
         self.keep_alive = self.parser.should_keep_alive()  # known from the head; kept if the body ends well
         self._wake()
@@ -191,6 +197,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
         self._wake()

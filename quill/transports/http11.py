@@ -81,6 +81,18 @@ def send_parts(sock: socket.socket, parts: list) -> None:
             break
 
 
+class _InterimSkippingResponse(http.client.HTTPResponse):
+    """http.client skips a 100 Continue before the answer; this skips every interim (1xx) answer,
+    103 Early Hints too, which http.client would take for the answer, leaving the real one on the
+    connection to be read as the next request's."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        version, status, reason = super()._read_status()  # type: ignore[misc]
+        if 100 < status < 200 and status != 101:
+            return version, http.client.CONTINUE, reason  # begin() skips its headers and reads on
+        return version, status, reason
+
+
 class HTTP11Response:
     """An answer being read off one pooled connection (see :mod:`quill.transports`)."""
 
@@ -288,7 +300,7 @@ class HTTP11Transport:
                     raise
                 resp.will_close = True
                 return resp
-            resp = http.client.HTTPResponse(sock, method=method)
+            resp = _InterimSkippingResponse(sock, method=method)
             resp.begin()
             return resp
         except (socket.timeout, TimeoutError) as exc:
@@ -344,7 +356,7 @@ def _nothing_sent(exc: BaseException) -> bool:
 
 
 def _salvage_response(sock: socket.socket, method: str) -> http.client.HTTPResponse | None:
-    resp = http.client.HTTPResponse(sock, method=method)
+    resp = _InterimSkippingResponse(sock, method=method)
     try:
         resp.begin()
     except (OSError, http.client.HTTPException):
