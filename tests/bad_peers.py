@@ -34,10 +34,14 @@ UPLOADS = {  # how the upload's body goes out: fixed-length parts, or chunked
 def early_answer_server(pause_s: float = 0.3, hang_up: bool = False) -> ScriptedServer:
     """An ``Upload`` gets ``413`` (keep-alive) before its body is read; the body is drained after
     ``pause_s``, by which time the client has seen the answer (with ``hang_up``, the connection is
-    closed instead, the body unread: the kernel resets it). Other calls are echoed."""
+    closed instead, the body unread: the kernel resets it). Other calls are echoed. The server's
+    ``answered_early`` lists the uploads answered (a body cut short by a reset is not recorded in
+    ``requests``)."""
+    answered_early: list[str] = []
 
     def early(path: str, headers: dict, sock: socket.socket) -> None:
         if path.endswith("/Upload"):
+            answered_early.append(path)
             sock.sendall(response(413, b"too large", "text/plain"))
             time.sleep(pause_s)
             if hang_up:
@@ -47,7 +51,9 @@ def early_answer_server(pause_s: float = 0.3, hang_up: bool = False) -> Scripted
         if not request.path.endswith("/Upload"):
             echo(request, sock)
 
-    return ScriptedServer(handler, early=early)
+    server = ScriptedServer(handler, early=early)
+    server.answered_early = answered_early
+    return server
 
 
 def reset_after_read_server() -> ScriptedServer:
@@ -63,11 +69,3 @@ def reset_after_read_server() -> ScriptedServer:
 
     server = ScriptedServer(handler)
     return server
-
-
-def outcome(call) -> tuple[str, str]:
-    """(``returned`` or the exception's class name, the result or the message)."""
-    try:
-        return "returned", repr(call())
-    except Exception as exc:  # the table records whatever happens
-        return type(exc).__name__, str(exc)
