@@ -111,11 +111,6 @@ class HTTP11Response:
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         self.headers = headers
 
-    @property
-    def reusable(self) -> bool:
-        """False when the server said it closes the connection after this answer."""
-        return not self._resp.will_close
-
     def read(self, size: int = STREAM_READ_SIZE) -> bytes:
         if self._after_window:
             size, self._after_window = min(size, AFTER_WINDOW_READ_SIZE), False
