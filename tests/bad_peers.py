@@ -1,7 +1,7 @@
-"""Two misbehaving HTTP/1.1 servers on loopback, and what a client makes of each (not collected).
+"""Two misbehaving HTTP/1.1 servers on loopback, played with raw sockets (not collected).
 
 Used by tests/test_transport_reuse.py and by tools/bad_inputs_table.py, which writes the
-"Misbehaving servers" table of docs/bad-inputs.md from :func:`exchange` runs.
+"Misbehaving servers" table of docs/bad-inputs.md from live calls to them.
 
 - :func:`early_answer_server`: answers an upload ``413`` keep-alive as soon as its head is read,
   then drains the body and reads the next request off the same connection (Go's net/http does

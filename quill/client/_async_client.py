@@ -39,8 +39,8 @@ class AsyncQuillClient:
     Failures before any byte of a request was sent are retried ``retries`` times with exponential
     backoff from ``backoff_ms``; a request that may have reached the server is resent only when
     the call is idempotent (``idempotent=True`` per call, ``idempotent_methods`` such as
-    ``["echo.v1.EchoService/Echo"]``, or an ``Idempotency-Key`` header). ``status_retries`` opts in to retrying 429/503 answers,
-    waiting as ``Retry-After`` says. Retries resend the body already built, never a copy.
+    ``["echo.v1.EchoService/Echo"]``, or an ``Idempotency-Key`` header).
+    ``status_retries`` opts in to retrying 429/503 answers, waiting as ``Retry-After`` says. Retries resend the body already built, never a copy.
     For ``https://``, certificates are verified unless ``verify=False``; ``ca_file`` adds a CA
     bundle, ``client_cert``/``client_key`` present a client certificate.
 

@@ -87,7 +87,7 @@ class _InterimSkippingResponse(http.client.HTTPResponse):
     connection to be read as the next request's."""
 
     def _read_status(self) -> tuple[str, int, str]:
-        version, status, reason = super()._read_status()  # type: ignore[misc]
+        version, status, reason = super()._read_status()
         if 100 < status < 200 and status != 101:
             return version, http.client.CONTINUE, reason  # begin() skips its headers and reads on
         return version, status, reason
