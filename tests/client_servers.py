@@ -56,7 +56,10 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def read_request(rfile, connection: int) -> Request | None:
+def read_request(rfile, connection: int, on_head: Callable[[str, dict], object] | None = None) -> Request | None:
+    """The next request off ``rfile`` (None at the end of the connection); ``on_head(path, headers)``
+    runs once the head is read, before the body is (a server that answers early). A body the
+    client stopped sending is recorded as far as it came."""
     line = rfile.readline()
     if not line:
         return None
@@ -68,11 +71,14 @@ def read_request(rfile, connection: int) -> Request | None:
             break
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
+    if on_head is not None:
+        on_head(path, headers)
     chunked = headers.get("transfer-encoding", "").lower() == "chunked"
     if chunked:
         parts = []
         while True:
-            size = int(rfile.readline().split(b";")[0], 16)
+            line = rfile.readline()
+            size = int(line.split(b";")[0], 16) if line.strip() else 0
             if size == 0:
                 rfile.readline()
                 break
@@ -87,12 +93,16 @@ def read_request(rfile, connection: int) -> Request | None:
 class ScriptedServer:
     """A threaded loopback server; ``handler(request, sock)`` writes the answer itself.
 
-    ``handler`` returns False to close the connection after answering. Every request is appended
-    to ``requests``; ``connections`` counts accepted connections, ``closed`` those it has closed.
+    ``handler`` returns False to close the connection after answering. ``early(path, headers, sock)``,
+    if given, runs once a request's head is read, before its body is (it may answer early; the
+    body is read after it returns, as Go's net/http drains it). Every request is appended to
+    ``requests``; ``connections`` counts accepted connections, ``closed`` those it has closed.
     """
 
-    def __init__(self, handler: Callable[[Request, socket.socket], object], port: int = 0, ssl_context=None):
+    def __init__(self, handler: Callable[[Request, socket.socket], object], port: int = 0, ssl_context=None,
+                 early: Callable[[str, dict, socket.socket], object] | None = None):
         self.handler = handler
+        self.early = early
         self._ssl_context = ssl_context
         self.requests: list[Request] = []
         self.connections = 0
@@ -129,13 +139,14 @@ class ScriptedServer:
         rfile = sock.makefile("rb")
         try:
             while True:
-                request = read_request(rfile, connection)
+                on_head = None if self.early is None else (lambda path, headers: self.early(path, headers, sock))
+                request = read_request(rfile, connection, on_head)
                 if request is None:
                     break
                 self.requests.append(request)
                 if self.handler(request, sock) is False:
                     break
-        except OSError:
+        except (OSError, ValueError):  # the connection broke, or the bytes are not a request
             pass
         finally:
             rfile.close()

@@ -2,7 +2,9 @@
 
 Every row is produced by running the input through quill now: the exception class and its
 message (or what the decoder returned, for the inputs it accepts on purpose) are real
-outputs, never typed in. tests/test_bad_inputs.py checks that the committed table is current.
+outputs, never typed in. A second table comes from live calls of both clients to misbehaving
+loopback servers (tests/bad_peers.py). tests/test_bad_inputs.py checks that the committed
+tables are current.
 
     python tools/bad_inputs_table.py            # rewrite docs/bad-inputs.md
     python tools/bad_inputs_table.py --check    # exit 1 if it is out of date
@@ -30,8 +32,14 @@ from quill.frames import (
 )
 from quill.tensor import TensorMeta
 
-TABLE_PATH = pathlib.Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the misbehaving servers, and the async client made blocking
+from bad_peers import SERVICE, UPLOADS, early_answer_server, reset_after_read_server  # noqa: E402
+from client_kinds import CLIENTS  # noqa: E402
+
+TABLE_PATH = ROOT / "docs" / "bad-inputs.md"
 MAX_SHOWN_INPUT = 48
+PEERS_HEADING = "## Misbehaving servers"
 
 
 def meta_bytes(shape, dtype_code=1, device=0, byte_size=None, name=b"", name_len=None):
@@ -163,6 +171,77 @@ CASES = [
 ]
 
 
+def second_transfer(headers=None):
+    """The second call of a client: it goes out on the connection the first one kept alive."""
+    def run(client):
+        client.call(SERVICE, "Transfer", b"transfer-1")
+        return client.call(SERVICE, "Transfer", b"transfer-2", headers=headers)
+    return run
+
+
+def transfers(server):
+    return sum(request.body == b"transfer-2" for request in server.requests)
+
+
+# (what the server does, its factory, the call shown, the call, how many copies of it the server got)
+PEER_CASES = [
+    ("an early answer: `413` keep-alive once the head is read; the body drained afterwards (Go's net/http)",
+     early_answer_server, "`send_tensor` of 16 MiB", UPLOADS["tensor"], lambda server: len(server.answered_early)),
+    ("a reset after the request was read: a POST on a kept-alive connection read whole, then a reset "
+     "(SO_LINGER 0)", reset_after_read_server, "`call`", second_transfer(), transfers),
+    ("the same reset", reset_after_read_server, "`call` with an `Idempotency-Key` header",
+     second_transfer({"Idempotency-Key": "k-1"}), transfers),
+]
+
+
+def peer_row(kind, what, make_server, shown_call, call, copies):
+    """One live exchange: the call's outcome, how many copies of it the server got, the next call."""
+    with make_server() as server:
+        client = CLIENTS[kind](server.url, max_connections=1, timeout_ms=5000)
+        error, message = outcome(call, client)
+        after, answer = outcome(lambda c: c.call(SERVICE, "Echo", b"next"), client)
+        client.close()
+    error = "returned" if error == "accepted" else error
+    message = message.replace(server.url, "http://127.0.0.1:PORT")
+    follow = f"`{answer}`" if after == "accepted" else f"`{after}`: {answer}"
+    name = "QuillClient" if kind == "sync" else "AsyncQuillClient"
+    return (f"| `{name}` | {cell(what)} | {shown_call} | `{error}` | {cell(message)} | {copies(server)} "
+            f"| {cell(follow)}, {server.connections} connection(s) in all |")
+
+
+def render_peers():
+    lines = [
+        "",
+        PEERS_HEADING,
+        "",
+        "Generated as well, from live calls of both clients to raw-socket servers on loopback that",
+        "misbehave (tests/bad_peers.py); docs/protocol.md, Retries, says why each outcome is the right",
+        "one. \"Copies\" is how many times the server received the call; the next call goes to the",
+        "same client (`max_connections=1`). `QuillClient` writes a body through before it reads the",
+        "answer, so its connection carried the whole upload and may carry the next call;",
+        "`AsyncQuillClient` stops writing at the early answer and closes that connection.",
+        "",
+        "| client | the server | the call | outcome | message | copies | the next call |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for what, make_server, shown_call, call, is_copy in PEER_CASES:
+        for kind in ("sync", "async"):
+            lines.append(peer_row(kind, what, make_server, shown_call, call, is_copy))
+    return "\n".join(lines) + "\n"
+
+
+def hand_written(old):
+    """The hand-maintained sections after the generated ones (from the first other ``## `` heading)."""
+    start = 0
+    while True:
+        marker = old.find("\n## ", start)
+        if marker < 0:
+            return ""
+        if not old.startswith(PEERS_HEADING, marker + 1):
+            return old[marker:]
+        start = marker + 1
+
+
 def outcome(call, data):
     """(error class name, message) for a refused input, or ("accepted", repr of the result)."""
     try:
@@ -206,7 +285,7 @@ def render():
         error, message = outcome(call, data)
         lines.append(f"| {cell(decoder)} | {cell(what)} | {cell(shown_input(data))} | "
                      f"`{error}` | {cell(message)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + render_peers()
 
 
 def main(argv):
@@ -218,11 +297,7 @@ def main(argv):
             return 1
         return 0
     TABLE_PATH.parent.mkdir(exist_ok=True)
-    rest = ""
-    if TABLE_PATH.exists():
-        old = TABLE_PATH.read_text()
-        marker = old.find("\n## ")
-        rest = old[marker:] if marker >= 0 else ""
+    rest = hand_written(TABLE_PATH.read_text()) if TABLE_PATH.exists() else ""
     TABLE_PATH.write_text(text + rest)
     return 0
 

@@ -20,7 +20,7 @@ from ..errors import DecodeError, LimitExceededError, QuillConnectionError, Quil
 from ..protocol.calls import HEALTH_TIMEOUT_MS, ClientCore
 from ..protocol.requests import Request
 from ..protocol.responses import ERROR_BODY_LIMIT, BytesConsumer, error_for_response
-from ..protocol.retries import RetryState, TransportError, quill_error_for
+from ..protocol.retries import RetryState, TransportError, quill_error_for, resendable
 from ..tensor import Tensor
 from ..transports.aio_http11 import AsyncHTTP11Transport
 from ._async_streams import AsyncMessageStream, AsyncTokenStream, read_body
@@ -38,9 +38,9 @@ class AsyncQuillClient:
     ``timeout_ms`` bounds connecting and every wait for the server (per call overridable).
     Failures before any byte of a request was sent are retried ``retries`` times with exponential
     backoff from ``backoff_ms``; a request that may have reached the server is resent only when
-    the call is idempotent (``idempotent=True`` per call, or ``idempotent_methods`` such as
-    ``["echo.v1.EchoService/Echo"]``). ``status_retries`` opts in to retrying 429/503 answers,
-    waiting as ``Retry-After`` says. Retries resend the body already built, never a copy.
+    the call is idempotent (``idempotent=True`` per call, ``idempotent_methods`` such as
+    ``["echo.v1.EchoService/Echo"]``, or an ``Idempotency-Key`` header).
+    ``status_retries`` opts in to retrying 429/503 answers, waiting as ``Retry-After`` says. Retries resend the body already built, never a copy.
     For ``https://``, certificates are verified unless ``verify=False``; ``ca_file`` adds a CA
     bundle, ``client_cert``/``client_key`` present a client certificate.
 
@@ -152,7 +152,7 @@ class AsyncQuillClient:
             try:
                 response = await self._transport.open(request)
             except TransportError as failure:
-                wait = policy.delay(failure, request.replayable, request.idempotent, request.timeout, state)
+                wait = policy.delay(failure, request.replayable, resendable(request), request.timeout, state)
                 if wait is None:
                     raise quill_error_for(failure, request.call.describe(), request.timeout) from failure
                 await asyncio.sleep(wait)

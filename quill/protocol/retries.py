@@ -7,8 +7,9 @@ turns that (or a 429/503 :class:`~quill.errors.RpcError`) into "wait this long, 
 
 The rule: a POST is not idempotent. A request is resent after a failure only when no byte of
 it can have reached the server (the connection could not be made, or the first write failed),
-unless the call is marked idempotent; 429/503 answers are retried only when the client opted in
-with ``status_retries`` (the server said it did not process the request).
+unless the call is idempotent (:func:`resendable`: marked so, or carrying an ``Idempotency-Key``);
+429/503 answers are retried only when the client opted in with ``status_retries`` (the server said
+it did not process the request).
 
 >>> policy = RetryPolicy(retries=2, status_retries=0, backoff_s=0.05)
 >>> state = RetryState()
@@ -20,11 +21,17 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import QuillConnectionError, QuillTimeoutError, RpcError
 
-__all__ = ["TransportError", "RetryState", "RetryPolicy", "quill_error_for", "MAX_BACKOFF_S"]
+__all__ = ["TransportError", "RetryState", "RetryPolicy", "quill_error_for", "resendable", "MAX_BACKOFF_S",
+           "IDEMPOTENCY_KEY"]
 
 MAX_BACKOFF_S = 2.0
+#: The request header that makes a call safe to resend: the server answers a repeated key once
+#: (the IETF httpapi draft "The Idempotency-Key HTTP Header Field").
+IDEMPOTENCY_KEY = "idempotency-key"
 
 _WHEN = {
     "connect": "connecting",
@@ -49,6 +56,17 @@ class TransportError(Exception):
         self.timeout = timeout
         self.expected = expected
         self.reused = reused
+
+
+def resendable(request: Any) -> bool:
+    """Whether ``request`` may be sent again after it may have reached the server: the call is
+    marked idempotent, or it carries an ``Idempotency-Key`` header (the client's or the call's).
+
+    >>> class R: idempotent, headers = False, (("Idempotency-Key", "k1"),)
+    >>> resendable(R())
+    True
+    """
+    return request.idempotent or any(name.lower() == IDEMPOTENCY_KEY for name, _ in request.headers)
 
 
 class RetryState:

@@ -13,7 +13,8 @@ The interface, for the sync transport (the async one has the same methods as cor
 ``response.read_all(limit) -> bytes``
     The rest of the body in one piece (``limit`` bounds it: LimitExceededError past it).
 ``response.release(reusable)``
-    Give the connection back: kept alive when ``reusable`` and the server allows, else closed.
+    Give the connection back: kept alive when ``reusable``, the server allows and the whole
+    request went out (not cut short by an early answer), else closed.
 ``response.abort()``
     Close the connection now, from any thread; a pending read fails.
 ``close()``

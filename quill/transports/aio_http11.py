@@ -48,7 +48,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport: Any = None
         self.parser = None
         self.lost = False
-        self.reset = False
         self.reused = False  # a kept-alive connection from the pool (set at checkout)
         self._waiter: asyncio.Future | None = None
         self._drain: asyncio.Future | None = None
@@ -62,9 +61,11 @@ class _Connection(asyncio.BufferedProtocol):
         self.status = 0
         self.headers: dict[str, str] = {}
         self.head_done = False
+        self._interim = False  # inside an interim (1xx) answer
         self.complete = False
         self.any_byte = False
         self.keep_alive = False
+        self.sent_all = False  # the whole request went to the transport (set by the sender)
         self.error: TransportError | None = None
         self.chunks: collections.deque = collections.deque()
         self.buffered = 0
@@ -76,7 +77,10 @@ class _Connection(asyncio.BufferedProtocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.lost
+        """Whether the next request may follow on this connection: the answer ended well, the
+        server keeps the connection, and the whole request went out (after an early answer the
+        server may still be reading the body, and would take the next request for its rest)."""
+        return self.complete and self.keep_alive and self.sent_all and not self.lost
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -146,24 +150,25 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
-        self.reset = isinstance(exc, (ConnectionResetError, BrokenPipeError))
         if not self.complete:
             if self.head_done:
                 self._fail(TransportError("body", sent=True, detail="body cut short"))
             else:
-                # On a kept-alive connection a reset means our bytes went unread; a clean close (or any
-                # failure of a fresh connection) means the server may have read them.
-                self._fail(TransportError("response", sent=not (self.reused and self.reset),
-                                          detail=str(exc or "connection closed"), reused=self.reused))
+                # The request was written (a pooled connection is checked before that): a close or a
+                # reset now, kept-alive connection or not, may come after the server acted on it.
+                self._fail(TransportError("response", sent=True, detail=str(exc or "connection closed"),
+                                          reused=self.reused))
         self._wake()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._wake_drain()
 
     def pause_writing(self) -> None:
         self._paused_writing = True
 
     def resume_writing(self) -> None:
         self._paused_writing = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -174,10 +179,16 @@ class _Connection(asyncio.BufferedProtocol):
         self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103 Early Hints): the answer follows
+            self.headers = {}
+            self._interim = True
+            return
+        self.status = status
         self.head_done = True
         self.keep_alive = self.parser.should_keep_alive()  # known from the head; kept if the body ends well
         self._wake()
+        self._wake_drain()  # an early answer: the sender stops waiting to write the rest
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -186,6 +197,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
         self._wake()
@@ -216,7 +230,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._fail(TransportError(stage, sent=True, detail="timed out", timeout=True))
 
     async def drain(self, timeout: float) -> None:
-        if self._paused_writing and not self.lost:
+        """Wait until the transport takes more, the answer's head arrives, or the connection ends."""
+        if self._paused_writing and not self.lost and not self.head_done:
             self._drain = self.loop.create_future()
             try:
                 await asyncio.wait_for(self._drain, timeout)
@@ -488,40 +503,44 @@ class AsyncHTTP11Transport:
     async def _send(self, conn: _Connection, request: Request, reused: bool) -> None:
         if conn.lost:
             raise TransportError("send", sent=False, detail="connection closed", reused=reused)
-        write = conn.transport.write
         head = request_head(self._heads, request)
         body = request.body
-        if body is None:
-            write(head)
-        elif body.chunks is None:
-            if body.length <= _SMALL_BODY and len(body.parts) == 1:
-                write(head + body.parts[0])
-            else:
-                write(head)
-                for part in body.parts:
-                    if conn.head_done or conn.lost:
-                        break  # the server answered early (or left): stop sending
-                    write(part)
-                    await conn.drain(request.timeout)
+        if body is None or body.chunks is None and body.length <= _SMALL_BODY and len(body.parts) == 1:
+            conn.transport.write(head if body is None else head + body.parts[0])
+            conn.sent_all = True
         else:
-            write(head)
-            chunks = body.iter_chunks()
-            if hasattr(chunks, "__aiter__"):
-                async for chunk in chunks:
-                    if not await self._write_chunk(conn, chunk, request.timeout):
-                        return
-            else:
-                for chunk in chunks:
-                    if not await self._write_chunk(conn, chunk, request.timeout):
-                        return
-            if not conn.lost:
-                write(b"0\r\n\r\n")
+            conn.transport.write(head)
+            conn.sent_all = await self._send_body(conn, body, request.timeout)
         await conn.drain(request.timeout)
+
+    async def _send_body(self, conn: _Connection, body: Any, timeout: float) -> bool:
+        """Write the body after the head; False when it stopped early: the server answered (or
+        left) before the end, and the connection must not carry another request."""
+        if body.chunks is None:
+            for part in body.parts:
+                if conn.head_done or conn.lost:
+                    return False  # the server answered early (or left): stop sending
+                conn.transport.write(part)
+                await conn.drain(timeout)
+            return True
+        chunks = body.iter_chunks()
+        if hasattr(chunks, "__aiter__"):
+            async for chunk in chunks:
+                if not await self._write_chunk(conn, chunk, timeout):
+                    return False
+        else:
+            for chunk in chunks:
+                if not await self._write_chunk(conn, chunk, timeout):
+                    return False
+        if conn.lost:
+            return False
+        conn.transport.write(b"0\r\n\r\n")  # every chunk went out: end the body, answered or not
+        return True
 
     @staticmethod
     async def _write_chunk(conn: _Connection, chunk: Any, timeout: float) -> bool:
         if conn.head_done or conn.lost:
-            return False
+            return False  # the server answered early (or left): stop sending
         size = buffer_size(chunk)
         if size:
             conn.transport.writelines([b"%x\r\n" % size, chunk, b"\r\n"])

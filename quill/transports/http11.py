@@ -81,6 +81,18 @@ def send_parts(sock: socket.socket, parts: list) -> None:
             break
 
 
+class _InterimSkippingResponse(http.client.HTTPResponse):
+    """http.client skips a 100 Continue before the answer; this skips every interim (1xx) answer,
+    103 Early Hints too, which http.client would take for the answer, leaving the real one on the
+    connection to be read as the next request's."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        version, status, reason = super()._read_status()
+        if 100 < status < 200 and status != 101:
+            return version, http.client.CONTINUE, reason  # begin() skips its headers and reads on
+        return version, status, reason
+
+
 class HTTP11Response:
     """An answer being read off one pooled connection (see :mod:`quill.transports`)."""
 
@@ -98,11 +110,6 @@ class HTTP11Response:
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         self.headers = headers
-
-    @property
-    def reusable(self) -> bool:
-        """False when the server said it closes the connection after this answer."""
-        return not self._resp.will_close
 
     def read(self, size: int = STREAM_READ_SIZE) -> bytes:
         if self._after_window:
@@ -281,12 +288,14 @@ class HTTP11Transport:
             try:
                 sent = self._send(sock, head, request)
             except (BrokenPipeError, ConnectionResetError):
-                # The server may have answered early (401, 413...) and closed: read that answer.
+                # The server may have answered early (401, 413...) and closed: read that answer. The
+                # request did not go out whole, so the connection never carries another one.
                 resp = _salvage_response(sock, method)
                 if resp is None:
                     raise
+                resp.will_close = True
                 return resp
-            resp = http.client.HTTPResponse(sock, method=method)
+            resp = _InterimSkippingResponse(sock, method=method)
             resp.begin()
             return resp
         except (socket.timeout, TimeoutError) as exc:
@@ -295,10 +304,10 @@ class HTTP11Transport:
             # A clean close before any answer: the server may have read (and acted on) the request.
             raise TransportError("response", sent=True, detail=str(exc) or "closed", reused=reused) from exc
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
-            # A reset means the server's socket was closed with our bytes unread (or they arrived after
-            # the close): on a kept-alive connection that is a stale connection, the request undelivered.
-            delivered = not (reused or _nothing_sent(exc))
-            raise TransportError("send" if not sent else "response", sent=delivered,
+            # A reset is no proof that the request went unread: the server, or a proxy before it, may
+            # have acted on it first. Only a first write the kernel refused leaves nothing delivered
+            # (a pooled connection the server had closed is dropped at checkout, before any write).
+            raise TransportError("send" if not sent else "response", sent=not _nothing_sent(exc),
                                  detail=str(exc) or type(exc).__name__, reused=reused) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise TransportError("response", sent=True, detail=str(exc) or type(exc).__name__, reused=reused) from exc
@@ -342,7 +351,7 @@ def _nothing_sent(exc: BaseException) -> bool:
 
 
 def _salvage_response(sock: socket.socket, method: str) -> http.client.HTTPResponse | None:
-    resp = http.client.HTTPResponse(sock, method=method)
+    resp = _InterimSkippingResponse(sock, method=method)
     try:
         resp.begin()
     except (OSError, http.client.HTTPException):
