@@ -31,7 +31,8 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     body.add_argument("--file", "-f", help="request body from a file ('-' reads stdin)")
     call.add_argument("--stream", action="store_true",
                       help="server-streaming method: print each message of the stream on its own line")
-    call.add_argument("--output", "-o", help="write the answer's bytes to this file")
+    call.add_argument("--output", "-o", help="write the answer's bytes to this file (to a pipe they go exactly as "
+                                              "received, no newline added; a terminal gets a final newline)")
     add_client_options(call)
     call.set_defaults(run=run)
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -50,20 +51,24 @@ def run(args: argparse.Namespace) -> int:
         with make_client(args) as client:
             # bytes, so the answer comes as TOKEN_BATCH frames (a dict would ask for JSON)
             stream = client.stream_tokens(args.service, args.method, json.dumps(request).encode(), headers=headers)
-            for batch in stream:
-                if first_token is None:
-                    first_token = time.perf_counter() - started
-                for token in batch:
-                    if args.logprobs:
-                        logprob = "-" if token.logprob is None else f"{token.logprob:.3f}"
-                        sys.stdout.write(f"{token.text!r}\t{logprob}\n")
-                    else:
-                        sys.stdout.write(token.text or "")
-                sys.stdout.flush()
-                count += len(batch)
+            try:
+                for batch in stream:
+                    if first_token is None:
+                        first_token = time.perf_counter() - started
+                    for token in batch:
+                        if args.logprobs:
+                            logprob = "-" if token.logprob is None else f"{token.logprob:.3f}"
+                            sys.stdout.write(f"{token.text!r}\t{logprob}\n")
+                        else:
+                            sys.stdout.write(token.text or "")
+                    sys.stdout.flush()
+                    count += len(batch)
+            finally:  # the text ends its line however the stream ends (done, Ctrl+C, an error)
+                if not args.logprobs:
+                    with contextlib.suppress(BrokenPipeError):
+                        sys.stdout.write("\n")
+                        sys.stdout.flush()
         seconds = time.perf_counter() - started
-        if not args.logprobs:
-            sys.stdout.write("\n")
         if not args.quiet:
             print(f"[{count} tokens in {seconds:.2f} s, {count / seconds if seconds else 0:.1f} tokens/s, "
                   f"first token after {(first_token or 0) * 1000:.0f} ms]", file=sys.stderr)
