@@ -361,18 +361,22 @@ class Tensor:
         return export_tensor(self._bytes, self._meta.shape, self._meta.dtype, self._meta.name)
 
     @classmethod
-    def from_arrow(cls, source) -> "Tensor":
+    def from_arrow(cls, source, name: str | None = None) -> "Tensor":
         """A tensor from any object with the Arrow PyCapsule Interface: an ``arrow.fixed_shape_tensor``
         array of n rows of shape S gives shape ``(n, *S)``, a fixed-size list array ``(n, size)``,
         a primitive array ``(n,)``; alone, or as the one column of a table. One chunk is shared
         without a copy (the tensor is read-only and keeps the Arrow memory alive); several chunks,
         and bool bitmaps, are copied. A type with no quill dtype raises TypeError, nulls DecodeError.
 
+        The name is the Arrow field's (a table column's name, or what quill exported), unless
+        ``name`` is given. A bare pyarrow array has no field, so ``pa.array(tensor)`` keeps the
+        data and shape but not the name: keep the tensor in a named column, or pass ``name``.
+
         >>> Tensor.from_arrow(Tensor.from_numpy(np.arange(4, dtype=np.int32).reshape(2, 2))).shape
         [2, 2]
         """
-        shape, dtype, name, data = import_tensor(source)
-        return cls(TensorMeta(shape, dtype, name), data)
+        shape, dtype, field_name, data = import_tensor(source)
+        return cls(TensorMeta(shape, dtype, field_name if name is None else name), data)
 
     def __reduce_ex__(self, protocol):
         """Protocol 5 hands the data to pickle as a PickleBuffer (out-of-band with a

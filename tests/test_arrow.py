@@ -544,3 +544,14 @@ def test_tensor_errors():
                       Array(2, [None], children=[Array(4, [None, bytes(16)])]))
     with pytest.raises(DecodeError, match="the tensor values hold 4 values; 2 rows of 4 need 8"):
         Tensor.from_arrow(short)
+
+
+def test_a_tensor_name_lives_in_its_arrow_field():
+    """pa.array drops the field and with it the name; a named column or name= keep it."""
+    t = Tensor.from_numpy(np.arange(6, dtype=np.float32).reshape(2, 3), name="emb")
+    assert Tensor.from_arrow(t).name == "emb"
+    assert pa.field(t).name == "emb" and Tensor.from_arrow(pa.record_batch([t], names=["emb"])).name == "emb"
+    assert Tensor.from_arrow(pa.table({"kept": pa.array(t)})).name == "kept"
+    bare = Tensor.from_arrow(pa.array(t))
+    assert bare.name is None and bare.shape == [2, 3] and np.array_equal(bare.to_numpy(), t.to_numpy())
+    assert Tensor.from_arrow(pa.array(t), name="emb") == t
