@@ -134,7 +134,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve(app, args.host, args.port, uds=args.uds, uds_mode=args.uds_mode, tls=tls, engine=args.engine,
               log_level=args.log_level, access_log=args.access_log, graceful_timeout=args.graceful_timeout,
-              on_listening=listening, workers=args.workers)
+              on_listening=listening, workers=args.workers, head_timeout=args.head_timeout,
+              max_connections=args.max_connections)
     except OSError as exc:
         where = args.uds if args.uds is not None else f"{args.host}:{args.port}"
         error(f"cannot listen on {where}: {exc.strerror or exc}")
@@ -322,10 +323,17 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quill`` command."""
     from . import __version__
-    from .server.engines import ENGINES
+    from .server.engines import ENGINES, HEAD_TIMEOUT, MAX_CONNECTIONS
 
     parser = argparse.ArgumentParser(
         prog="quill",
@@ -381,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--graceful-timeout", type=_non_negative_float, default=10.0,
                        help="seconds in-flight calls get to finish at shutdown (default 10)")
+    serve.add_argument("--head-timeout", type=_positive_seconds, default=HEAD_TIMEOUT, metavar="SECONDS",
+                       help=f"drop a client whose request head is not complete this long after it connected "
+                            f"(default {HEAD_TIMEOUT:g})")
+    serve.add_argument("--max-connections", type=positive_int, default=MAX_CONNECTIONS, metavar="N",
+                       help=f"open connections per worker (default {MAX_CONNECTIONS}); beyond them uvicorn answers "
+                            "503, hypercorn closes new connections, granian accepts them when one closes")
     serve.set_defaults(run=_cmd_serve)
 
     call = command("call", "call one method and print the answer",
