@@ -435,7 +435,7 @@ class BatchProgress:
 
     >>> import io
     >>> out = io.StringIO(); bar = BatchProgress(4, 0, out); bar.finish(4, 1, "out.jsonl")
-    >>> "4/4 lines" in out.getvalue() and "1 failed" in out.getvalue()
+    >>> "4 lines in" in out.getvalue() and "1 failed" in out.getvalue()
     True
     """
 
