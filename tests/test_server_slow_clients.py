@@ -10,8 +10,10 @@ import os
 import resource
 import selectors
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -19,10 +21,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from serve_process import SERVICE, quill_serve  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from quill import QuillClient  # noqa: E402
 from quill.demo import create_demo_app  # noqa: E402
 from quill.server import serve_in_thread  # noqa: E402
+from quill.server.engines import ServeOptions, prepare  # noqa: E402
+from quill.server.sockets import BACKLOG, bind_tcp  # noqa: E402
 
 HEAD_START = b"GET /health HTTP/1.1\r\nHost: quill\r\n"  # then a header name, one byte at a time, never ending
 HEALTH = b"GET /health HTTP/1.1\r\nHost: quill\r\n\r\n"
@@ -239,3 +244,25 @@ def test_quill_serve_raises_the_open_file_limit_to_fit_max_connections():
         process.terminate()
         process.wait(20)
         process.stderr.close()
+
+
+def listen_backlog(sock: socket.socket) -> int:
+    """The accept queue a listening socket was given, as Linux reports it (tcp_info's tcpi_sacked)."""
+    return struct.unpack_from("8B6I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104))[13]
+
+
+def test_every_engine_keeps_quills_listen_backlog(engine):
+    """hypercorn listened again on quill's socket with its own backlog of 100 (asyncio does so)."""
+    with open("/proc/sys/net/core/somaxconn") as limit:
+        expected = min(BACKLOG, int(limit.read()))
+    sock = bind_tcp("127.0.0.1", 0)
+    server = prepare(create_demo_app(), sock, ServeOptions(log_level="warning"), engine)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: server.started, 10)
+        assert listen_backlog(sock) == expected
+    finally:
+        server.stop()
+        thread.join(10)
+        sock.close()
