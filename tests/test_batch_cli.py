@@ -1,13 +1,16 @@
 """``quill batch`` end to end: the command in its own process against ``quill serve``, with the
 answers checked against direct client calls, the server's own request counts (/metrics) for
-``--resume``, SIGINT mid-run, a dead server, and the progress display with and without a tty."""
+``--resume``, SIGINT mid-run (and between a record's write and its count), resumes with another
+input, a dead server, and the progress display with and without a tty."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +25,8 @@ from client_servers import free_port  # noqa: E402
 from serve_process import SERVICE, quill_serve  # noqa: E402
 from waiting import wait_until  # noqa: E402
 
-from quill import QuillClient  # noqa: E402
+from quill import QuillClient, cli  # noqa: E402
+from quill.cli import batch  # noqa: E402
 
 TIMEOUT = 120
 
@@ -160,6 +164,98 @@ def test_resume_drops_a_torn_last_record(server, tmp_path):
     assert result.returncode == 0, result.stderr
     assert output.read_bytes() == whole
     assert "3 lines in" in result.stderr
+
+
+def test_an_interrupt_between_a_write_and_its_count_is_reported_exactly(server, tmp_path, capsys, monkeypatch):
+    source, output = write_lines(tmp_path / "in.jsonl", prompts(8)), str(tmp_path / "out.jsonl")
+
+    class InterruptedAtTheThirdRecord(io.BufferedWriter):
+        writes = 0
+
+        def write(self, data):
+            written = super().write(data)
+            InterruptedAtTheThirdRecord.writes += 1
+            if InterruptedAtTheThirdRecord.writes == 3:
+                signal.raise_signal(signal.SIGINT)  # Ctrl+C, as the third record's bytes are in
+            return written
+
+    def opening(path, mode="r", *args, **kwargs):
+        if path == output and mode == "xb":
+            return InterruptedAtTheThirdRecord(io.FileIO(path, "x"))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "open", opening, raising=False)
+    code = cli.main(["batch", server.url, SERVICE, "Generate", "--input", source, "--output", output,
+                     "--no-progress"])
+    monkeypatch.undo()
+    assert code == 130
+    assert [r["line"] for r in records(output)] == [1, 2, 3]
+    assert f"{output} holds lines 1-3: run the same command with --resume" in capsys.readouterr().err
+    resumed = quill_batch(server.url, "Generate", source, output, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["line"] for r in records(output)] == list(range(1, 9))
+
+
+def interrupted_after_line_3(server, tmp_path, requests) -> tuple[str, str, bytes]:
+    """An input, and an output that holds its lines 1-3 (as an interrupted run leaves it)."""
+    source, output = write_lines(tmp_path / "in.jsonl", requests), tmp_path / "out.jsonl"
+    assert quill_batch(server.url, "Generate", source, str(output)).returncode == 0
+    output.write_bytes(b"".join(output.read_bytes().splitlines(keepends=True)[:3]))
+    return source, str(output), output.read_bytes()
+
+
+def test_resume_with_another_input_or_method_is_refused(server, tmp_path):
+    source, output, kept = interrupted_after_line_3(server, tmp_path, prompts(6))
+    other = write_lines(tmp_path / "other.jsonl", prompts(6, token_delay_ms=0))
+    result = quill_batch(server.url, "Generate", other, output, "--resume")
+    assert result.returncode == 2
+    assert f"--resume: {output} holds lines 1-3 of another run" in result.stderr
+    assert str(tmp_path / "in.jsonl") in result.stderr and str(tmp_path / "other.jsonl") in result.stderr
+    original = (tmp_path / "in.jsonl").read_text()
+    edited = original.replace('"line 4"', '"line 9"')  # the same path and size, another content
+    assert len(edited) == len(original) != edited
+    (tmp_path / "in.jsonl").write_text(edited)
+    assert quill_batch(server.url, "Generate", source, output, "--resume").returncode == 2
+    (tmp_path / "in.jsonl").write_text(original)
+    result = quill_batch(server.url, "Echo", source, output, "--resume")
+    assert result.returncode == 2 and "LLMService/Echo" in result.stderr
+    result = quill_batch(server.url, "Generate", source, output, "--resume", "--kind", "tokens")
+    assert result.returncode == 2 and "--kind tokens" in result.stderr
+    assert open(output, "rb").read() == kept  # no refused resume touched it
+
+
+def test_resume_with_the_same_input_under_another_path_continues(server, tmp_path):
+    source, output, _ = interrupted_after_line_3(server, tmp_path, prompts(6))
+    moved = str(tmp_path / "moved.jsonl")
+    shutil.move(source, moved)
+    result = quill_batch(server.url, "Generate", moved, output, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert [r["line"] for r in records(output)] == [1, 2, 3, 4, 5, 6] and "warning" not in result.stderr
+
+
+def test_resume_without_the_input_record_warns_and_records_it(server, tmp_path):
+    source, output, _ = interrupted_after_line_3(server, tmp_path, prompts(6))
+    os.remove(output + ".quill-batch.json")  # as an older quill left it
+    result = quill_batch(server.url, "Generate", source, output, "--resume")
+    assert result.returncode == 0 and "quill-batch.json is missing: cannot check" in result.stderr
+    assert json.loads(open(output + ".quill-batch.json").read())["input"]["path"] == source
+
+
+def test_resume_from_stdin_is_checked_by_name_only(server, tmp_path):
+    source, output = write_lines(tmp_path / "in.jsonl", prompts(6)), tmp_path / "out.jsonl"
+
+    def from_stdin(*options):
+        with open(source, "rb") as stdin:
+            return subprocess.run(batch_command(server.url, "Generate", "-", str(output), *options), stdin=stdin,
+                                  capture_output=True, text=True, timeout=TIMEOUT)
+
+    assert from_stdin().returncode == 0
+    output.write_bytes(b"".join(output.read_bytes().splitlines(keepends=True)[:3]))
+    result = quill_batch(server.url, "Generate", source, str(output), "--resume")
+    assert result.returncode == 2 and "on stdin then" in result.stderr
+    result = from_stdin("--resume")
+    assert result.returncode == 0 and "stdin is not a file, so it is not checked" in result.stderr
+    assert [r["line"] for r in records(output)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_an_output_file_is_never_overwritten_nor_resumed_unless_it_is_batch_output(server, tmp_path):

@@ -271,11 +271,11 @@ def test_missing_server_engines_are_a_clear_error():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=NEUTRAL_CWD)
     assert done.returncode == 5
     assert done.stderr.strip() == ("quill: error: serving needs an HTTP server (uvicorn, granian, hypercorn): "
-                                   "pip install 'quill[server]'")
+                                   "pip install 'quill-rpc[server]'")
     code = BLOCK_ENGINES % ["granian"] + "from quill.cli import main; sys.exit(main(['serve', '--engine', 'granian']))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=NEUTRAL_CWD)
     assert done.returncode == 5
-    assert done.stderr.strip() == "quill: error: the granian engine needs granian: pip install 'quill[server]'"
+    assert done.stderr.strip() == "quill: error: the granian engine needs granian: pip install 'quill-rpc[server]'"
 
 
 def test_demo_falls_back_to_an_installed_engine():

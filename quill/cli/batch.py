@@ -22,7 +22,9 @@ When the server cannot be reached or a call times out, the run stops there.
 The output always holds the records of a prefix of the input, so an interrupted run (Ctrl+C,
 SIGINT, an unreachable server, a crash) says by its last record which lines are done, and
 ``--resume`` continues after it (a torn last record is dropped and redone). Without
-``--resume`` an existing output file is never overwritten.
+``--resume`` an existing output file is never overwritten. Next to the output,
+``<output>.quill-batch.json`` records the method, ``--kind`` and the input (path, size, SHA-256 of
+its first 64 MiB): ``--resume`` with another input or method is refused (exit 2).
 
 Exit status: 0 when every line of the output succeeded; otherwise that of ``quill call`` for the
 first failed line (1 server error, 2 bad line or request, 4 undecodable answer); 3 when the
@@ -32,12 +34,14 @@ server could not be reached or timed out (run again with ``--resume``); 130 when
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import stat
 import sys
 import time
 from collections import deque
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, NamedTuple
 
 from .support import EXIT_OK, EXIT_PROTOCOL, EXIT_RPC_ERROR, EXIT_USAGE, UsageError, add_client_options, \
     check_names, parse_headers, positive_int, run_client_command
@@ -67,7 +71,8 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     batch.add_argument("--input", "-i", required=True, help="JSON Lines file of requests ('-' reads stdin)")
     batch.add_argument("--output", "-o", required=True, help="JSON Lines file of records (never overwritten)")
     batch.add_argument("--resume", action="store_true",
-                       help="continue an interrupted run: keep --output's records, do the lines after them")
+                       help="continue an interrupted run: keep --output's records, do the lines after them "
+                            "(refused for another --input, method or --kind than theirs)")
     batch.add_argument("--concurrency", "-c", type=positive_int, default=8, help="calls in flight (default 8)")
     batch.add_argument("--kind", choices=["json", "tokens", "tensor"], default="json",
                        help="read each answer as JSON (default), a token stream, or a tensor")
@@ -92,7 +97,7 @@ def run_batch(args: argparse.Namespace) -> int:
     headers = parse_headers(args.header)
     check_names(args.service, args.method)
     source = _open_input(args.input)
-    output = BatchOutput.open(args.output, args.resume)
+    output = BatchOutput.open(args.output, args.resume, _run_record(source, args.input, args))
     try:
         client = QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress,
                              max_connections=args.concurrency, status_retries=args.status_retries)
@@ -125,14 +130,14 @@ def run_batch(args: argparse.Namespace) -> int:
                     progress.failed_line(number, _summary(record["error"]), output.path)
                 progress.update(output.records, output.failed)
     except KeyboardInterrupt:
+        output.close()  # first: it counts a record written whole just before the interrupt
         progress.stop(output.records, output.failed)
-        output.close()
         print(f"quill: interrupted; {output.path} holds lines 1-{output.last_line}: run the same command with "
               "--resume to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BaseException:
-        progress.stop(output.records, output.failed)
         output.close()
+        progress.stop(output.records, output.failed)
         if output.last_line:
             print(f"quill: stopped; {output.path} holds lines 1-{output.last_line} (--resume continues)",
                   file=sys.stderr)
@@ -217,8 +222,28 @@ def _count_requests(path: str) -> int:
 # --------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------
+class _Tally(NamedTuple):
+    """The records of an output file: the input line of the last (0 for none), how many, how many
+    are errors, the type of the first error, and the file offset after the last."""
+
+    last_line: int = 0
+    records: int = 0
+    failed: int = 0
+    first_error: str | None = None
+    end: int = 0
+
+    def add(self, record: dict, size: int) -> "_Tally":
+        error = record.get("error")
+        first = self.first_error
+        if error is not None and first is None:
+            kind = error.get("type") if isinstance(error, dict) else None
+            first = kind if kind in EXIT_FOR_ERROR else "rpc"
+        return _Tally(record["line"], self.records + 1, self.failed + (error is not None), first, self.end + size)
+
+
 class BatchOutput:
-    """The output file: records appended in input order; on ``--resume``, those already there.
+    """The output file: records appended in input order; on ``--resume``, those already there,
+    after checking that they came from the same input and method (:func:`_check_run`).
 
     ``last_line`` is the input line of the last record (0 for none), ``records`` how many there
     are, ``failed`` how many are errors, ``first_error`` the type of the first error record.
@@ -227,18 +252,26 @@ class BatchOutput:
     def __init__(self, path: str, handle: BinaryIO):
         self.path = path
         self._handle = handle
-        self.last_line = 0
-        self.records = 0
-        self.failed = 0
-        self.first_error: str | None = None
+        self._tally = self._next = _Tally()  # _next: the tally once the record being written is in
         self._flushed = time.monotonic()
 
+    last_line = property(lambda self: self._tally.last_line)
+    records = property(lambda self: self._tally.records)
+    failed = property(lambda self: self._tally.failed)
+    first_error = property(lambda self: self._tally.first_error)
+
     @classmethod
-    def open(cls, path: str, resume: bool) -> "BatchOutput":
+    def open(cls, path: str, resume: bool, run: dict) -> "BatchOutput":
+        """The output at ``path`` for ``run`` (:func:`_run_record`), created, or continued with ``resume``."""
         try:
             if not resume or not os.path.exists(path):
                 output = cls(path, open(path, "xb"))
-                output._lock()
+                try:
+                    output._lock()
+                    _write_run(path, run)
+                except BaseException:
+                    output.close()
+                    raise
                 return output
             output = cls(path, open(path, "r+b"))
         except FileExistsError:
@@ -248,6 +281,7 @@ class BatchOutput:
         try:
             output._lock()
             output._handle.truncate(output._scan())
+            _check_run(output, run)
         except BaseException:
             output.close()
             raise
@@ -268,7 +302,6 @@ class BatchOutput:
 
     def _scan(self) -> int:
         """Count the records already written; the offset after the last whole one."""
-        end = 0
         for index, line in enumerate(self._handle, start=1):
             if not line.endswith(b"\n"):
                 break  # a torn last record (the run was killed mid-write): dropped, its line is redone
@@ -280,29 +313,117 @@ class BatchOutput:
             if not isinstance(number, int) or number <= self.last_line:
                 raise UsageError(f"--output {self.path} line {index} is not a record of quill batch "
                                   f"(expected {{\"line\": N, ...}} with N rising): cannot resume it")
-            self._count(record)
-            end += len(line)
-        return end
-
-    def _count(self, record: dict) -> None:
-        self.last_line = record["line"]
-        self.records += 1
-        error = record.get("error")
-        if error is not None:
-            self.failed += 1
-            if self.first_error is None:
-                self.first_error = error.get("type") if error.get("type") in EXIT_FOR_ERROR else "rpc"
+            self._tally = self._next = self._tally.add(record, len(line))
+        return self._tally.end
 
     def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-        self._count(record)
+        data = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+        self._next = self._tally.add(record, len(data))
+        self._handle.write(data)
+        self._tally = self._next  # one store: an interrupt (Ctrl+C) lands before it or after, see close()
         now = time.monotonic()
         if now - self._flushed > 0.2:
             self._handle.flush()
             self._flushed = now
 
     def close(self) -> None:
-        self._handle.close()
+        """Write out what is buffered. A record whose write an interrupt separated from its count
+        is counted if it reached the file whole, so ``last_line`` says exactly what the file holds."""
+        if self._handle.closed:
+            return
+        try:
+            self._handle.flush()
+            if self._next is not self._tally and os.fstat(self._handle.fileno()).st_size == self._next.end:
+                self._tally = self._next
+        finally:
+            self._handle.close()
+
+
+# --------------------------------------------------------------------------------------
+# the record of a run, next to its output: which input and method its lines came from
+# --------------------------------------------------------------------------------------
+RUN_SUFFIX = ".quill-batch.json"
+FINGERPRINT_BYTES = 64 * 1024 * 1024  # hashed from the start of the input: all of it up to this size
+
+
+def _run_record(source: BinaryIO, path: str, args: argparse.Namespace) -> dict:
+    """What an output's lines depend on: the method, ``--kind`` and the input: its path, and for a
+    regular file its size and the SHA-256 of its first 64 MiB (the whole file when smaller). A pipe
+    or stdin cannot be read twice, so only its path is recorded."""
+    fingerprint: dict = {"path": "-" if source is sys.stdin.buffer else os.path.abspath(path)}
+    if source is not sys.stdin.buffer and stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+        digest, hashed = hashlib.sha256(), 0
+        while hashed < FINGERPRINT_BYTES and (chunk := source.read(min(FINGERPRINT_BYTES - hashed, 1 << 20))):
+            digest.update(chunk)
+            hashed += len(chunk)
+        source.seek(0)
+        fingerprint.update(size=os.fstat(source.fileno()).st_size, sha256=digest.hexdigest(), hashed_bytes=hashed)
+    return {"service": args.service, "method": args.method, "kind": args.kind, "input": fingerprint}
+
+
+def _write_run(output: str, run: dict) -> None:
+    """Record ``run`` next to ``output`` (replaced whole: never a half-written record)."""
+    path = output + RUN_SUFFIX
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(run, handle, indent=1)
+        os.replace(path + ".tmp", path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _check_run(output: BatchOutput, run: dict) -> None:
+    """Refuse to resume ``output`` with another input or method than the one its records came
+    from; with no records yet, record this run instead."""
+    path = output.path + RUN_SUFFIX
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+    except FileNotFoundError:
+        recorded = None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} (the record of the input of {output.path}): {exc}; remove it "
+                         "to resume without checking the input") from None
+    if not output.records:
+        _write_run(output.path, run)
+        return
+    holds = f"{output.path} holds lines 1-{output.last_line}"
+    if recorded is None:
+        print(f"quill: warning: {holds}, but {path} is missing: cannot check that they came from --input "
+              f"{run['input']['path']}", file=sys.stderr)
+        _write_run(output.path, run)
+        return
+    if _identity(recorded) != _identity(run):
+        raise UsageError(f"--resume: {holds} of another run: {_describe(recorded)} then, {_describe(run)} now; "
+                         "resume with that input and method, or write a new --output")
+    if "sha256" not in run["input"]:
+        print(f"quill: warning: {holds}; {_input_name(run['input'])} is not a file, so it is not checked to be "
+              "the input they came from", file=sys.stderr)
+
+
+def _identity(run: Any) -> tuple | None:
+    """What must match to resume: the method, the kind, and the input's content (its path, the
+    only thing known of a pipe; a file may have moved)."""
+    fingerprint = run.get("input") if isinstance(run, dict) else None
+    if not isinstance(fingerprint, dict):
+        return None
+    checked = "sha256" in fingerprint
+    content = (fingerprint.get("size"), fingerprint.get("sha256")) if checked else fingerprint.get("path")
+    return run.get("service"), run.get("method"), run.get("kind"), content
+
+
+def _describe(run: Any) -> str:
+    fingerprint = run.get("input") if isinstance(run, dict) else None
+    if not isinstance(fingerprint, dict):
+        return "an unrecognised run"
+    name = _input_name(fingerprint)
+    if "sha256" in fingerprint:
+        name += f" ({fingerprint.get('size')} bytes, sha256 {str(fingerprint.get('sha256'))[:16]})"
+    return f"{run.get('service')}/{run.get('method')} --kind {run.get('kind')} on {name}"
+
+
+def _input_name(fingerprint: dict) -> str:
+    return "stdin" if fingerprint.get("path") == "-" else str(fingerprint.get("path"))
 
 
 # --------------------------------------------------------------------------------------
@@ -314,7 +435,7 @@ class BatchProgress:
 
     >>> import io
     >>> out = io.StringIO(); bar = BatchProgress(4, 0, out); bar.finish(4, 1, "out.jsonl")
-    >>> "4/4 lines" in out.getvalue() and "1 failed" in out.getvalue()
+    >>> "4 lines in" in out.getvalue() and "1 failed" in out.getvalue()
     True
     """
 

@@ -13,14 +13,14 @@ import sys
 from typing import Any, Callable
 
 from .support import EXIT_OK, EXIT_SERVER_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, error, non_negative_float, \
-    octal_mode, positive_int
+    octal_mode, positive_int, positive_seconds
 
 __all__ = ["add_parser"]
 
 
 def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``quill serve`` with the CLI's subcommand factory."""
-    from ..server.engines import ENGINES
+    from ..server.engines import ENGINES, HEAD_TIMEOUT, MAX_CONNECTIONS
 
     serve = command("serve", "serve the demo service or your own app",
                     "Serve a QuillApp (or any ASGI app) over HTTP, HTTPS or a Unix socket, on uvicorn, "
@@ -62,6 +62,12 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--graceful-timeout", type=non_negative_float, default=10.0,
                        help="seconds in-flight calls get to finish at shutdown (default 10)")
+    serve.add_argument("--head-timeout", type=positive_seconds, default=HEAD_TIMEOUT, metavar="SECONDS",
+                       help=f"drop a client whose request head is not complete this long after it connected "
+                            f"(default {HEAD_TIMEOUT:g})")
+    serve.add_argument("--max-connections", type=positive_int, default=MAX_CONNECTIONS, metavar="N",
+                       help=f"open connections per worker (default {MAX_CONNECTIONS}); beyond them uvicorn answers "
+                            "503, hypercorn closes new connections, granian accepts them when one closes")
     serve.set_defaults(run=run)
 
 
@@ -126,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         serve(app, args.host, args.port, uds=args.uds, uds_mode=args.uds_mode, tls=tls, engine=args.engine,
               log_level=args.log_level, access_log=args.access_log, graceful_timeout=args.graceful_timeout,
-              on_listening=listening, workers=args.workers)
+              on_listening=listening, workers=args.workers, head_timeout=args.head_timeout,
+              max_connections=args.max_connections)
     except OSError as exc:
         where = args.uds if args.uds is not None else f"{args.host}:{args.port}"
         error(f"cannot listen on {where}: {exc.strerror or exc}")

@@ -14,7 +14,8 @@ from typing import Any, Callable, Sequence
 __all__ = [
     "EXIT_OK", "EXIT_RPC_ERROR", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_PROTOCOL", "EXIT_MISSING_PACKAGE",
     "EXIT_SERVER_FAILED", "EXIT_CODES_HELP", "UsageError", "error", "print_rpc_error", "run_client_command",
-    "parse_headers", "check_names", "make_client", "positive_int", "non_negative_float", "octal_mode",
+    "parse_headers", "check_names", "make_client", "positive_int", "non_negative_float", "positive_seconds",
+    "octal_mode",
     "add_client_options",
 ]
 
@@ -124,6 +125,13 @@ def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
 
 

@@ -45,6 +45,7 @@ built-in paths, lifespan), :mod:`~quill.server.kinds` (serving each handler kind
 :mod:`~quill.server.problems` (failures as Problem Details), :mod:`~quill.server.auth`,
 :mod:`~quill.server.context`; running it: :mod:`~quill.server.running` (serve,
 serve_in_thread, workers), :mod:`~quill.server.engines` (uvicorn, hypercorn, granian),
+:mod:`~quill.server.limits` (the head deadline and connection cap an engine lacks),
 :mod:`~quill.server.sockets` (TCP and Unix listening sockets, their URLs),
 :mod:`~quill.server.tls`.
 """

@@ -3,11 +3,11 @@
 ===========  =============================  =============================================
 engine       HTTP                           installed by
 ===========  =============================  =============================================
-uvicorn      HTTP/1.1                       ``pip install quill`` (with httptools and
+uvicorn      HTTP/1.1                       ``pip install quill-rpc`` (with httptools and
                                             uvloop)
-hypercorn    HTTP/1.1, HTTP/2 (h2c prior    ``pip install 'quill[http2]'``
+hypercorn    HTTP/1.1, HTTP/2 (h2c prior    ``pip install 'quill-rpc[http2]'``
              knowledge, and ALPN over TLS)
-granian      HTTP/1.1, HTTP/2 (Rust I/O)    ``pip install 'quill[server]'``
+granian      HTTP/1.1, HTTP/2 (Rust I/O)    ``pip install 'quill-rpc[server]'``
 ===========  =============================  =============================================
 
 Every engine serves the socket it is given (TCP or Unix), so the port is known before it starts,
@@ -23,6 +23,29 @@ certificate is then not requested at all.
 HTTP/2 limits: at most 100 concurrent streams per connection and frames of at most 16 KiB (the
 protocol default) on both; flow-control windows of 1 MiB per stream and connection on granian,
 the protocol's 64 KiB on hypercorn (which does not make them configurable).
+
+Slow and numerous clients (per worker process; :mod:`quill.server.limits` makes what an engine
+lacks): the head of each request must be complete ``head_timeout`` seconds after the connection
+opened (uvicorn: or after the first byte of a later request; hypercorn and granian: or after the
+previous answer), or the connection is closed without an answer. Beyond ``max_connections`` open
+connections, a new one is
+
+===========  ===========================================================  =========================
+engine       beyond ``max_connections``                                   the head deadline is
+===========  ===========================================================  =========================
+uvicorn      accepted, its requests answered 503 (``Connection: close``)  quill's protocol subclass
+hypercorn    accepted and closed at once, before any answer               ``keep_alive_timeout``
+granian      not accepted until one closes (it waits in the listen        ``header_read_timeout``
+             backlog)                                                     (HTTP/1.1)
+===========  ===========================================================  =========================
+
+uvicorn's keep-alive timeout (5 s) still closes an idle connection between requests; on
+hypercorn and granian one timer covers that idle time and the head, so both are
+``head_timeout``. granian does not time out a connection that sends nothing at all, or only
+part of the HTTP/2 preface (hyper-util's HTTP/1-or-2 detection has no timer: hyperium/hyper#3962):
+such connections count against ``max_connections`` until their clients leave, so facing
+untrusted clients prefer uvicorn or hypercorn, or a proxy. The TLS handshake has the engines'
+own limit (60 s on uvicorn and hypercorn).
 
 >>> sorted(ENGINES)
 ['granian', 'hypercorn', 'uvicorn']
@@ -44,7 +67,10 @@ from typing import Any
 from .sockets import BACKLOG
 from .tls import TLSConfig
 
-__all__ = ["ENGINES", "ServeOptions", "Running", "prepare", "check_engine", "available_engines", "default_engine"]
+__all__ = [
+    "ENGINES", "HEAD_TIMEOUT", "MAX_CONNECTIONS", "ServeOptions", "Running", "prepare", "check_engine",
+    "available_engines", "default_engine",
+]
 
 logger = logging.getLogger("quill.server")
 
@@ -53,18 +79,34 @@ H2_MAX_CONCURRENT_STREAMS = 100
 H2_MAX_FRAME_SIZE = 16 * 1024
 H2_WINDOW_BYTES = 1024 * 1024
 
+#: The default deadline for a request head, in seconds: a quill client sends its head in one write
+#: as soon as it is connected, and 10 s leaves room for a lossy link's retransmissions (TCP waits
+#: 1, 2, 4 s: 7 s for three lost packets) while a client trickling bytes is dropped soon.
+HEAD_TIMEOUT = 10.0
+#: The default cap on open connections per worker: room for a hundred or more clients with a
+#: pool of ten connections each, while a flood of slow clients holds at most ~2048 partial heads
+#: (of 16 to 64 KiB) and descriptors; :func:`quill.server.serve` raises the open-file limit to fit.
+MAX_CONNECTIONS = 2048
+
 
 class ServeOptions:
-    """What every engine is told: logging, graceful shutdown time, TLS."""
+    """What every engine is told: logging, graceful shutdown time, TLS, the limits on clients."""
 
-    __slots__ = ("log_level", "access_log", "graceful_timeout", "tls")
+    __slots__ = ("log_level", "access_log", "graceful_timeout", "tls", "head_timeout", "max_connections")
 
     def __init__(self, *, log_level: str = "info", access_log: bool = False, graceful_timeout: float = 10.0,
-                 tls: TLSConfig | None = None):
+                 tls: TLSConfig | None = None, head_timeout: float = HEAD_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS):
+        if not (isinstance(head_timeout, (int, float)) and 0 < head_timeout < float("inf")):
+            raise ValueError(f"head_timeout must be a number of seconds > 0, got {head_timeout!r}")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise ValueError(f"max_connections must be an integer >= 1, got {max_connections!r}")
         self.log_level = log_level
         self.access_log = access_log
         self.graceful_timeout = graceful_timeout
         self.tls = tls
+        self.head_timeout = head_timeout
+        self.max_connections = max_connections
 
 
 class Running(abc.ABC):
@@ -98,9 +140,12 @@ class _Uvicorn(Running):
             "ssl_certfile": tls.certfile, "ssl_keyfile": tls.keyfile, "ssl_ca_certs": tls.ca_certs,
             "ssl_cert_reqs": int(tls.verify_mode),
         }
+        from .limits import uvicorn_protocol
+
         config = uvicorn.Config(app, log_level=options.log_level, access_log=options.access_log, lifespan="auto",
                                 timeout_graceful_shutdown=options.graceful_timeout, server_header=False,
-                                **tls_options)
+                                http=uvicorn_protocol(options.head_timeout, options.max_connections),
+                                backlog=BACKLOG, **tls_options)
         self._server = uvicorn.Server(config)
         self._sock = sock
 
@@ -181,7 +226,7 @@ class _Hypercorn(_AsyncioEngine):
 
     def __init__(self, app: Any, sock: socket.socket, options: ServeOptions):
         super().__init__()
-        from hypercorn.config import Config, Sockets
+        from hypercorn.config import Config
 
         config = Config()
         config.graceful_timeout = options.graceful_timeout
@@ -191,22 +236,28 @@ class _Hypercorn(_AsyncioEngine):
         config.include_server_header = False
         config.h2_max_concurrent_streams = H2_MAX_CONCURRENT_STREAMS
         config.h2_max_inbound_frame_size = H2_MAX_FRAME_SIZE
+        config.keep_alive_timeout = options.head_timeout  # runs from the connection (or the last answer) to a head
+        config.backlog = BACKLOG  # asyncio listens again with it: hypercorn's 100 would shrink quill's
         tls = options.tls
         if tls is not None:
             config.certfile, config.keyfile, config.ca_certs = tls.certfile, tls.keyfile, tls.ca_certs
             config.verify_mode = tls.verify_mode
         self._config = config
-        secure = tls is not None
-        self._sockets = Sockets(secure_sockets=[sock] if secure else [], insecure_sockets=[] if secure else [sock],
-                                quic_sockets=[])
+        self._sock, self._secure, self._max_connections = sock, tls is not None, options.max_connections
         from hypercorn.utils import wrap_app
 
         self._app = wrap_app(self._lifespan_watcher(app), config.wsgi_max_body_size, "asgi")
 
     async def _serve(self) -> None:
         from hypercorn.asyncio.run import worker_serve
+        from hypercorn.config import Sockets
 
-        await worker_serve(self._app, self._config, sockets=self._sockets, shutdown_trigger=self._stop_event.wait)
+        from .limits import CappedListener
+
+        with CappedListener(self._sock, self._max_connections) as listener:
+            secure = [listener] if self._secure else []
+            sockets = Sockets(secure_sockets=secure, insecure_sockets=[] if secure else [listener], quic_sockets=[])
+            await worker_serve(self._app, self._config, sockets=sockets, shutdown_trigger=self._stop_event.wait)
 
 
 class _Granian(_AsyncioEngine):
@@ -217,7 +268,7 @@ class _Granian(_AsyncioEngine):
     def __init__(self, app: Any, sock: socket.socket, options: ServeOptions):
         super().__init__()
         from granian.constants import HTTPModes, Interfaces
-        from granian.http import HTTP2Settings
+        from granian.http import HTTP1Settings, HTTP2Settings
         from granian.log import LogLevels
         from granian.net import SocketHolder
         from granian.server.embed import Server
@@ -242,6 +293,8 @@ class _Granian(_AsyncioEngine):
             self._lifespan_watcher(_announcing_send_bytes(app)), interface=Interfaces.ASGI, http=HTTPModes.auto,
             websockets=False, log_level=LogLevels(options.log_level),
             log_access=options.access_log,
+            backpressure=options.max_connections,  # connections served at once; the next wait to be accepted
+            http1_settings=HTTP1Settings(header_read_timeout=max(1, round(options.head_timeout * 1000))),
             http2_settings=HTTP2Settings(max_concurrent_streams=H2_MAX_CONCURRENT_STREAMS,
                                          max_frame_size=H2_MAX_FRAME_SIZE,
                                          initial_stream_window_size=H2_WINDOW_BYTES,
@@ -311,7 +364,7 @@ def default_engine() -> str:
     """The preferred installed engine (ImportError when none is)."""
     names = available_engines()
     if not names:
-        raise ImportError(f"serving needs an HTTP server ({', '.join(PREFERENCE)}): pip install 'quill[server]'")
+        raise ImportError(f"serving needs an HTTP server ({', '.join(PREFERENCE)}): pip install 'quill-rpc[server]'")
     return names[0]
 
 
@@ -324,7 +377,7 @@ def check_engine(engine: str | None) -> str:
     module = ENGINES[name][0]
     if not _installed(module):
         extra = "http2" if name == "hypercorn" else "server"
-        raise ImportError(f"the {name} engine needs {module}: pip install 'quill[{extra}]'")
+        raise ImportError(f"the {name} engine needs {module}: pip install 'quill-rpc[{extra}]'")
     return name
 
 

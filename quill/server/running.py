@@ -4,7 +4,9 @@ background thread for tests and embedding; :func:`load_app` for ``module:attribu
 
 Both listen on TCP (``host``/``port``) or on a Unix domain socket (``uds``: a path, file mode
 0600 unless ``uds_mode`` says otherwise, removed when the server stops), optionally with TLS,
-on any engine of :mod:`quill.server.engines`.
+on any engine of :mod:`quill.server.engines`. Both limit slow and numerous clients: a request
+head must arrive within ``head_timeout`` seconds, and at most ``max_connections`` connections
+are open per worker (what happens beyond that depends on the engine: see its module).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from .engines import ServeOptions, check_engine, prepare
+from .engines import HEAD_TIMEOUT, MAX_CONNECTIONS, ServeOptions, check_engine, prepare
 from .sockets import bind_tcp, bind_unix, remove_unix_socket, socket_url
 from .tls import TLSConfig
 
@@ -68,6 +70,8 @@ def serve(
     graceful_timeout: float = 10.0,
     on_listening: Callable[[str], None] | None = None,
     workers: int = 1,
+    head_timeout: float = HEAD_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -76,7 +80,9 @@ def serve(
     ``uds`` the URL is ``http+unix://<percent-encoded path>``). ``workers`` > 1 forks that many
     worker processes (POSIX only) that share the one listening socket, so every worker keeps
     TCP_NODELAY (see :func:`~quill.server.sockets.bind_tcp`). ``engine`` names the HTTP server
-    (:mod:`quill.server.engines`; default: the preferred one installed).
+    (:mod:`quill.server.engines`; default: the preferred one installed). A client whose request
+    head is not complete ``head_timeout`` seconds after it connected is dropped; each worker holds
+    at most ``max_connections`` open (the soft open-file limit is raised to fit, up to the hard one).
 
     >>> serve(app, "127.0.0.1", 8080, workers=4)  # doctest: +SKIP
     >>> serve(app, uds="/run/quill.sock")  # doctest: +SKIP
@@ -85,8 +91,10 @@ def serve(
         raise ValueError(f"workers must be at least 1, got {workers!r}")
     if workers > 1 and not hasattr(os, "fork"):
         raise ValueError("workers > 1 needs os.fork (POSIX); run one process per port instead")
-    options = ServeOptions(log_level=log_level, access_log=access_log, graceful_timeout=graceful_timeout, tls=tls)
+    options = ServeOptions(log_level=log_level, access_log=access_log, graceful_timeout=graceful_timeout, tls=tls,
+                           head_timeout=head_timeout, max_connections=max_connections)
     engine = check_engine(engine)  # a missing engine is an ImportError before anything is bound
+    _allow_open_files(max_connections)
     sock = _listen(host, port, uds, uds_mode)
     try:
         if on_listening is not None:
@@ -99,6 +107,27 @@ def serve(
         if uds is not None:
             remove_unix_socket(uds)
         sock.close()
+
+
+def _allow_open_files(max_connections: int) -> None:
+    """Raise the soft open-file limit so that ``max_connections`` fit (a few descriptors spare);
+    where the hard limit is lower, warn: connections beyond it fail to be accepted instead."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to raise
+        return
+    wanted = max_connections + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):  # macOS caps it below RLIM_INFINITY
+        target = soft
+    if target < wanted:
+        logger.warning("quill: the open-file limit (%d) is below max_connections (%d) and cannot be raised",
+                       target, max_connections)
 
 
 class WorkerDied(RuntimeError):
@@ -176,6 +205,8 @@ def serve_in_thread(
     log_level: str = "warning",
     graceful_timeout: float = 2.0,
     startup_timeout: float = 10.0,
+    head_timeout: float = HEAD_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> Iterator[str]:
     """Run ``app`` in a background thread; yields its base URL, or with ``uds`` the socket's path.
 
@@ -183,14 +214,16 @@ def serve_in_thread(
     that Unix socket path instead (:func:`~quill.server.sockets.unix_url` of the path is the URL
     :class:`~quill.client.QuillClient` takes: ``http+unix://<percent-encoded path>``). Leaving
     the block shuts the server down (in-flight streams get ``graceful_timeout`` seconds) and
-    removes the socket file.
+    removes the socket file. ``head_timeout`` and ``max_connections`` are those of :func:`serve`
+    (the open-file limit is left as it is).
 
     >>> with serve_in_thread(app) as base_url:  # doctest: +SKIP
     ...     QuillClient(base_url).call("echo.v1.EchoService", "Echo", b"hi")
     >>> with serve_in_thread(app, uds="/tmp/q.sock") as path:  # doctest: +SKIP
     ...     QuillClient(unix_url(path)).call("echo.v1.EchoService", "Echo", b"hi")
     """
-    options = ServeOptions(log_level=log_level, graceful_timeout=graceful_timeout, tls=tls)
+    options = ServeOptions(log_level=log_level, graceful_timeout=graceful_timeout, tls=tls, head_timeout=head_timeout,
+                           max_connections=max_connections)
     engine = check_engine(engine)
     sock = _listen(host, port, uds, uds_mode)
     try:
