@@ -42,7 +42,10 @@ class AsyncQuillClient:
     ``["echo.v1.EchoService/Echo"]``). ``status_retries`` opts in to retrying 429/503 answers,
     waiting as ``Retry-After`` says. Retries resend the body already built, never a copy.
     For ``https://``, certificates are verified unless ``verify=False``; ``ca_file`` adds a CA
-    bundle, ``client_cert``/``client_key`` present a client certificate.
+    bundle, ``client_cert``/``client_key`` present a client certificate. A ``user:password@`` in
+    the URL is sent as ``Authorization: Basic`` (an Authorization header set on the client or per
+    call wins) and shown nowhere: ``base_url``, ``repr`` and errors leave it out. Headers may be
+    set from any thread; a call made after ``set_header()`` returns sends the new value.
 
     >>> async with AsyncQuillClient("http://127.0.0.1:8080") as client:  # doctest: +SKIP
     ...     client.set_api_key("key-123")
