@@ -18,12 +18,15 @@ except ImportError:
 
 
 class Request:
-    """One request as received: method, path, lower-case headers, the body after de-chunking."""
+    """One request as received: method, path, lower-case headers (``header_lines``: every
+    (name, value) as sent, repeats included), the body after de-chunking."""
 
-    def __init__(self, method: str, path: str, headers: dict, body: bytes, chunked: bool, connection: int):
+    def __init__(self, method: str, path: str, headers: dict, body: bytes, chunked: bool, connection: int,
+                 header_lines: list | None = None):
         self.method = method
         self.path = path
         self.headers = headers
+        self.header_lines = header_lines or []
         self.body = body
         self.chunked = chunked
         self.connection = connection
@@ -64,13 +67,14 @@ def read_request(rfile, connection: int, on_head: Callable[[str, dict], object] 
     if not line:
         return None
     method, path, _ = line.decode("latin-1").split(" ", 2)
-    headers = {}
+    headers, header_lines = {}, []
     while True:
         line = rfile.readline()
         if line in (b"\r\n", b"\n", b""):
             break
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
+        header_lines.append((name.strip(), value.strip()))
     if on_head is not None:
         on_head(path, headers)
     chunked = headers.get("transfer-encoding", "").lower() == "chunked"
@@ -87,7 +91,7 @@ def read_request(rfile, connection: int, on_head: Callable[[str, dict], object] 
         body = b"".join(parts)
     else:
         body = rfile.read(int(headers.get("content-length", "0")))
-    return Request(method, path, headers, body, chunked, connection)
+    return Request(method, path, headers, body, chunked, connection, header_lines)
 
 
 class ScriptedServer:

@@ -192,6 +192,84 @@ def test_cancel_from_another_thread_ends_a_pending_read(served):
     assert app.state["cancelled"].wait(WAIT)
 
 
+@pytest.mark.parametrize("when, threads", [("a read pending", 1), ("a read pending", 8), ("between reads", 8)])
+def test_cancel_from_other_threads_closes_the_connection_on_the_loop(monkeypatch, when, threads):
+    """cancel() from other threads: in asyncio's debug mode nothing runs off the loop's thread (it
+    raised "Non-thread-safe operation" and the socket was closed behind the loop's back, so the
+    pending read hung until its timeout), each connection is lost once, the pool slot comes back
+    once, and the next call gets a connection."""
+    from client_servers import ScriptedServer, chunk, chunked_head, echo
+
+    from quill.frames import encode_stream_frame
+    from quill.transports import aio_http11
+
+    def first_frame_then_silence(request, sock):
+        if not request.path.endswith("/Watch"):
+            return echo(request, sock)
+        sock.sendall(chunked_head() + chunk(encode_stream_frame(b"first")))
+        sock.recv(1)  # until the client closes
+        return False
+
+    lost: dict = {}
+    made, counted = aio_http11._Connection.connection_made, aio_http11._Connection.connection_lost
+
+    def connection_made(conn, transport):
+        lost[conn] = 0
+        made(conn, transport)
+
+    def connection_lost(conn, exc):
+        lost[conn] += 1
+        counted(conn, exc)
+
+    monkeypatch.setattr(aio_http11._Connection, "connection_made", connection_made)
+    monkeypatch.setattr(aio_http11._Connection, "connection_lost", connection_lost)
+    monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
+    loop_errors, cancel_errors = [], []
+
+    def cancel(stream, ready):
+        ready.wait()
+        if when == "a read pending":
+            time.sleep(0.2)  # the loop is waiting on the silent socket by then
+        try:
+            stream.cancel()
+        except BaseException as exc:
+            cancel_errors.append(exc)
+
+    async def main(url):
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.set_exception_handler(lambda _, context: loop_errors.append(context))
+        async with AsyncQuillClient(url, max_connections=1, timeout_ms=20_000) as client:
+            stream = await client.call_stream("feed.v1.Feed", "Watch", b"")
+            assert await stream.__anext__() == b"first"
+            ready = threading.Barrier(threads)
+            cancellers = [threading.Thread(target=cancel, args=(stream, ready)) for _ in range(threads)]
+            started = time.monotonic()
+            for thread in cancellers:
+                thread.start()
+            if when == "between reads":  # the loop is held up here: the cancel waits for it
+                for thread in cancellers:
+                    thread.join()
+            with pytest.raises(StreamCancelledError, match="cancelled"):
+                await stream.__anext__()
+            assert time.monotonic() - started < 10  # not the 20 s timeout of a read left hanging
+            for thread in cancellers:
+                thread.join()
+            assert [m async for m in stream] == []
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if list(lost.values()) == [1]:
+                    break
+            assert list(lost.values()) == [1]
+            assert client._transport._slots._value == 1  # released once: still one connection at most
+            assert await client.call("feed.v1.Feed", "Echo", b"after") == b"after"
+
+    with ScriptedServer(first_frame_then_silence) as server:
+        asyncio.run(main(server.url))
+        assert server.connections == 2
+    assert cancel_errors == [] and loop_errors == []
+
+
 def test_closing_the_loop_with_streams_open_leaks_no_connection_or_warning(served):
     _, url = served
     script = f"""

@@ -71,6 +71,16 @@ def feed_whole(make_parser):
     return run
 
 
+def client_for_url(url: bytes) -> str:
+    """What a client makes of a base_url: how it shows itself, and the Authorization its requests carry."""
+    from quill.client import QuillClient
+
+    client = QuillClient(url.decode())
+    sent = dict(client._core.request("unary", "s.v1.S", "M", b"").headers).get("Authorization")
+    client.close()
+    return f"{client!r}, requests sent with Authorization: {sent}"
+
+
 # (decoder, what is wrong, input bytes, call)
 CASES = [
     ("Token.decode", "empty input", b"", Token.decode),
@@ -168,6 +178,8 @@ CASES = [
     ("ProblemDetails.proto_detail", "quill_proto_detail_base64 is a number",
      b'{"type": "about:blank", "title": "Bad", "status": 400, "quill_proto_detail_base64": 5}',
      lambda b: ProblemDetails.from_json(b).proto_detail),
+    ("QuillClient(base_url)", "user:password in the URL (accepted: sent as Basic auth, shown nowhere)",
+     b"http://alice:s3cret@127.0.0.1:8080/api", client_for_url),
 ]
 
 

@@ -38,6 +38,7 @@ WORDS = {
     "asyncio": "time",
     "async iterators": "iterators",
     "async iterable": "iterable",
+    "loop_owner": "thread_owner",
 }
 HEADER = "# Generated from {source} by tools/unasync.py: do not edit; edit {source} and run it again.\n"
 

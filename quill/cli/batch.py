@@ -93,6 +93,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 def run_batch(args: argparse.Namespace) -> int:
     """Run ``quill batch`` with parsed ``args``; the exit status."""
     from ..client import QuillClient
+    from ..protocol.calls import redact_url
 
     headers = parse_headers(args.header)
     check_names(args.service, args.method)
@@ -103,7 +104,7 @@ def run_batch(args: argparse.Namespace) -> int:
                              max_connections=args.concurrency, status_retries=args.status_retries)
     except ValueError as exc:  # the URL: scheme, host, port
         output.close()
-        raise UsageError(f"bad server URL {args.url!r}: {exc}") from None
+        raise UsageError(f"bad server URL {redact_url(args.url)!r}: {exc}") from None
     total = None if args.no_progress or source is sys.stdin.buffer else _count_requests(args.input)
     progress = BatchProgress(total, output.records, sys.stderr, quiet=args.no_progress)
     pending: deque = deque()  # (line number, bad-line error or None) of each request the map has read

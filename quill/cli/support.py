@@ -107,11 +107,12 @@ def check_names(service: str, method: str) -> None:
 
 def make_client(args: argparse.Namespace):
     from ..client import QuillClient
+    from ..protocol.calls import redact_url
 
     try:
         return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress)
     except ValueError as exc:  # the URL: scheme, host, port
-        raise UsageError(f"bad server URL {args.url!r}: {exc}") from None
+        raise UsageError(f"bad server URL {redact_url(args.url)!r}: {exc}") from None
 
 
 def positive_int(text: str) -> int:

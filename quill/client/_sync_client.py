@@ -20,11 +20,11 @@ from typing import Any, Callable, Iterable, Mapping
 from ..errors import DecodeError, LimitExceededError, QuillConnectionError, QuillTimeoutError, RpcError
 from ..protocol.calls import HEALTH_TIMEOUT_MS, ClientCore
 from ..protocol.requests import Request
-from ..protocol.responses import ERROR_BODY_LIMIT, BytesConsumer, error_for_response
 from ..protocol.retries import RetryState, TransportError, quill_error_for, resendable
 from ..tensor import Tensor
 from ..transports.http11 import HTTP11Transport
 from ._sync_streams import MessageStream, TokenStream, read_body
+from ._error_body import ErrorBody
 from ._map import MapCall
 from ._map_threads import MapResults
 
@@ -43,7 +43,10 @@ class QuillClient:
     ``["echo.v1.EchoService/Echo"]``, or an ``Idempotency-Key`` header).
     ``status_retries`` opts in to retrying 429/503 answers, waiting as ``Retry-After`` says. Retries resend the body already built, never a copy.
     For ``https://``, certificates are verified unless ``verify=False``; ``ca_file`` adds a CA
-    bundle, ``client_cert``/``client_key`` present a client certificate.
+    bundle, ``client_cert``/``client_key`` present a client certificate. A ``user:password@`` in
+    the URL is sent as ``Authorization: Basic`` (an Authorization header set on the client or per
+    call wins) and shown nowhere: ``base_url``, ``repr`` and errors leave it out. Headers may be
+    set from any thread; a call made after ``set_header()`` returns sends the new value.
 
     >>> with QuillClient("http://127.0.0.1:8080") as client:  # doctest: +SKIP
     ...     client.set_api_key("key-123")
@@ -167,19 +170,22 @@ class QuillClient:
             time.sleep(wait)
 
     def _status_error(self, response: Any, request: Request) -> RpcError:
-        """Read (at most 64 KiB of) an error body, release the connection, build the RpcError."""
-        complete = False
-        raw = b""
+        """Read the start of an error body (:class:`ErrorBody`), release the connection (reused only
+        when the whole body was read), build the RpcError."""
+        body = ErrorBody(response.headers, request.call.describe())
         try:
-            consumer = BytesConsumer(response.headers, ERROR_BODY_LIMIT, request.call.describe())
-            consumer.feed(response.read_all(ERROR_BODY_LIMIT, request.call.describe()))
-            raw = consumer.finish()
-            complete = True
-        except (TransportError, DecodeError):
-            pass
+            while True:
+                data = response.read()
+                if not data:
+                    body.finish()
+                    break
+                if body.feed(data):
+                    break  # the rest is dropped, with the connection
+        except (TransportError, DecodeError) as failure:
+            body.failed(failure)
         finally:
-            response.release(complete)
-        return error_for_response(response.status, response.headers, raw, request.call)
+            response.release(body.complete)
+        return body.error(response.status, response.headers, request.call)
 
     def _read_whole(self, response: Any, request: Request, out: Any = None) -> Any:
         """Read a 2xx answer through its consumer, then release the connection."""

@@ -6,12 +6,14 @@ back to the pool, closing or cancelling early discards it (the server sees the d
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from ..errors import IncompleteStreamError, StreamCancelledError
+from ..errors import StreamCancelledError
 from ..protocol.requests import Request
 from ..protocol.retries import TransportError, quill_error_for
 from ._arrow_export import TokenArrowExport
+from ._owners import thread_owner
 
 __all__ = ["FrameStream", "MessageStream", "TokenStream", "read_body"]
 
@@ -35,7 +37,9 @@ class FrameStream:
     Each read hands out the items whose frames are complete, so an item arrives as soon as the
     server sends it; the whole body is never buffered. ``cancel()`` may be called from any task
     or thread: the read pending then, or else the next one, raises StreamCancelledError (once,
-    whether or not a read was waiting on the socket at that moment); later iteration ends.
+    whether or not a read was waiting on the socket at that moment); later iteration ends. The
+    connection is closed and given back where the stream lives (an async stream's on its event
+    loop), exactly once.
     """
 
     _what = "stream"
@@ -47,6 +51,9 @@ class FrameStream:
         self._items: list = []
         self._index = 0
         self._open = True
+        self._reading = False  # a read is under way (cancel() then leaves the release to it)
+        self._lock = threading.Lock()  # guards _open, _reading and cancelled across threads
+        self._on_owner = thread_owner()
         self.cancelled = False
         self._cancel_told = False  # StreamCancelledError raised once already
 
@@ -59,10 +66,13 @@ class FrameStream:
         return self
 
     def __next__(self) -> Any:
-        while self._index >= len(self._items):
-            if not self._open:
-                if self.cancelled and not self._cancel_told:
+        while self.cancelled or self._index >= len(self._items):
+            if self.cancelled:  # items read before the cancel are dropped
+                self._finish(False)
+                if not self._cancel_told:
                     raise self._cancelled_error()
+                raise StopIteration
+            if not self._open:
                 raise StopIteration
             self._fill()
         item = self._items[self._index]
@@ -72,6 +82,10 @@ class FrameStream:
     def _fill(self) -> None:
         """Read until the consumer hands out items or the stream ends (then release the connection)."""
         self._items, self._index = [], 0
+        with self._lock:
+            if self.cancelled:
+                return  # the caller raises StreamCancelledError
+            self._reading = True
         consumer = self._consumer
         try:
             while True:
@@ -94,12 +108,15 @@ class FrameStream:
                 raise self._cancelled_error() from None
             when = f"mid-{self._what} after {consumer.count} item(s)"
             raise quill_error_for(failure, self._request.call.describe(), self._request.timeout, when) from failure
-        except IncompleteStreamError:
+        except BaseException:  # IncompleteStreamError, a bad frame, a cancelled task...
             self._finish(False)
             raise
-        except BaseException:
-            self._finish(False)
-            raise
+        finally:
+            with self._lock:
+                self._reading = False
+                cancelled = self.cancelled
+            if cancelled:
+                self._finish(False)
 
     def _cancelled_error(self) -> StreamCancelledError:
         self._cancel_told = True
@@ -115,9 +132,11 @@ class FrameStream:
         self._finish(True)
 
     def _finish(self, reusable: bool) -> None:
-        if self._open:
+        with self._lock:
+            if not self._open:
+                return
             self._open = False
-            self._response.release(reusable)
+        self._response.release(reusable)
 
     def close(self) -> None:
         """Stop reading; an unfinished stream's connection is closed (the server sees the disconnect)."""
@@ -126,11 +145,20 @@ class FrameStream:
     def cancel(self) -> None:
         """Cancel the call from any task or thread: the connection is closed so the server stops
         producing; the pending (or next) read raises StreamCancelledError, then iteration ends."""
-        if self._open:
+        with self._lock:
+            if not self._open or self.cancelled:
+                return
             self.cancelled = True
+            idle = not self._reading
+        self._on_owner(self._close_now, idle)
+
+    def _close_now(self, idle: bool) -> None:
+        """With no read under way, close and give back the connection; else abort it: the pending
+        read fails at once, and gives it back itself."""
+        if idle:
+            self._finish(False)
+        else:
             self._response.abort()
-        self._items, self._index = [], 0
-        self._finish(False)
 
     def __enter__(self) -> "FrameStream":
         return self
@@ -138,9 +166,11 @@ class FrameStream:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def __del__(self) -> None:
+    def __del__(self) -> None:  # dropped unfinished; the collector may run in any thread
         try:
-            self._finish(False)
+            if self._open:
+                self._open = False
+                self._on_owner(self._response.release, False)
         except Exception:
             pass
 

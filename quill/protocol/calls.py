@@ -8,13 +8,20 @@ every call kind. :class:`ClientCore` is shared by :class:`~quill.QuillClient` an
 ('POST', b'/api/echo.v1.Echo/Echo', 2)
 >>> ClientCore(dict(base_url="http+unix://%2Ftmp%2Fq.sock")).endpoint.uds
 '/tmp/q.sock'
+>>> endpoint = Endpoint("http://alice:s3cret@127.0.0.1:8080")
+>>> endpoint.base_url, endpoint.authorization
+('http://127.0.0.1:8080', 'Basic YWxpY2U6czNjcmV0')
 """
 
 from __future__ import annotations
 
+import base64
+import re
+import threading
 from typing import Any, Iterable, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
+from ..errors import EncodeError
 from ..frames import MessageStreamDecoder, TokenStreamDecoder, encode_tensor_frames
 from ..tensor import Tensor
 from . import compression
@@ -25,7 +32,7 @@ from .responses import BytesConsumer, FrameConsumer, JsonConsumer, TensorConsume
 from .retries import RetryPolicy
 from .tracing import trace_headers
 
-__all__ = ["ClientCore", "Endpoint", "DEFAULTS", "HEALTH_TIMEOUT_MS"]
+__all__ = ["ClientCore", "Endpoint", "DEFAULTS", "HEALTH_TIMEOUT_MS", "redact_url"]
 
 HEALTH_TIMEOUT_MS = 2000
 #: Every client option and its default (the keyword arguments of both clients).
@@ -55,38 +62,69 @@ _MEDIA = {
 }
 
 
+def redact_url(url: str) -> str:
+    """``url`` with everything up to its last ``@`` after the scheme shown as ``***``: the form of a
+    URL in a message, which must never carry a user name or password (even from a malformed URL).
+
+    >>> redact_url("http://alice:s3cret@h:8080/api"), redact_url("http://h:8080/api")
+    ('http://***@h:8080/api', 'http://h:8080/api')
+    """
+    head, at, rest = url.rpartition("@")
+    if not at:
+        return url
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", head)
+    return f"{scheme.group() if scheme else ''}***@{rest}"
+
+
+def _basic_auth(userinfo: str, shown: str) -> str | None:
+    """The ``Authorization: Basic`` value of a URL's percent-encoded ``user:password`` (None when both are empty)."""
+    user, _, password = userinfo.partition(":")
+    user_bytes, password_bytes = unquote_to_bytes(user), unquote_to_bytes(password)
+    if b":" in user_bytes:
+        raise EncodeError(f"the user name in base_url {shown!r} contains ':', which Basic auth cannot send")
+    if not (user_bytes or password_bytes):
+        return None
+    return "Basic " + base64.b64encode(user_bytes + b":" + password_bytes).decode("ascii")
+
+
 class Endpoint:
     """Where a client connects: ``scheme`` (http, https), ``host``/``port`` or ``uds`` (a Unix
-    socket path), the path ``prefix``, the ``Host`` header value and the printable ``base_url``."""
+    socket path), the path ``prefix``, the ``Host`` header value, the printable ``base_url``
+    and ``authorization``: the ``Basic`` credentials of a ``user:password@`` in the URL (None
+    without). The credentials are kept nowhere else: ``base_url`` and every message omit them."""
 
-    __slots__ = ("scheme", "host", "port", "uds", "prefix", "host_header", "base_url")
+    __slots__ = ("scheme", "host", "port", "uds", "prefix", "host_header", "base_url", "authorization")
 
     def __init__(self, base_url: str):
         if not isinstance(base_url, str):
             raise TypeError(f"base_url must be a str, got {type(base_url).__name__}")
+        shown = redact_url(base_url)
         parts = urlsplit(base_url)
+        userinfo, at, hostport = parts.netloc.rpartition("@")
+        host = hostport if parts.scheme == "http+unix" else parts.hostname
+        if parts.scheme not in ("http", "https", "http+unix") or not host:
+            raise ValueError(f"base_url must be an http://, https:// or http+unix:// URL with a host "
+                             f"(http+unix: the percent-encoded socket path), got {shown!r}")
         if parts.query or parts.fragment:
-            raise ValueError(f"base_url must not have a query or fragment: {base_url!r}")
+            raise ValueError(f"base_url must not have a query or fragment: {shown!r}")
+        if "@" in parts.path:
+            raise ValueError(f"base_url has an '@' after its host: {shown!r} (percent-encode '/', '?', '#' and "
+                             "'@' in a user name or password)")
+        self.authorization = _basic_auth(userinfo, shown) if at else None
         self.prefix = parts.path.rstrip("/")
         if parts.scheme == "http+unix":
-            if not parts.netloc:
-                raise ValueError(f"an http+unix:// URL needs the percent-encoded socket path: {base_url!r}")
-            self.scheme, self.host, self.port, self.uds = "http", "localhost", None, unquote(parts.netloc)
+            self.scheme, self.host, self.port, self.uds = "http", "localhost", None, unquote(hostport)
             self.host_header = "localhost"
-        elif parts.scheme in ("http", "https") and parts.hostname:
+        else:
             self.scheme, self.host, self.uds = parts.scheme, parts.hostname, None
             default_port = 443 if parts.scheme == "https" else 80
             try:
                 self.port = parts.port or default_port
             except ValueError as exc:
-                raise ValueError(f"bad port in base_url {base_url!r}: {exc}") from None
+                raise ValueError(f"bad port in base_url {shown!r}: {exc}") from None
             host = f"[{self.host}]" if ":" in self.host else self.host
             self.host_header = host if self.port == default_port else f"{host}:{self.port}"
-        else:
-            raise ValueError(
-                f"base_url must be an http://, https:// or http+unix:// URL with a host, got {base_url!r}"
-            )
-        self.base_url = f"{parts.scheme}://{parts.netloc}{self.prefix}"
+        self.base_url = f"{parts.scheme}://{hostport}{self.prefix}"
 
 
 def _check_config(config: dict) -> None:
@@ -110,9 +148,24 @@ def _method_key(path: str) -> tuple[str, str]:
     return check_rpc_name("service", service), check_rpc_name("method", method)
 
 
+class _HeaderSet:
+    """One version of a client's headers, never changed once published: the names set
+    ({lower-case name: (name, value)}), the generation that keys the request heads transports
+    cache, and the header tuple of each media kind, built from these on first use."""
+
+    __slots__ = ("headers", "generation", "fixed")
+
+    def __init__(self, headers: dict[str, tuple[str, str]], generation: int):
+        self.headers = headers
+        self.generation = generation
+        self.fixed: dict[str, tuple] = {}  # the same tuple whoever builds it first
+
+
 class ClientCore:
-    """Configuration, headers and request building for one client (thread-safe: headers are
-    replaced copy-on-write, never edited in place)."""
+    """Configuration, headers and request building for one client (thread-safe: a header change
+    publishes a new :class:`_HeaderSet` under a lock; a request reads the published one once and
+    uses only it, so it never mixes two versions, and one built after ``set_header()`` returned
+    carries the new value)."""
 
     def __init__(self, config: Mapping[str, Any], headers: Mapping[str, str] | None = None):
         merged = dict(DEFAULTS)
@@ -124,9 +177,8 @@ class ClientCore:
         self.compression = bool(merged["enable_compression"])
         self.retry_policy = RetryPolicy(merged["retries"], merged["status_retries"], max(0, merged["backoff_ms"]) / 1000)
         self._idempotent = frozenset(_method_key(path) for path in merged["idempotent_methods"])
-        self._headers: dict[str, tuple[str, str]] = {}
-        self._fixed: dict[str, tuple] = {}
-        self._generation = 0
+        self._header_lock = threading.Lock()
+        self._header_set = _HeaderSet({}, 0)
         self._calls: dict[tuple[str, str], CallInfo] = {}
         from .._version import __version__
 
@@ -137,24 +189,25 @@ class ClientCore:
     # -- headers ------------------------------------------------------------------------
     def set_header(self, name: str, value: str) -> None:
         name, value = check_header(name, value)
-        headers = dict(self._headers)
-        headers[name.lower()] = (name, value)
-        self._replace_headers(headers)
+        with self._header_lock:
+            headers = dict(self._header_set.headers)
+            headers[name.lower()] = (name, value)
+            self._publish(headers)
 
     def remove_header(self, name: str) -> None:
-        headers = dict(self._headers)
-        headers.pop(str(name).lower(), None)
-        self._replace_headers(headers)
+        with self._header_lock:
+            headers = dict(self._header_set.headers)
+            if headers.pop(str(name).lower(), None) is not None:
+                self._publish(headers)
 
-    def _replace_headers(self, headers: dict) -> None:
-        self._headers = headers
-        self._fixed = {}
-        self._generation += 1
+    def _publish(self, headers: dict) -> None:
+        """Make ``headers`` the client's (with ``_header_lock`` held: generations never repeat)."""
+        self._header_set = _HeaderSet(headers, self._header_set.generation + 1)
 
     def get_headers(self) -> dict[str, str]:
-        return dict(self._headers.values())
+        return dict(self._header_set.headers.values())
 
-    def _header_list(self, media: str, extra: Mapping[str, str] | None) -> tuple:
+    def _header_list(self, header_set: _HeaderSet, media: str, extra: Mapping[str, str] | None) -> tuple:
         content_type, accept = _MEDIA[media]
         merged: dict[str, Any] = {
             "host": ("Host", self.endpoint.host_header),
@@ -165,7 +218,9 @@ class ClientCore:
         }
         if self.compression:
             merged["accept-encoding"] = ("Accept-Encoding", "zstd")
-        merged.update(self._headers)
+        if self.endpoint.authorization:  # the URL's user:password; an Authorization header set wins
+            merged["authorization"] = ("Authorization", self.endpoint.authorization)
+        merged.update(header_set.headers)
         for name, value in (extra or {}).items():
             name, value = check_header(name, value)
             merged[name.lower()] = (name, value)
@@ -173,13 +228,13 @@ class ClientCore:
 
     def _headers_for(self, media: str, extra: Mapping[str, str] | None) -> tuple[tuple, Any]:
         """(headers, key): the fixed header tuple per media kind is built once per header change."""
+        header_set = self._header_set  # read once: this request uses this version only
         if extra:
-            return self._header_list(media, extra), None
-        fixed = self._fixed  # taken first: set_header() replaces the dict, never edits it
-        headers = fixed.get(media)
+            return self._header_list(header_set, media, extra), None
+        headers = header_set.fixed.get(media)
         if headers is None:
-            headers = fixed[media] = self._header_list(media, None)
-        return headers, (media, self._generation)
+            headers = header_set.fixed[media] = self._header_list(header_set, media, None)
+        return headers, (media, header_set.generation)
 
     # -- calls --------------------------------------------------------------------------
     def call_info(self, service: str, method: str) -> CallInfo:
