@@ -30,6 +30,8 @@ from quill.frames import (
     encode_token_batch_frame,
     tensor_frame_header,
 )
+from quill.protocol.compression import ZstdDecoder, compress, compress_stream
+from quill.protocol.responses import BytesConsumer, FrameConsumer, TensorConsumer, parse_retry_after
 from quill.tensor import TensorMeta
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -79,6 +81,30 @@ def client_for_url(url: bytes) -> str:
     sent = dict(client._core.request("unary", "s.v1.S", "M", b"").headers).get("Authorization")
     client.close()
     return f"{client!r}, requests sent with Authorization: {sent}"
+
+
+def consume(make_consumer):
+    """Feed a response body to a consumer in one chunk (and what it still holds back), then finish."""
+    def run(body):
+        consumer = make_consumer()
+        produced = consumer.feed(body)
+        while getattr(consumer, "backlog", False):
+            produced += consumer.feed(b"")
+        return consumer.finish() if produced is None else produced
+    return run
+
+
+ZSTD = {"content-encoding": "zstd"}
+#: One zstd frame that expands to 1 GiB of zeros.
+ZSTD_BOMB = b"".join(compress_stream(bytes(1 << 20) for _ in range(1024)))
+BOMB_AFTER_END = f"a small answer, then {len(ZSTD_BOMB) >> 10} KiB of zstd expanding to 1 GiB after END_STREAM"
+#: A zstd frame header asking for a 128 MiB window (Window_Descriptor 0x88), then a 1-byte raw block.
+ZSTD_WIDE_WINDOW = b"\x28\xb5\x2f\xfd\x00\x88\x09\x00\x00x"
+
+
+def content_length_of(encoding):
+    """A response whose Content-Length header is ``value`` decoded as ``encoding``."""
+    return lambda value: BytesConsumer({"content-length": value.decode(encoding)}, 1 << 20, "s/M")
 
 
 # (decoder, what is wrong, input bytes, call)
@@ -180,6 +206,24 @@ CASES = [
      lambda b: ProblemDetails.from_json(b).proto_detail),
     ("QuillClient(base_url)", "user:password in the URL (accepted: sent as Basic auth, shown nowhere)",
      b"http://alice:s3cret@127.0.0.1:8080/api", client_for_url),
+    ("FrameConsumer (message stream, zstd)", BOMB_AFTER_END,
+     compress(encode_stream_frame(b"msg") + encode_stream_frame(b"", 0x02)) + ZSTD_BOMB,
+     consume(lambda: FrameConsumer(ZSTD, MessageStreamDecoder(), "s/M", "message stream"))),
+    ("FrameConsumer (token stream, zstd)", BOMB_AFTER_END,
+     compress(encode_token_batch_frame(TokenBatch.decode(GOOD_BATCH)) + END) + ZSTD_BOMB,
+     consume(lambda: FrameConsumer(ZSTD, TokenStreamDecoder(), "s/M", "token stream"))),
+    ("TensorConsumer (zstd)", BOMB_AFTER_END,
+     compress(META_FRAME + encode_tensor_frame(0x11, bytes(16)) + END) + ZSTD_BOMB,
+     consume(lambda: TensorConsumer(ZSTD, 1 << 20, "s/M"))),
+    ("ZstdDecoder", "a frame asking for a 128 MiB window (RFC 9659 allows 8 MiB)", ZSTD_WIDE_WINDOW,
+     lambda b: ZstdDecoder().decompress(b, 1 << 20)),
+    ("BytesConsumer (Content-Length)", "'²' (a digit to str.isdigit, not to int)", "²".encode("latin-1"),
+     content_length_of("latin-1")),
+    ("BytesConsumer (Content-Length)", "'١٢' (non-ASCII digits: int() reads 12)", "١٢".encode(),
+     content_length_of("utf-8")),
+    ("BytesConsumer (Content-Length)", "'+3' (int() reads 3)", b"+3", content_length_of("latin-1")),
+    ("parse_retry_after", "'١٢' (non-ASCII digits: float() reads 12; accepted as absent)", "١٢".encode(),
+     lambda b: parse_retry_after(b.decode())),
 ]
 
 

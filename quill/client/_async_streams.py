@@ -20,7 +20,10 @@ __all__ = ["AsyncFrameStream", "AsyncMessageStream", "AsyncTokenStream", "read_b
 async def read_body(response: Any, consumer: Any) -> tuple[Any, bool]:
     """Read the next part of a body into ``consumer``: the items it completed, and whether the
     body has ended. The rest of a large payload is read straight into place (the consumer's
-    window: one copy, from the socket); anything else is read as a chunk and fed."""
+    window: one copy, from the socket); anything else is read as a chunk and fed. What a
+    compressed chunk still holds (the consumer's backlog) is handed out before the next read."""
+    if consumer.backlog:
+        return consumer.feed(b""), False
     window = consumer.window()
     if window is None:
         data = await response.read()

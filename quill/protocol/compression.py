@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 
 from ..errors import DecodeError, IncompleteStreamError, LimitExceededError
 from .constants import ZSTD_LEVEL
+from .numbers import parse_real
 
 try:  # Python 3.14+
     from compression import zstd as _zstd
@@ -28,6 +29,10 @@ except ImportError:  # older Pythons: the backport that urllib3's zstd extra ins
         _zstd = None
 
 __all__ = ["available", "compress", "compress_stream", "StreamCompressor", "ZstdDecoder", "accepts_zstd", "coding_weights"]
+
+#: The largest zstd window a body may use: 8 MiB, as RFC 9659 sets for the ``zstd`` content
+#: coding. A frame that asks for more is refused, so its window costs no more memory than that.
+WINDOW_LOG_MAX = 23
 
 
 def available() -> bool:
@@ -84,14 +89,15 @@ class ZstdDecoder:
     returned); ``max_length`` bounds one call's output, so a small input that expands hugely is
     handed out piece by piece: call ``decompress(b"", max_length)`` again while ``has_output``.
     ``finish()`` raises IncompleteStreamError when the input ended inside a frame.
-    ``what`` names the body in error messages.
+    ``what`` names the body in error messages. A frame whose window is over 8 MiB
+    (:data:`WINDOW_LOG_MAX`) is refused with DecodeError.
     """
 
     __slots__ = ("_decompressor", "_pending", "_limit", "_produced", "_consumed", "_what", "_in_frame")
 
     def __init__(self, limit: int | None = None, what: str = "body"):
         _require()
-        self._decompressor = _zstd.ZstdDecompressor()
+        self._decompressor = _new_decompressor()
         self._pending = b""  # input of a next frame, not yet given to a decompressor
         self._limit = limit
         self._produced = 0
@@ -120,7 +126,7 @@ class ZstdDecoder:
                     self._pending = rest + bytes(self._pending) if self._pending else rest
                 if not self._pending:
                     break
-                dec = self._decompressor = _zstd.ZstdDecompressor()
+                dec = self._decompressor = _new_decompressor()
             data, self._pending = self._pending, b""
             if not data and dec.needs_input:
                 break
@@ -155,6 +161,10 @@ class ZstdDecoder:
             )
 
 
+def _new_decompressor():
+    return _zstd.ZstdDecompressor(options={_zstd.DecompressionParameter.window_log_max: WINDOW_LOG_MAX})
+
+
 def coding_weights(accept_encoding: str) -> dict[str, float]:
     """The content codings of an ``Accept-Encoding`` value with their q-values (lower-case names).
 
@@ -171,10 +181,8 @@ def coding_weights(accept_encoding: str) -> dict[str, float]:
         for param in params:
             name, _, value = param.partition("=")
             if name.strip().lower() == "q":
-                try:
-                    weight = min(1.0, max(0.0, float(value.strip())))
-                except ValueError:
-                    weight = 0.0  # a malformed weight is not an acceptance
+                number = parse_real(value)  # a malformed weight (None) is not an acceptance
+                weight = 0.0 if number is None else min(1.0, max(0.0, number))
         weights[coding] = weight
     return weights
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import (
     DecodeError,
@@ -27,6 +27,7 @@ from ..errors import (
 from .compression import ZstdDecoder
 from .compression import available as zstd_available
 from .constants import media_type
+from .numbers import content_length, parse_real
 
 __all__ = [
     "ERROR_BODY_LIMIT",
@@ -59,10 +60,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = parse_real(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -73,8 +73,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class ContentDecoder:
     """Undo a response's Content-Encoding (identity or zstd); ``limit`` bounds the decoded size.
 
-    ``decode(raw)`` returns a list of decoded pieces (each at most :data:`DECODE_PIECE` bytes for
-    zstd, so a small chunk that expands hugely is handed on piece by piece).
+    ``decode(raw)`` iterates over the decoded pieces, each at most :data:`DECODE_PIECE` bytes
+    for zstd, produced one at a time as the caller takes them: a small chunk that expands hugely
+    never exists decoded in full. A caller that stops early leaves the rest in the decoder
+    (``backlog``); ``decode(b"")`` goes on from there.
     """
 
     __slots__ = ("_zstd",)
@@ -92,15 +94,22 @@ class ContentDecoder:
     def identity(self) -> bool:
         return self._zstd is None
 
-    def decode(self, raw) -> list:
+    @property
+    def backlog(self) -> bool:
+        """True when input already given may still decode into more pieces."""
+        return self._zstd is not None and self._zstd.has_output
+
+    def decode(self, raw) -> Iterable:
         if self._zstd is None:
-            return [raw] if raw else []
-        pieces = []
-        piece = self._zstd.decompress(raw, DECODE_PIECE)
+            return (raw,) if raw else ()
+        return self._pieces(raw)
+
+    def _pieces(self, raw) -> Iterator:
+        zstd = self._zstd
+        piece = zstd.decompress(raw, DECODE_PIECE)
         while piece:
-            pieces.append(piece)
-            piece = self._zstd.decompress(b"", DECODE_PIECE) if self._zstd.has_output else b""
-        return pieces
+            yield piece
+            piece = zstd.decompress(b"", DECODE_PIECE) if zstd.has_output else b""
 
     def finish(self) -> None:
         if self._zstd is not None:
@@ -115,9 +124,9 @@ class BytesConsumer:
     def __init__(self, headers: Mapping[str, str], limit: int, call: str):
         self._call = call
         self._limit = limit
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise LimitExceededError(f"{call}: response of {int(declared)} bytes exceeds max_response_bytes={limit}")
+        declared = content_length(headers, call)
+        if declared is not None and declared > limit:
+            raise LimitExceededError(f"{call}: response of {declared} bytes exceeds max_response_bytes={limit}")
         self._decoder = ContentDecoder(headers, limit, f"{call}: response body")
         self._pieces: list = []
         self._size = 0
@@ -150,17 +159,35 @@ class JsonConsumer(BytesConsumer):
             raise DecodeError(f"{self._call}: response is not valid JSON ({exc}); starts with {data[:80]!r}") from None
 
 
-class FrameConsumer:
-    """The items (messages or token batches) a frame decoder finds in a streamed body."""
+class _BodyConsumer:
+    """What the frame and tensor consumers share: the content decoder of a streamed body."""
 
-    __slots__ = ("_decoder", "_frames", "count", "_call", "_what")
+    __slots__ = ("_decoder", "_call")
+
+    def __init__(self, headers: Mapping[str, str], call: str, what: str):
+        content_length(headers, call)  # a malformed one is refused (the sync transport would read on to the close)
+        self._decoder = ContentDecoder(headers, None, f"{call}: {what}")
+        self._call = call
+
+
+class FrameConsumer(_BodyConsumer):
+    """The items (messages or token batches) a frame decoder finds in a streamed body.
+
+    A compressed chunk is decoded a piece at a time, and ``feed`` returns once a piece has
+    completed items, so what one call hands out is bounded by the frame decoder's limit, however
+    far the chunk expands. The rest stays in the decoder: ``backlog`` is then True, and
+    ``feed(b"")`` must come before more of the body is read.
+    """
+
+    __slots__ = ("_frames", "count", "_what", "_identity", "backlog")
 
     def __init__(self, headers: Mapping[str, str], frames: Any, call: str, what: str):
-        self._decoder = ContentDecoder(headers, None, f"{call}: {what}")
+        super().__init__(headers, call, what)
         self._frames = frames
-        self._call = call
         self._what = what
+        self._identity = self._decoder.identity
         self.count = 0
+        self.backlog = False
 
     @property
     def done(self) -> bool:
@@ -168,18 +195,29 @@ class FrameConsumer:
         return self._frames.done
 
     def feed(self, raw) -> list:
+        if self._identity:  # the per-batch path of a token stream, kept lean
+            items = self._frames.feed(raw) if raw else []
+        else:
+            items = self._feed_pieces(raw)
+        self.count += len(items)
+        return items
+
+    def _feed_pieces(self, raw) -> list:
         items: list = []
+        frames = self._frames
         for piece in self._decoder.decode(raw):
-            got = self._frames.feed(piece)
+            got = frames.feed(piece)
             if got:
                 items.extend(got)
-        self.count += len(items)
+                if not frames.done:  # after END_STREAM the next piece is refused at once
+                    break
+        self.backlog = self._decoder.backlog
         return items
 
     def window(self) -> Any:
         """Where the next body bytes may be written in place (the rest of a large payload), or
         None: read a chunk and ``feed`` it instead. Only for an identity-encoded body."""
-        return self._frames.payload_window(WINDOW_MIN) if self._decoder.identity else None
+        return self._frames.payload_window(WINDOW_MIN) if self._identity else None
 
     def commit(self, window: Any, n: int) -> list:
         """``n`` bytes were written into ``window``; the items that completed."""
@@ -199,19 +237,21 @@ class FrameConsumer:
             ) from None
 
 
-class TensorConsumer:
+class TensorConsumer(_BodyConsumer):
     """A Tensor received from tensor frames into one allocation (limit ``max_bytes``), or into the
-    caller's ``out`` buffer when given."""
+    caller's ``out`` buffer when given. A compressed chunk reaches the receiver a piece at a
+    time, so its limits (and its refusal of bytes after END_STREAM) apply as output appears."""
 
-    __slots__ = ("_decoder", "_receiver", "_tensor", "_call")
+    __slots__ = ("_receiver", "_tensor")
+    #: Every piece goes to the receiver in the same ``feed``: nothing is held back.
+    backlog = False
 
     def __init__(self, headers: Mapping[str, str], max_bytes: int, call: str, out: Any = None):
         from ..frames import TensorReceiver
 
-        self._decoder = ContentDecoder(headers, None, f"{call}: tensor")
+        super().__init__(headers, call, "tensor")
         self._receiver = TensorReceiver(max_bytes=max_bytes, out=out)
         self._tensor = None
-        self._call = call
 
     def feed(self, raw) -> None:
         for piece in self._decoder.decode(raw):

@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 from ..errors import DecodeError, LimitExceededError, ProblemDetails
 from ..protocol import compression
 from ..protocol.constants import COMPRESSION_THRESHOLD, JSON, PROBLEM_JSON, PROTO, is_json, is_tensor_frames
+from ..protocol.numbers import content_length, is_decimal
 from ..protocol.problems import problem
 from ..protocol.responses import ContentDecoder
 from .context import Context
@@ -84,7 +85,7 @@ def _peer(client: Any) -> tuple[str, int] | None:
     if not client:
         return None
     host, port = client[0], client[1]
-    return host, int(port) if isinstance(port, str) and port.isdigit() else port
+    return host, int(port) if isinstance(port, str) and is_decimal(port) else port
 
 
 def wants_json(headers: dict[str, str]) -> bool:
@@ -146,9 +147,9 @@ class Exchange:
         """The request body as it arrives, zstd-decoded (in pieces of at most 1 MiB), within
         ``max_request_bytes``."""
         limit = self.max_request_bytes
-        declared = self.headers.get("content-length")
-        if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
-            raise LimitExceededError(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+        declared = content_length(self.headers, "request")  # DecodeError (400) when malformed
+        if limit is not None and declared is not None and declared > limit:
+            raise LimitExceededError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
         decoder = self._content_decoder()
         while not self.body_complete:
             message = await self._receive()
@@ -166,7 +167,7 @@ class Exchange:
     async def discard_small_body(self, limit: int = 65536) -> None:
         """Read and drop an unread body of known small size, so the connection stays reusable."""
         declared = self.headers.get("content-length", "" if "transfer-encoding" in self.headers else "0")
-        if self.body_complete or not declared.isdigit() or int(declared) > limit:
+        if self.body_complete or not is_decimal(declared) or int(declared) > limit:
             return
         while not self.body_complete:
             message = await self._receive()

@@ -20,6 +20,7 @@ from typing import Any
 import httptools
 
 from ..errors import LimitExceededError, QuillConnectionError, QuillTimeoutError
+from ..protocol.numbers import is_decimal
 from ..protocol.requests import Request, buffer_size
 from ..protocol.retries import TransportError
 from .head import request_head
@@ -139,7 +140,7 @@ class _Connection(asyncio.BufferedProtocol):
                                       detail=f"malformed HTTP response: {exc}"))
             return
         declared = self.headers.get("content-length", "")
-        if self.head_done and not self.complete and declared.isdigit() and "transfer-encoding" not in self.headers:
+        if self.head_done and not self.complete and is_decimal(declared) and "transfer-encoding" not in self.headers:
             self.body_left = int(declared) - self.body_seen  # the rest is counted here, not parsed
 
     def eof_received(self) -> bool:
@@ -352,7 +353,7 @@ class AsyncHTTP11Response:
 
     async def read_all(self, limit: int, what: str) -> bytes:
         declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and is_decimal(declared) and int(declared) > limit:
             raise LimitExceededError(f"{what}: response of {int(declared)} bytes exceeds max_response_bytes={limit}")
         pieces, size = [], 0
         while True:
