@@ -126,6 +126,39 @@ def test_token_and_tensor_kinds(server, tmp_path):
             np.testing.assert_array_equal(np.array(record["result"]["data"], dtype=np.float32), tensor.to_numpy())
 
 
+NON_FINITE_APP = """
+import numpy as np
+from quill import Token, TokenBatch
+from quill.server import QuillApp
+from quill.tensor import Tensor
+
+app = QuillApp()
+
+@app.token_stream("inference.v1.LLMService/Generate")
+def generate(request, context):
+    yield TokenBatch.from_tokens([Token(1, 0, "a", logprob=float("nan")), Token(2, 1, "b", logprob=float("-inf"))])
+
+@app.tensor("inference.v1.LLMService/Embed")
+def embed(request, context):
+    return Tensor.from_numpy(np.array([0.5, np.nan, np.inf], dtype=np.float32))
+"""
+
+
+def test_non_finite_logprobs_and_elements_are_json_strings(tmp_path):
+    """JSON has no NaN or infinity: the records hold the strings the server's JSON answers use,
+    and every record line is JSON that a strict parser reads."""
+    (tmp_path / "odd_app.py").write_text(NON_FINITE_APP)
+    source = write_lines(tmp_path / "in.jsonl", [{}])
+    strict = {"parse_constant": lambda name: pytest.fail(f"{name} in a record")}
+    with quill_serve("odd_app:app", "--app-dir", str(tmp_path)) as served:
+        for method, kind in (("Generate", "tokens"), ("Generate", "json"), ("Embed", "tensor")):
+            output = tmp_path / f"{kind}.jsonl"
+            assert quill_batch(served.url, method, source, str(output), "--kind", kind).returncode == 0
+            [record] = [json.loads(line, **strict) for line in output.read_text().splitlines()]
+            data = record["result"]["data"] if kind == "tensor" else [t["logprob"] for t in record["result"]["tokens"]]
+            assert data == ([0.5, "NaN", "Infinity"] if kind == "tensor" else ["NaN", "-Infinity"])
+
+
 # ---------------------------------------------------------------- interrupt and resume
 
 def test_sigint_leaves_the_lines_done_and_resume_does_only_the_rest(tmp_path):

@@ -7,8 +7,8 @@ curl received. CI installs curl when the machine lacks it (.ci/run).
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
+import os
+import sys
 
 import pytest
 
@@ -25,25 +25,8 @@ from quill.frames import (
 from quill.server import QuillApp, serve_in_thread
 from quill.tensor import Tensor
 
-CURL = shutil.which("curl")
-if CURL is None:  # .ci/run installs curl; a machine without it cannot run this module
-    pytest.fail("curl is not installed; install it (apt-get install curl) to run the server's curl tests",
-                pytrace=False)
-
-
-def curl(*args: str, data: bytes | None = None) -> tuple[int, dict, bytes]:
-    """Run curl; return (status, lower-case headers, body)."""
-    command = [CURL, "-sS", "--max-time", "20", "-D", "/dev/stderr", "-o", "-", *args]
-    if data is not None:
-        command[1:1] = ["--data-binary", "@-"]
-    done = subprocess.run(command, input=data, capture_output=True, timeout=30, check=True)
-    head = done.stderr.decode("latin-1").replace("\r\n", "\n").strip().split("\n\n")[-1].split("\n")
-    status = int(head[0].split()[1])
-    headers = {}
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, done.stdout
+sys.path.insert(0, os.path.dirname(__file__))
+from curl_runs import curl  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -183,14 +183,23 @@ def _summary(error: dict) -> str:
 
 
 def _json_result(result: Any, kind: str) -> Any:
+    """A token stream or tensor as JSON in the server's JSON shapes (NaN and the infinities as
+    strings, see :mod:`quill.protocol.json_answers`); a JSON answer as it is."""
+    from ..protocol.json_answers import finite_floats, token_dicts
+
     if kind == "tokens":
         return {"text": "".join(batch.text() for batch in result),
-                "tokens": [token for batch in result for token in batch.to_dicts()]}
+                "tokens": [token for batch in result for token in token_dicts(batch)]}
     if kind == "tensor":
         import numpy as np
 
         array = result.to_numpy()
-        data = array.tolist() if array.dtype.kind in "biu" else array.astype(np.float64).tolist()
+        if array.dtype.kind in "biu":
+            data = array.tolist()
+        else:
+            data = array.astype(np.float64).tolist()
+            if not np.isfinite(array).all():
+                data = finite_floats(data)
         return {"dtype": result.dtype.name, "shape": list(result.shape), "data": data}
     return result
 

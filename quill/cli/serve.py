@@ -56,6 +56,9 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     serve.add_argument("--public-metrics", action="store_true",
                        help="answer /metrics without credentials (by default only /health and /ready are open "
                             "when --bearer-token or --api-key is given)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="let web pages of ORIGIN (scheme://host[:port], or '*' for any) call the server: "
+                            "preflights answered, Access-Control-Allow-Origin sent (repeatable; default: none)")
     serve.add_argument("--workers", type=positive_int, default=1,
                        help="worker processes sharing the listening socket (default 1; more than 1 needs POSIX fork)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -73,7 +76,7 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``quill serve`` with parsed ``args``; the exit status."""
-    from ..server import ApiKeyAuth, BearerAuth, QuillApp, load_app, serve
+    from ..server import ApiKeyAuth, BearerAuth, CorsPolicy, QuillApp, load_app, serve
     from ..server.running import WorkerDied
     from ..server.tls import TLSConfig
 
@@ -112,9 +115,16 @@ def run(args: argparse.Namespace) -> int:
             app.auth = hooks
         if args.public_metrics:
             app.public_paths = app.public_paths | {"/metrics"}
-    elif args.bearer_token or args.api_key or args.max_request_mb is not None or args.public_metrics:
-        error(f"{args.app} is not a QuillApp: --bearer-token, --api-key, --public-metrics and --max-request-mb "
-               "do not apply")
+        if args.cors_origin:
+            try:
+                app.cors = CorsPolicy([*(app.cors.origins if app.cors else ()), *args.cors_origin])
+            except ValueError as exc:
+                error(f"--cors-origin: {exc}")
+                return EXIT_USAGE
+    elif (args.bearer_token or args.api_key or args.max_request_mb is not None or args.public_metrics
+          or args.cors_origin):
+        error(f"{args.app} is not a QuillApp: --bearer-token, --api-key, --public-metrics, --max-request-mb and "
+              "--cors-origin do not apply")
         return EXIT_USAGE
 
     def listening(url: str) -> None:

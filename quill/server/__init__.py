@@ -38,10 +38,17 @@ sees an error, never a normal end. The app also answers ``GET /health``, ``/read
 ``/metrics`` (Prometheus text); with ``auth`` set, ``/metrics`` needs credentials and the
 two probes do not (``public_paths`` changes that).
 
+Plain HTTP tools and browsers read the two streams too: with ``Accept: text/event-stream`` or
+``application/x-ndjson`` they come as Server-Sent Events or NDJSON, one JSON object per token
+batch or message, and such a call may be a GET (``?request=...``, what ``EventSource`` sends).
+``cors_origins`` lets the pages of other origins call.
+
 The package, one concept per module: :mod:`~quill.server.app` (QuillApp: routing, auth,
 built-in paths, lifespan), :mod:`~quill.server.kinds` (serving each handler kind),
 :mod:`~quill.server.handlers` (calling handlers from the event loop),
 :mod:`~quill.server.exchange` (reading the request, sending the answer),
+:mod:`~quill.server.event_streams` (SSE and NDJSON), :mod:`~quill.server.cors` (calls from
+other origins),
 :mod:`~quill.server.problems` (failures as Problem Details), :mod:`~quill.server.auth`,
 :mod:`~quill.server.context`; running it: :mod:`~quill.server.running` (serve,
 serve_in_thread, workers), :mod:`~quill.server.engines` (uvicorn, hypercorn, granian),
@@ -55,6 +62,7 @@ from __future__ import annotations
 from .app import BUILTIN_PATHS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PUBLIC_PATHS, QuillApp
 from .auth import ApiKeyAuth, AuthHook, BearerAuth
 from .context import Context
+from .cors import CorsPolicy
 from .handlers import HANDLER_KINDS
 from .running import load_app, serve, serve_in_thread
 from .sockets import unix_url
@@ -66,6 +74,7 @@ __all__ = [
     "AuthHook",
     "BearerAuth",
     "ApiKeyAuth",
+    "CorsPolicy",
     "serve_in_thread",
     "serve",
     "load_app",

@@ -17,6 +17,8 @@ from ..protocol.constants import JSON
 from ..protocol.problems import problem
 from .auth import AuthHook
 from .context import Context
+from .cors import CorsPolicy
+from .event_streams import request_from_query, takes_get
 from .exchange import Exchange
 from .handlers import HANDLER_KINDS, Route, invoke
 from .kinds import SERVE_KIND
@@ -47,6 +49,10 @@ class QuillApp:
     Pass ``DEFAULT_PUBLIC_PATHS + ("/metrics",)`` for an open scrape endpoint, ``()`` to
     protect everything, or add RPC paths (``"/pkg.Service/Method"``) to open them.
 
+    ``cors_origins`` are the origins (``"https://app.example"``, or ``"*"`` for any) whose web
+    pages may call the app; none by default. The :class:`~quill.server.cors.CorsPolicy` made of
+    them is the ``cors`` attribute (None: CORS off).
+
     >>> app = QuillApp()
     >>> @app.unary("echo.v1.EchoService/Echo")
     ... def echo(request, context):
@@ -61,6 +67,7 @@ class QuillApp:
         max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
         auth: AuthHook | Sequence[AuthHook] | None = None,
         public_paths: Iterable[str] = DEFAULT_PUBLIC_PATHS,
+        cors_origins: Iterable[str] = (),
     ):
         public_paths = tuple(public_paths)
         for path in public_paths:
@@ -71,6 +78,8 @@ class QuillApp:
             raise ValueError(f"max_request_bytes must be >= 0 or None, got {max_request_bytes}")
         self.max_request_bytes = max_request_bytes
         self.auth = auth
+        origins = cors_origins if isinstance(cors_origins, str) else tuple(cors_origins)
+        self.cors: CorsPolicy | None = CorsPolicy(origins) if origins != () else None
         self.metrics = ServerMetrics()
         #: ``GET /health`` answers 503 while this is False.
         self.healthy = True
@@ -180,6 +189,10 @@ class QuillApp:
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         path = scope["path"]
         http_method = scope["method"]
+        if self.cors is not None:
+            send = await self.cors.handle(scope, send, self._auth_header_names)
+            if send is None:  # a preflight, answered
+                return
         if path in BUILTIN_PATHS:
             exchange = Exchange(scope, receive, send, path, self.max_request_bytes)
             exchange.body_complete = True  # GET: nothing to drain
@@ -217,15 +230,19 @@ class QuillApp:
 
     async def _rpc(self, exchange: Exchange, route: Route | None, http_method: str) -> None:
         try:
-            if http_method != "POST":
+            get = http_method == "GET" and takes_get(route, exchange.headers)
+            if http_method != "POST" and not get:
                 raise HttpProblem(
-                    problem(405, "Method not allowed", "Only POST is supported for RPC calls"), [("allow", "POST")]
+                    problem(405, "Method not allowed", "Only POST is supported for RPC calls (and GET for a streaming "
+                            "method asked for text/event-stream or application/x-ndjson)"), [("allow", "POST")]
                 )
             await self._check_auth(exchange)
             if route is None:
                 raise HttpProblem(
                     problem(404, "Method not found", f"No handler registered for path: {exchange.scope['path']}")
                 )
+            if get:
+                request_from_query(exchange)
             await SERVE_KIND[route.kind](exchange, route)
         except ClientGone:
             logger.info("client left %s before sending its whole request", exchange.context.method_path)
@@ -252,6 +269,12 @@ class QuillApp:
 
     def _auth_hooks(self) -> Sequence[AuthHook]:
         return self.auth if isinstance(self.auth, (list, tuple)) else [self.auth]
+
+    def _auth_header_names(self) -> list[str]:
+        """The request headers the auth hooks read credentials from, beyond Authorization (for CORS)."""
+        if self.auth is None:
+            return []
+        return [name for name in (getattr(hook, "header_name", None) for hook in self._auth_hooks()) if name]
 
     async def _authorized(self, context: Context) -> bool:
         for hook in self._auth_hooks():

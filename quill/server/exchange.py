@@ -24,7 +24,7 @@ from ..protocol.problems import problem
 from ..protocol.responses import ContentDecoder
 from .context import Context
 from .handlers import close_async_iterator
-from .problems import ClientGone, HttpProblem, cancel_reason
+from .problems import ClientGone, HttpProblem
 
 __all__ = ["Exchange", "SEND_BYTES_EXTENSION", "header_dict", "wants_json", "unary_content_type"]
 
@@ -219,6 +219,20 @@ class Exchange:
                 yield message
         decoder.finish()
 
+    def take_body(self, body: bytes) -> None:
+        """Read ``body`` as the request body (a GET call whose request came in its query); what
+        the engine delivers after it (the disconnect) still arrives."""
+        receive, first = self._receive, {"type": "http.request", "body": body, "more_body": False}
+
+        async def replay() -> dict:
+            nonlocal first
+            if first is None:
+                return await receive()
+            message, first = first, None
+            return message
+
+        self._receive = replay
+
     async def wait_disconnect(self) -> None:
         """Return when the client goes away (call only once the body is fully read)."""
         while True:
@@ -259,19 +273,23 @@ class Exchange:
             status = body["status"] = 500
         await self.respond(status, json.dumps(body, separators=(",", ":")).encode(), PROBLEM_JSON, headers)
 
-    async def stream(self, items: AsyncIterator, encode: Callable, end_frame: bytes, cancel_frame: Callable) -> None:
-        """Send ``items`` as frames; a failing handler ends the stream with a CANCEL frame.
+    async def stream(self, items: AsyncIterator, encode: Callable, end_frame: bytes, cancel_frame: Callable,
+                     headers: list[tuple[str, str]] | None = None) -> None:
+        """Send ``items`` as frames; a failing handler ends the stream with ``cancel_frame(exc)``
+        (a CANCEL frame).
 
         ``encode(item)`` gives a frame's bytes, or a tuple of buffers (a frame header, then the
         item's own payload) that are sent one after another without being joined. Frames of
         items the handler has ready back to back go out joined (see :data:`JOIN_BYTES`).
+        ``headers`` replace the answer's usual ones (``application/proto``, zstd when accepted)
+        and then nothing is compressed.
 
         The first item is fetched before the response starts, so a handler that fails
         straight away still gets a proper Problem Details status (its exception propagates
         from here). A client that disconnects, even before the first item, cancels the
         handler's iterator: its ``finally`` blocks run and it does no more work.
         """
-        pump = asyncio.ensure_future(self._pump(items, encode, end_frame, cancel_frame))
+        pump = asyncio.ensure_future(self._pump(items, encode, end_frame, cancel_frame, headers))
         watcher = asyncio.ensure_future(self.wait_disconnect())
         try:
             await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -285,14 +303,16 @@ class Exchange:
         if isinstance(outcome, Exception):
             raise outcome
 
-    async def _pump(self, items: AsyncIterator, encode: Callable, end_frame: bytes, cancel_frame: Callable) -> None:
+    async def _pump(self, items: AsyncIterator, encode: Callable, end_frame: bytes, cancel_frame: Callable,
+                    headers: list[tuple[str, str]] | None) -> None:
         try:
             try:
                 item = await items.__anext__()
             except StopAsyncIteration:
                 item = _END
-            zstd = self.answer_compressor()
-            await self.start(200, [("content-type", PROTO), *(() if zstd is None else [("content-encoding", "zstd")])])
+            zstd = self.answer_compressor() if headers is None else None
+            await self.start(200, headers if headers is not None else
+                             [("content-type", PROTO), *(() if zstd is None else [("content-encoding", "zstd")])])
             next_item, compress, clock = items.__anext__, None if zstd is None else zstd.compress, time.perf_counter
             pending: list = []  # frames of items that came back to back, sent joined (see JOIN_BYTES)
             held = 0  # their bytes
@@ -339,7 +359,7 @@ class Exchange:
                 last = end_frame
             except Exception as exc:  # the status is out: end the stream with a CANCEL frame
                 self.stream_failed = True
-                last = cancel_frame(cancel_reason(exc, self.context.method_path))
+                last = cancel_frame(exc)
             pending.append(last)
             last = b"".join(pending)
             await self.body(last if zstd is None else zstd.compress(last) + zstd.flush(), more=False)

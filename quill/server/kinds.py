@@ -8,6 +8,8 @@ kind                          answer
 ``server_stream``             message-stream frames, then END_STREAM
 ``token_stream``              TOKEN_BATCH frames, then END_STREAM (one JSON answer
                               with ``Accept: application/json``)
+both streams                  SSE or NDJSON with ``Accept: text/event-stream`` or
+                              ``application/x-ndjson`` (:mod:`.event_streams`)
 ``tensor``                    tensor frames whose payloads are views of the Tensor
 ============================  ======================================================
 
@@ -16,13 +18,15 @@ A handler may answer a :class:`~quill.errors.ProblemDetails` instead, in every k
 
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..errors import ProblemDetails
 from ..protocol.constants import JSON, PROTO
+from .event_streams import event_format, message_json, send_event_stream
 from .exchange import Exchange, unary_content_type, wants_json
 from .handlers import Route, as_async_iterator, as_body, close_async_iterator, invoke
+from ..protocol.json_answers import batch_json, dumps, finite_floats, token_dicts
+from .problems import cancel_reason
 
 __all__ = ["SERVE_KIND"]
 
@@ -72,6 +76,10 @@ async def _serve_server_stream(exchange: Exchange, route: Route) -> None:
     items = await _stream_items(exchange, route)
     if items is None:
         return
+    form = event_format(exchange.headers)
+    if form is not None:
+        await send_event_stream(exchange, items, form, lambda message: message_json(as_body(message, route.path)))
+        return
     split = SPLIT_MESSAGE_BYTES if not exchange.send_bytes else None
 
     def encode(message: Any) -> Any:
@@ -81,7 +89,8 @@ async def _serve_server_stream(exchange: Exchange, route: Route) -> None:
             return stream_frame_header(size), body if not isinstance(body, memoryview) else body.cast("B")
         return encode_stream_frame(body)
 
-    await exchange.stream(items, encode, encode_end_stream(), encode_stream_cancel)
+    await exchange.stream(items, encode, encode_end_stream(),
+                          lambda exc: encode_stream_cancel(cancel_reason(exc, route.path)))
 
 
 async def _serve_token_stream(exchange: Exchange, route: Route) -> None:
@@ -92,15 +101,23 @@ async def _serve_token_stream(exchange: Exchange, route: Route) -> None:
     if items is None:
         return
 
-    def encode(batch: Any) -> bytes:
+    def checked(batch: Any) -> TokenBatch:
         if not isinstance(batch, TokenBatch):
             raise TypeError(f"token_stream handler for {route.path} yielded {type(batch).__name__}, expected TokenBatch")
-        return encode_token_batch_frame(batch)
+        return batch
 
-    if wants_json(exchange.headers):
-        await _answer_tokens_as_json(exchange, items, encode)
+    def encode(batch: Any) -> bytes:  # the per-batch path of binary streams: one call
+        return encode_token_batch_frame(batch if isinstance(batch, TokenBatch) else checked(batch))
+
+    form = event_format(exchange.headers)
+    if form is not None:
+        await send_event_stream(exchange, items, form, lambda batch: batch_json(checked(batch)))
         return
-    await exchange.stream(items, encode, END_STREAM_FRAME, encode_cancel_frame)
+    if wants_json(exchange.headers):
+        await _answer_tokens_as_json(exchange, items, checked)
+        return
+    await exchange.stream(items, encode, END_STREAM_FRAME,
+                          lambda exc: encode_cancel_frame(cancel_reason(exc, route.path)))
 
 
 async def _answer_tokens_as_json(exchange: Exchange, items: AsyncIterator, check: Callable) -> None:
@@ -108,16 +125,11 @@ async def _answer_tokens_as_json(exchange: Exchange, items: AsyncIterator, check
     tokens = []
     try:
         async for batch in items:
-            check(batch)
-            tokens.extend(
-                {"id": t.id, "text": t.text, "logprob": t.logprob, "position": t.position, "is_special": t.is_special}
-                for t in batch
-            )
+            tokens.extend(token_dicts(check(batch)))
     finally:
         await close_async_iterator(items)
     text = "".join(t["text"] or "" for t in tokens)
-    body = json.dumps({"text": text, "tokens": tokens}, separators=(",", ":")).encode()
-    await exchange.respond(200, body, JSON)
+    await exchange.respond(200, dumps({"text": text, "tokens": tokens}), JSON)
 
 
 async def _serve_tensor(exchange: Exchange, route: Route) -> None:
@@ -201,11 +213,16 @@ def _blocks(pieces: list, size: int) -> Any:
 
 
 def _tensor_json(tensor: Any) -> bytes:
-    """A tensor as JSON: name, shape, dtype and the elements as nested lists (floats for half types)."""
+    """A tensor as JSON: name, shape, dtype and the elements as nested lists (floats for half types;
+    NaN and the infinities as strings, see :mod:`quill.protocol.json_answers`)."""
+    import numpy as np
+
     dtype = tensor.dtype
     array = tensor.to_numpy(dtype="float32") if dtype.name in ("bfloat16", "float16") else tensor.to_numpy()
-    payload = {"name": tensor.name, "shape": list(tensor.shape), "dtype": dtype.name, "data": array.tolist()}
-    return json.dumps(payload, separators=(",", ":")).encode()
+    data = array.tolist()
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        data = finite_floats(data)
+    return dumps({"name": tensor.name, "shape": list(tensor.shape), "dtype": dtype.name, "data": data})
 
 
 #: How each handler kind is served.
