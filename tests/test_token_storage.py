@@ -1,10 +1,12 @@
-"""TokenBatch storage: appending a batch's own tokens, pins (PinnedBatch), copy-on-write.
+"""TokenBatch storage (quill/_core/tokens_storage.pxi): appending a batch's own tokens, pins
+(PinnedBatch), copy-on-write, and the storage base class behind TokenBatch.
 
 Regression tests for issue 9 defect 1 (use-after-free when a batch is extended with its own
 tokens) and its siblings found while reading the code. The expected results are built from
 fresh Token objects, never from the batch under test.
 """
 
+import gc
 import pickle
 
 import pytest
@@ -166,3 +168,14 @@ def test_pickle_with_text_bytes_on_a_textless_token_is_refused():
     _, (seq, final, n, columns, offsets, text, metadata) = TokenBatch.from_tokens([Token(1, 0)]).__reduce__()
     with pytest.raises(ValueError, match="text bytes for a token without text"):
         _restore_batch(seq, final, n, columns, offsets[:8] + (2).to_bytes(8, "little"), b"ab", metadata)
+
+
+def test_token_batch_adds_no_field_to_its_storage_base():
+    # The freelist and no_gc that Cython takes from the root class _BatchStorage serve TokenBatch
+    # only while TokenBatch and _BatchColumns keep its size (tokens_storage.pxi).
+    from quill._core.tokens import _BatchColumns, _BatchStorage
+    assert TokenBatch.__mro__ == (TokenBatch, _BatchColumns, _BatchStorage, object)
+    assert TokenBatch.__basicsize__ == _BatchColumns.__basicsize__ == _BatchStorage.__basicsize__
+    batch = batch_of(four_tokens())
+    batch.set_metadata("k", "v")
+    assert not gc.is_tracked(batch) and not gc.is_tracked(pin_batch(batch))

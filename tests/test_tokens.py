@@ -5,6 +5,7 @@ here from the spec; numpy supplies the float32 rounding. Golden vectors of the R
 are checked in tests/interop/test_token_vectors.py.
 """
 
+import doctest
 import math
 import pickle
 import struct
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import quill._core.tokens
 from quill._core.tokens import Token, TokenBatch, TokenBatchBuilder
 from quill.errors import DecodeError, EncodeError, QuillError
 
@@ -55,6 +57,15 @@ token_fields = st.tuples(
     st.none() | U32,  # any float32 bit pattern, signalling NaNs included
     st.booleans(),
 )
+
+
+# -- the module's examples -------------------------------------------------------------------
+
+
+def test_docstring_examples():
+    # Every part (the .pyx and its .pxi units), TokenBatch's inherited column methods included.
+    result = doctest.testmod(quill._core.tokens)
+    assert result.attempted >= 30 and result.failed == 0
 
 
 # -- Token -------------------------------------------------------------------------------------

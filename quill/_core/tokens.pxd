@@ -8,7 +8,7 @@
 #     # unchanged, with or without the GIL, for as long as `pin` is referenced (hand it to the
 #     # consumer as the owner of the memory, e.g. an Arrow array's release callback).
 #
-# See the TokenBatch docstring in tokens.pyx for the storage rules behind it.
+# See the _BatchStorage docstring in tokens_storage.pxi for the storage rules behind it.
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 
