@@ -100,7 +100,9 @@ def build(kind, dest):
 
 
 def run(kind, dest, command):
-    env = dict(os.environ, PYTHONPATH=str(dest), PYTHONHASHSEED="0")
+    # PYTHONSAFEPATH: `python -m pytest` from the checkout would otherwise put the checkout first on
+    # sys.path and test its ordinary build instead of the instrumented copy in ``dest``.
+    env = dict(os.environ, PYTHONPATH=str(dest), PYTHONHASHSEED="0", PYTHONSAFEPATH="1")
     if kind in RUNTIMES:
         libraries, options = RUNTIMES[kind]
         preload = [subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True, text=True,
