@@ -29,6 +29,7 @@ __all__ = ["AsyncHTTP11Transport", "AsyncHTTP11Response"]
 _PAUSE_AT = 4 << 20
 _RESUME_AT = 1 << 20
 _SMALL_BODY = 16 * 1024
+_SALVAGE_BYTES = 64 * 1024  # an early answer read after a failed write: an error body, small
 _READ_SIZE = 256 * 1024  # larger reads make httptools allocate (and fault in) larger body pieces
 
 
@@ -145,6 +146,8 @@ class _Connection(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)) and not self.head_done:
+            self._salvage()
         self.lost = True
         self.reset = isinstance(exc, (ConnectionResetError, BrokenPipeError))
         if not self.complete:
@@ -158,6 +161,30 @@ class _Connection(asyncio.BufferedProtocol):
         self._wake()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+
+    def _salvage(self) -> None:
+        """A write failed: the server may have answered early (401, 413, a call of the wrong kind)
+        and closed. asyncio stopped reading the socket, but the answer may wait in it (the sync
+        transport reads it the same way); read what is there. Plain TCP and Unix sockets only."""
+        transport = self.transport
+        raw = transport.get_extra_info("socket") if transport is not None else None
+        if raw is None or transport.get_extra_info("sslcontext") is not None:
+            return
+        try:
+            sock = raw.dup()
+        except OSError:
+            return
+        with sock:
+            sock.setblocking(False)
+            while not self.complete:
+                try:
+                    data = sock.recv(_SALVAGE_BYTES)
+                except OSError:  # nothing more (BlockingIOError), or the reset itself
+                    return
+                if not data:
+                    self.eof_received()
+                    return
+                self.data_received(data)
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -499,7 +526,7 @@ class AsyncHTTP11Transport:
             else:
                 write(head)
                 for part in body.parts:
-                    if conn.head_done or conn.lost:
+                    if conn.head_done or conn.lost or conn.transport.is_closing():
                         break  # the server answered early (or left): stop sending
                     write(part)
                     await conn.drain(request.timeout)
@@ -514,13 +541,13 @@ class AsyncHTTP11Transport:
                 for chunk in chunks:
                     if not await self._write_chunk(conn, chunk, request.timeout):
                         return
-            if not conn.lost:
+            if not (conn.lost or conn.transport.is_closing()):
                 write(b"0\r\n\r\n")
         await conn.drain(request.timeout)
 
     @staticmethod
     async def _write_chunk(conn: _Connection, chunk: Any, timeout: float) -> bool:
-        if conn.head_done or conn.lost:
+        if conn.head_done or conn.lost or conn.transport.is_closing():
             return False
         size = buffer_size(chunk)
         if size:
