@@ -11,7 +11,9 @@ kind                          answer
 ``tensor``                    tensor frames whose payloads are views of the Tensor
 ============================  ======================================================
 
-A handler may answer a :class:`~quill.errors.ProblemDetails` instead, in every kind.
+A handler may answer a :class:`~quill.errors.ProblemDetails` instead, in every kind. A tensor
+answer (or a message) that the request's Accept declared it does not read is refused with 406
+(:func:`~quill.server.discovery.check_answer_form`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..errors import ProblemDetails
 from ..protocol.constants import JSON, PROTO
+from .discovery import check_answer_form
 from .exchange import Exchange, unary_content_type, wants_json
 from .handlers import Route, as_async_iterator, as_body, close_async_iterator, invoke
 
@@ -131,9 +134,13 @@ async def _serve_tensor(exchange: Exchange, route: Route) -> None:
         if wants_json(exchange.headers):
             await exchange.respond(200, _tensor_json(result), JSON)
         else:
+            check_answer_form(exchange.headers, route, "tensor")
             await _send_tensor(exchange, result)
     else:
-        await exchange.respond(200, bytes(as_body(result, route.path)), unary_content_type(exchange.headers))
+        body = bytes(as_body(result, route.path))
+        if not wants_json(exchange.headers):
+            check_answer_form(exchange.headers, route, "none")
+        await exchange.respond(200, body, unary_content_type(exchange.headers))
 
 
 async def _send_tensor(exchange: Exchange, tensor: Any) -> None:
