@@ -38,7 +38,9 @@ from .errors import (
     ServiceUnavailableError,
     StreamCancelledError,
     UnauthorizedError,
+    WrongKindError,
 )
+from .protocol.discovery import MethodInfo
 from .tensor import Shape, Tensor, TensorMeta
 
 
@@ -61,6 +63,7 @@ __all__ = [
     "IncompleteStreamError",
     "LimitExceededError",
     "MessageStream",
+    "MethodInfo",
     "NotFoundError",
     "PermissionDeniedError",
     "ProblemDetails",
@@ -81,6 +84,7 @@ __all__ = [
     "TokenBatchBuilder",
     "TokenStream",
     "UnauthorizedError",
+    "WrongKindError",
     "cast",
     "frames",
 ]

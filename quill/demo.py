@@ -337,6 +337,11 @@ def create_demo_app(*, token_delay: float = 0.0, **app_options: Any) -> QuillApp
 
     @demo.token_stream(f"{SERVICE}/Generate")
     async def generate(request: bytes, context) -> AsyncIterator[TokenBatch]:
+        """Generate tokens after a prompt, each with its text and logprob, as they are sampled.
+
+        JSON ``{"prompt", "max_tokens", "batch_size", "seed", "token_delay_ms", "sequence_id"}``
+        (every member optional) or a protobuf ``GenerateRequest``.
+        """
         params = parse_generate_request(request, context.headers.get("content-type"))
         delay = token_delay if params.token_delay is None else params.token_delay
         batch = TokenBatch(sequence_id=params.sequence_id)
@@ -354,12 +359,18 @@ def create_demo_app(*, token_delay: float = 0.0, **app_options: Any) -> QuillApp
 
     @demo.tensor(f"{SERVICE}/Embed")
     def embed(request: bytes | Tensor, context) -> Tensor:
+        """Embed texts as a tensor of unit-length rows.
+
+        JSON ``{"input": "text" | ["text", ...], "dim": 256, "dtype": "float32"}``, a tensor
+        (each row's bytes embedded) or a protobuf ``EmbedRequest``.
+        """
         texts, dim, dtype = _embed_request(request, context.headers.get("content-type"))
         tensor = Tensor.from_numpy(embed_texts(texts, dim), name="embedding")
         return tensor if dtype == "float32" else tensor.astype(DType.from_name(dtype))
 
     @demo.tensor(f"{SERVICE}/Echo")
     async def echo(request: bytes | Tensor, context) -> bytes | Tensor:
+        """Answer the request unchanged: bytes as bytes, a tensor as a tensor."""
         return request
 
     return demo

@@ -35,6 +35,7 @@ __all__ = [
     "RateLimitedError",
     "ServerError",
     "ServiceUnavailableError",
+    "WrongKindError",
     "rpc_error_for_status",
     "ProblemDetails",
 ]
@@ -270,6 +271,32 @@ class ServerError(RpcError):
 
 class ServiceUnavailableError(ServerError):
     """503: the server is overloaded or not ready; ``retry_after`` as for :class:`RateLimitedError`."""
+
+
+class WrongKindError(RpcError):
+    """406 or 415: the call is of another kind than the method (a token stream called with
+    ``call()``, say). ``method_kind`` is the method's kind as the server named it, ``expect`` how
+    the call read its answer, and the message names the call to make instead.
+
+    >>> str(WrongKindError(406, call="a.B/Generate", method_kind="token_stream",
+    ...                    hint="Generate is a token stream: use stream_tokens()"))
+    'Generate is a token stream: use stream_tokens() (a.B/Generate: HTTP 406)'
+    """
+
+    def __init__(self, status: int, problem: ProblemDetails | None = None, body: str = "", *,
+                 call: str | None = None, url: str | None = None, retry_after: float | None = None,
+                 method_kind: str = "", expect: str | None = None, hint: str = ""):
+        super().__init__(status, problem, body, call=call, url=url, retry_after=retry_after)
+        self.method_kind = method_kind
+        self.expect = expect
+        self.hint = hint
+        where = " at ".join(part for part in (call, url) if part)
+        self.args = (f"{hint} ({where + ': ' if where else ''}HTTP {status})",)
+
+    def __reduce__(self):
+        kwargs = {"call": self.call, "url": self.url, "retry_after": self.retry_after,
+                  "method_kind": self.method_kind, "expect": self.expect, "hint": self.hint}
+        return (_rebuild_rpc_error, (type(self), (self.status, self.problem, self.body), kwargs))
 
 
 _ERROR_BY_STATUS = {

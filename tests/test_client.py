@@ -72,7 +72,7 @@ def test_unary_request_follows_protocol_section_6(echo_server):
     req = echo_server.requests[-1]
     assert (req.method, req.path) == ("POST", "/echo.v1.EchoService/Echo")
     assert req.headers["content-type"] == "application/proto"
-    assert req.headers["accept"] == "application/proto"
+    assert req.headers["accept"] == "application/proto; frames=none"  # one message (protocol.md, "Call kinds")
     assert req.headers["prefer"] == "prism=classic"
     assert req.headers["content-length"] == str(len(b"\x00\x01payload"))
     assert req.headers["host"] == f"127.0.0.1:{echo_server.port}"

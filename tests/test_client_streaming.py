@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -43,6 +46,7 @@ from quill.errors import (  # noqa: E402
     NotFoundError,
     QuillConnectionError,
     StreamCancelledError,
+    UnauthorizedError,
 )
 from quill.frames import (  # noqa: E402
     MessageStreamDecoder,
@@ -385,6 +389,44 @@ def test_server_killed_mid_stream(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_early_answer_to_a_client_stream_survives_the_reset_of_the_next_write():
+    """The server answers after the request head (401 here; a call of the wrong kind gets 415) and
+    closes with the body unread, so the kernel resets the connection: the client's next write
+    fails, and the answer, already in the socket, must still be read (the async client lost it)."""
+    answered = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        sock, _ = listener.accept()
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += sock.recv(1)
+        body = b'{"type":"urn:quill:error:401","title":"Unauthorized","status":401}'
+        sock.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/problem+json\r\n"
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        time.sleep(0.1)  # the answer is in the client's socket before the reset
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset
+        answered.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def messages():
+        yield b"first"
+        answered.wait(WAIT)
+        time.sleep(0.1)
+        yield from (b"x" * 1000 for _ in range(20))  # these writes meet the reset
+
+    try:
+        with QuillClient(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout_ms=WAIT * 1000, retries=0) as c:
+            with pytest.raises(UnauthorizedError):
+                c.call_client_stream(SVC, "Collect", messages())
+    finally:
+        listener.close()
+        thread.join(WAIT)
 
 
 # ---------------------------------------------------------------- a 1 GiB tensor, memory measured

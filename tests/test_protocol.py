@@ -52,10 +52,50 @@ def test_a_unary_request_is_data_the_transport_sends_as_is():
     assert (request.method, request.target, request.expect) == ("POST", b"/api/echo.v1.Echo/Echo", "bytes")
     assert headers_of(request) == {
         "host": "example.test:8080", "user-agent": headers_of(request)["user-agent"],
-        "content-type": "application/proto", "accept": "application/proto", "prefer": "prism=classic",
+        "content-type": "application/proto", "accept": "application/proto; frames=none", "prefer": "prism=classic",
     }
     assert request.body.parts == [b"\x00payload"] and request.body.encoding is None
     assert request.call.url == "http://example.test:8080/api/echo.v1.Echo/Echo" and not request.idempotent
+
+
+CALL_HEADERS = [
+    # (expect, payload, Content-Type, Accept): docs/protocol.md, "Call kinds in the headers"
+    ("unary", b"x", "application/proto", "application/proto; frames=none"),
+    ("json", {"a": 1}, "application/json", "application/json"),
+    ("messages", b"x", "application/proto", "application/proto; frames=messages"),
+    ("messages", {"a": 1}, "application/json", "application/proto; frames=messages"),
+    ("tokens", b"x", "application/proto", "application/proto; frames=tokens"),
+    ("tokens", {"a": 1}, "application/json", "application/proto; frames=tokens"),
+    ("tensor", Tensor.from_numpy(np.zeros(2, np.float32)), TENSOR_FRAMES, "application/proto; frames=tensor"),
+    ("tensor", b"x", "application/proto", "application/proto; frames=tensor"),
+    ("send_tensor", Tensor.from_numpy(np.zeros(2, np.float32)), TENSOR_FRAMES, "application/proto"),
+    ("client_stream", [b"x"], "application/proto; frames=messages", "application/proto; frames=none"),
+]
+
+
+@pytest.mark.parametrize("expect, payload, content_type, accept", CALL_HEADERS)
+def test_each_call_declares_its_kind_in_its_headers(expect, payload, content_type, accept):
+    headers = headers_of(core().request(expect, SVC, METHOD, payload))
+    assert (headers["content-type"], headers["accept"]) == (content_type, accept)
+
+
+def test_a_wrong_kind_problem_becomes_wrong_kind_error_naming_the_call():
+    from quill.errors import WrongKindError
+
+    call = core().call_info(SVC, "Generate")
+    body = b'{"type":"urn:quill:error:406","title":"Wrong kind of call","status":406,"quill_method_kind":"token_stream"}'
+    error = error_for_response(406, {"content-type": "application/problem+json"}, body, call, "bytes")
+    assert isinstance(error, WrongKindError) and error.method_kind == "token_stream"
+    assert str(error).startswith("Generate is a token stream: use stream_tokens() (echo.v1.Echo/Generate at ")
+    unknown = error_for_response(415, {"content-type": "application/problem+json"},
+                                 body.replace(b"token_stream", b"bidi"), call, "bytes")
+    assert unknown.hint == "Generate is of kind 'bidi', which this client cannot call"
+    # the member alone, on another status, or a kind that is not a string: the status's own error
+    assert type(error_for_response(400, {"content-type": "application/problem+json"}, body, call)).__name__ == \
+        "BadRequestError"
+    odd = body.replace(b'"token_stream"', b"7")
+    assert not isinstance(error_for_response(406, {"content-type": "application/problem+json"}, odd, call),
+                          WrongKindError)
 
 
 def test_buffers_are_kept_as_buffers_and_tensors_as_views():

@@ -1,4 +1,4 @@
-"""The ``quill`` command (also ``python -m quill``): serve, call, generate, demo, bench, batch.
+"""The ``quill`` command (also ``python -m quill``): serve, list, call, generate, demo, bench, batch.
 
 One module per subcommand, each with ``add_parser(command)``; what they share (exit codes,
 client options, argument types, error handling) is in :mod:`quill.cli.support`.
@@ -26,12 +26,13 @@ import textwrap
 from typing import Sequence
 
 from . import batch, bench, call, demo, generate, serve
+from . import list as list_command  # (as: the module's name is the builtin's)
 from .bench import ProgressBar as _ProgressBar  # noqa: F401 -- importable here since quill 0.1
 from .support import EXIT_CODES_HELP, EXIT_MISSING_PACKAGE, EXIT_OK, error
 
 __all__ = ["main", "build_parser"]
 
-SUBCOMMANDS = (serve, call, generate, demo, bench, batch)
+SUBCOMMANDS = (serve, list_command, call, generate, demo, bench, batch)
 
 
 def build_parser() -> argparse.ArgumentParser:

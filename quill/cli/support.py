@@ -13,9 +13,9 @@ from typing import Any, Callable, Sequence
 
 __all__ = [
     "EXIT_OK", "EXIT_RPC_ERROR", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_PROTOCOL", "EXIT_MISSING_PACKAGE",
-    "EXIT_SERVER_FAILED", "EXIT_CODES_HELP", "UsageError", "error", "print_rpc_error", "run_client_command",
-    "parse_headers", "check_names", "make_client", "positive_int", "non_negative_float", "positive_seconds",
-    "octal_mode",
+    "EXIT_SERVER_FAILED", "EXIT_CODES_HELP", "COMMAND_FOR_KIND", "UsageError", "error", "print_rpc_error",
+    "run_client_command", "parse_headers", "check_names", "make_client", "positive_int", "non_negative_float",
+    "positive_seconds", "octal_mode",
     "add_client_options",
 ]
 
@@ -33,6 +33,16 @@ exit codes: 0 success, 1 the server answered with an error (Problem Details on s
 5 a needed package is missing (an HTTP server: pip install 'quill-rpc[server]'), 6 a server worker died"""
 
 
+#: The command that calls each kind of method (what a wrong-kind error tells the user to run).
+COMMAND_FOR_KIND = {
+    "unary": "`quill call`",
+    "server_stream": "`quill call --stream`",
+    "client_stream": "call_client_stream() from Python (no quill command sends a client stream)",
+    "token_stream": "`quill generate`",
+    "tensor": "`quill call --json`",
+}
+
+
 class UsageError(Exception):
     """A command-line value that argparse could not check by itself."""
 
@@ -42,7 +52,15 @@ def error(text: str) -> None:
 
 
 def print_rpc_error(exc: Any) -> None:
-    """A Problem Details answer, readable: status and title, then the other members."""
+    """A Problem Details answer, readable: status and title, then the other members; a call of
+    the wrong kind as one line naming the command to run instead."""
+    from ..errors import WrongKindError
+    from ..protocol.kinds import wrong_kind_hint
+
+    if isinstance(exc, WrongKindError):
+        method = (exc.call or "the method").rpartition("/")[2]
+        error(wrong_kind_hint(method, exc.method_kind, exc.expect, COMMAND_FOR_KIND))
+        return
     problem = exc.problem
     if problem is None:
         error(f"the server answered HTTP {exc.status}" + (f": {exc.body.strip()[:500]}" if exc.body else ""))

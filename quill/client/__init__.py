@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..protocol.discovery import MethodInfo
 from ._sync_client import QuillClient
 from ._sync_streams import FrameStream, MessageStream, TokenStream
 
 __all__ = ["QuillClient", "AsyncQuillClient", "MessageStream", "TokenStream", "AsyncMessageStream",
-           "AsyncTokenStream", "FrameStream"]
+           "AsyncTokenStream", "FrameStream", "MethodInfo"]
 
 _ASYNC = {"AsyncQuillClient": "_async_client", "AsyncMessageStream": "_async_streams",
           "AsyncTokenStream": "_async_streams", "AsyncFrameStream": "_async_streams"}

@@ -65,13 +65,14 @@ class ErrorBody:
         """Reading the rest failed: the error keeps what arrived."""
         self.notes.append(f"the error body could not be read whole ({error}): the error holds what arrived")
 
-    def error(self, status: int, headers: Mapping[str, str], call: Any) -> RpcError:
-        """The RpcError: Problem Details only from a whole body, with a note for each way it is not."""
+    def error(self, status: int, headers: Mapping[str, str], call: Any, expect: str | None = None) -> RpcError:
+        """The RpcError (see :func:`~quill.protocol.responses.error_for_response`): Problem Details
+        only from a whole body, with a note for each way it is not."""
         body = b"".join(self._pieces)[:ERROR_BODY_LIMIT]
         if not self.notes:
-            return error_for_response(status, headers, body, call)
+            return error_for_response(status, headers, body, call, expect)
         partial = {name: value for name, value in headers.items() if name != "content-type"}  # never parsed
-        error = error_for_response(status, partial, body, call)
+        error = error_for_response(status, partial, body, call, expect)
         for note in self.notes:
             error.add_note(note)
         return error

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import DecodeError, LimitExceededError, QuillConnectionError, QuillTimeoutError, RpcError
 from ..protocol.calls import HEALTH_TIMEOUT_MS, ClientCore
+from ..protocol.discovery import MethodInfo, parse_methods
 from ..protocol.requests import Request
 from ..protocol.retries import RetryState, TransportError, quill_error_for, resendable
 from ..tensor import Tensor
@@ -185,7 +186,7 @@ class QuillClient:
             body.failed(failure)
         finally:
             response.release(body.complete)
-        return body.error(response.status, response.headers, request.call)
+        return body.error(response.status, response.headers, request.call, request.expect)
 
     def _read_whole(self, response: Any, request: Request, out: Any = None) -> Any:
         """Read a 2xx answer through its consumer, then release the connection."""
@@ -254,6 +255,20 @@ class QuillClient:
         except (RpcError, QuillConnectionError, QuillTimeoutError, LimitExceededError, DecodeError):
             return False
         return True
+
+    def list_methods(self, service: str | None = None, *, timeout_ms: int | None = None,
+                           headers: Mapping[str, str] | None = None) -> list[MethodInfo]:
+        """The methods the server describes (``GET /.well-known/quill/methods``), each a
+        :class:`~quill.protocol.discovery.MethodInfo` with its kind, content types and docstring;
+        only those of ``service`` when given. A server without discovery answers 404
+        (:class:`~quill.errors.NotFoundError`), a quill server older than it 405.
+
+        >>> [(m.name, m.kind) for m in client.list_methods("inference.v1.LLMService")]  # doctest: +SKIP
+        [('Generate', 'token_stream'), ('Embed', 'tensor'), ('Echo', 'tensor')]
+        """
+        request = self._core.describe_request(timeout_ms, headers)
+        methods = parse_methods(self._read_whole(self._open(request), request))
+        return [m for m in methods if service is None or m.service == service]
 
     def call_client_stream(self, service: str, method: str, messages: Any, *, timeout_ms: int | None = None,
                                  headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> bytes:

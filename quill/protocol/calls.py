@@ -26,6 +26,7 @@ from ..frames import MessageStreamDecoder, TokenStreamDecoder, encode_tensor_fra
 from ..tensor import Tensor
 from . import compression
 from .constants import COMPRESSION_THRESHOLD, JSON, PREFER, PROTO, TENSOR_FRAMES
+from .kinds import DESCRIBE_PATH, form_media
 from .names import check_header, check_rpc_name
 from .requests import Body, CallInfo, Request, aframe_messages, as_buffer, buffer_size, encode_json, frame_messages
 from .responses import BytesConsumer, FrameConsumer, JsonConsumer, TensorConsumer
@@ -52,14 +53,13 @@ DEFAULTS: dict[str, Any] = {
     "tensor_chunk_size": 64 * 1024,
     "idempotent_methods": (),
 }
-# (Content-Type, Accept) by the way a request is sent.
-_MEDIA = {
-    "proto": (PROTO, PROTO),
-    "json": (JSON, JSON),
-    "json-request": (JSON, PROTO),  # JSON to a streaming or tensor method: frames come back
-    "tensor-frames": (TENSOR_FRAMES, PROTO),
-    "get": (None, JSON),
-}
+# The Content-Type of a request by its body, and its Accept by the call (docs/protocol.md,
+# "Call kinds"): the answer each call reads. send_tensor reads any answer as bytes.
+_CONTENT = {"proto": PROTO, "json": JSON, "message-frames": form_media("messages"),
+            "tensor-frames": TENSOR_FRAMES, "get": None}
+_ACCEPT = {"unary": form_media("none"), "client_stream": form_media("none"), "json": JSON,
+           "messages": form_media("messages"), "tokens": form_media("tokens"),
+           "tensor": form_media("tensor"), "send_tensor": PROTO, "get": JSON}
 
 
 def redact_url(url: str) -> str:
@@ -151,7 +151,7 @@ def _method_key(path: str) -> tuple[str, str]:
 class _HeaderSet:
     """One version of a client's headers, never changed once published: the names set
     ({lower-case name: (name, value)}), the generation that keys the request heads transports
-    cache, and the header tuple of each media kind, built from these on first use."""
+    cache, and the header tuple of each (body, call) form, built from these on first use."""
 
     __slots__ = ("headers", "generation", "fixed")
 
@@ -207,8 +207,8 @@ class ClientCore:
     def get_headers(self) -> dict[str, str]:
         return dict(self._header_set.headers.values())
 
-    def _header_list(self, header_set: _HeaderSet, media: str, extra: Mapping[str, str] | None) -> tuple:
-        content_type, accept = _MEDIA[media]
+    def _header_list(self, header_set: _HeaderSet, media: tuple[str, str], extra: Mapping[str, str] | None) -> tuple:
+        content_type, accept = _CONTENT[media[0]], _ACCEPT[media[1]]
         merged: dict[str, Any] = {
             "host": ("Host", self.endpoint.host_header),
             "user-agent": ("User-Agent", self._user_agent),
@@ -226,8 +226,8 @@ class ClientCore:
             merged[name.lower()] = (name, value)
         return tuple(pair for pair in merged.values() if pair is not None)
 
-    def _headers_for(self, media: str, extra: Mapping[str, str] | None) -> tuple[tuple, Any]:
-        """(headers, key): the fixed header tuple per media kind is built once per header change."""
+    def _headers_for(self, media: tuple[str, str], extra: Mapping[str, str] | None) -> tuple[tuple, Any]:
+        """(headers, key): the fixed header tuple per (body, call) is built once per header change."""
         header_set = self._header_set  # read once: this request uses this version only
         if extra:
             return self._header_list(header_set, media, extra), None
@@ -267,12 +267,12 @@ class ClientCore:
         if expect == "json":
             body, media = self._bytes_body(encode_json(payload)), "json"
         elif expect == "client_stream":
-            body, media = self._stream_body(payload), "proto"
+            body, media = self._stream_body(payload), "message-frames"
         elif expect == "unary":
             body, media = self._bytes_body(as_buffer(payload)), "proto"
         else:
             body, media = self._payload_body(payload)
-        header_list, key = self._headers_for(media, headers)
+        header_list, key = self._headers_for((media, expect), headers)
         trace = trace_headers()
         if trace:  # the current span's context, per call: never cached
             header_list, key = header_list + trace, None
@@ -281,11 +281,19 @@ class ClientCore:
         return Request("POST", info, header_list, key, body, timeout, marked, answer)
 
     def health_request(self, timeout_ms: int) -> Request:
-        endpoint = self.endpoint
-        info = CallInfo("health", f"{endpoint.prefix}/health".encode("ascii"), f"{endpoint.base_url}/health", True)
         timeout = min(self.timeout_s(timeout_ms), self.timeout_ms / 1000.0)
-        header_list, key = self._headers_for("get", None)
-        return Request("GET", info, header_list, key, None, timeout, True, "bytes")
+        return self._get_request("health", "/health", timeout, "bytes")
+
+    def describe_request(self, timeout_ms: int | None, headers: Mapping[str, str] | None = None) -> Request:
+        """``GET /.well-known/quill/methods``, its answer read as JSON."""
+        return self._get_request("methods", DESCRIBE_PATH, self.timeout_s(timeout_ms), "json", headers)
+
+    def _get_request(self, name: str, path: str, timeout: float, expect: str,
+                     headers: Mapping[str, str] | None = None) -> Request:
+        endpoint = self.endpoint
+        info = CallInfo(name, f"{endpoint.prefix}{path}".encode("ascii"), f"{endpoint.base_url}{path}", True)
+        header_list, key = self._headers_for(("get", "get"), headers)
+        return Request("GET", info, header_list, key, None, timeout, True, expect)
 
     def _bytes_body(self, data: Any) -> Body:
         if self.compression and buffer_size(data) >= COMPRESSION_THRESHOLD:
@@ -301,7 +309,7 @@ class ClientCore:
                 return Body(chunks=lambda: compression.compress_stream(parts), encoding="zstd"), "tensor-frames"
             return Body(parts, length), "tensor-frames"
         if isinstance(payload, (dict, list)):
-            return self._bytes_body(encode_json(payload)), "json-request"
+            return self._bytes_body(encode_json(payload)), "json"
         return self._bytes_body(as_buffer(payload)), "proto"
 
     def _stream_body(self, messages: Iterable) -> Body:

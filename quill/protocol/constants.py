@@ -18,6 +18,7 @@ __all__ = [
     "media_type",
     "is_json",
     "is_tensor_frames",
+    "frames_parameter",
 ]
 
 PROTO = "application/proto"
@@ -61,11 +62,21 @@ def is_tensor_frames(content_type: str) -> bool:
     >>> is_tensor_frames("application/proto"), is_tensor_frames('application/proto; Frames="tensor"')
     (False, True)
     """
-    media, _, params = content_type.partition(";")
+    return frames_parameter(content_type) == "tensor"
+
+
+def frames_parameter(value: str) -> str | None:
+    """The ``frames`` parameter of an ``application/proto`` media type (a Content-Type or one
+    Accept entry), lower-cased; None for another media type or without the parameter.
+
+    >>> frames_parameter("application/proto; frames=Tokens"), frames_parameter("text/plain; frames=x")
+    ('tokens', None)
+    """
+    media, _, params = value.partition(";")
     if media.strip().lower() != PROTO:
-        return False
+        return None
     for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "frames" and value.strip().strip('"').lower() == "tensor":
-            return True
-    return False
+        name, _, text = param.partition("=")
+        if name.strip().lower() == "frames":
+            return text.strip().strip('"').lower()
+    return None

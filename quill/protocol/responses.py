@@ -22,11 +22,13 @@ from ..errors import (
     LimitExceededError,
     ProblemDetails,
     RpcError,
+    WrongKindError,
     rpc_error_for_status,
 )
 from .compression import ZstdDecoder
 from .compression import available as zstd_available
 from .constants import media_type
+from .kinds import wrong_kind_hint
 from .numbers import content_length, parse_real
 
 __all__ = [
@@ -279,9 +281,11 @@ class TensorConsumer(_BodyConsumer):
         return self._tensor
 
 
-def error_for_response(status: int, headers: Mapping[str, str], body: bytes, call: Any) -> RpcError:
+def error_for_response(status: int, headers: Mapping[str, str], body: bytes, call: Any, expect: str | None = None) -> RpcError:
     """The RpcError for a non-2xx answer: Problem Details when the body is one, else the status and
-    the start of the body. ``headers`` has lower-case names.
+    the start of the body. ``headers`` has lower-case names; ``expect`` is how the call reads its
+    answer (a Request's ``expect``): a 406 or 415 naming the method's kind (``quill_method_kind``)
+    becomes a :class:`WrongKindError` whose message names the call to make.
 
     >>> error = error_for_response(404, {"content-type": "text/plain"}, b"nope", None)
     >>> type(error).__name__, error.status
@@ -294,11 +298,14 @@ def error_for_response(status: int, headers: Mapping[str, str], body: bytes, cal
         except DecodeError:
             problem = None
     text = body[:ERROR_BODY_LIMIT].decode("utf-8", "replace")
-    return rpc_error_for_status(
-        status,
-        problem,
-        text,
-        call=call.name if call is not None else None,
-        url=call.url if call is not None else None,
-        retry_after=parse_retry_after(headers.get("retry-after")),
-    )
+    where = {
+        "call": call.name if call is not None else None,
+        "url": call.url if call is not None else None,
+        "retry_after": parse_retry_after(headers.get("retry-after")),
+    }
+    kind = problem.extensions.get("quill_method_kind") if problem is not None else None
+    if status in (406, 415) and isinstance(kind, str) and kind:
+        method = (where["call"] or "the method").rpartition("/")[2]
+        return WrongKindError(status, problem, text, method_kind=kind, expect=expect,
+                              hint=wrong_kind_hint(method, kind, expect), **where)
+    return rpc_error_for_status(status, problem, text, **where)

@@ -34,9 +34,11 @@ Errors become ``application/problem+json`` answers: a handler may return a
 answers exactly that); unexpected exceptions answer 500 without leaking the traceback
 (it is logged with the ``trace_id`` the client sees). A handler failing after its
 stream started ends the stream with a CANCEL frame carrying the reason, so the client
-sees an error, never a normal end. The app also answers ``GET /health``, ``/ready`` and
-``/metrics`` (Prometheus text); with ``auth`` set, ``/metrics`` needs credentials and the
-two probes do not (``public_paths`` changes that).
+sees an error, never a normal end. The app also answers ``GET /health``, ``/ready``,
+``/metrics`` (Prometheus text) and ``/.well-known/quill/methods`` (its methods, kinds and
+docstrings); with ``auth`` set, ``/metrics`` and the method list need credentials and the two
+probes do not (``public_paths`` changes that). A call whose headers declare another kind than
+its method's is refused with 415 or 406 naming the method's kind.
 
 Plain HTTP tools and browsers read the two streams too: with ``Accept: text/event-stream`` or
 ``application/x-ndjson`` they come as Server-Sent Events or NDJSON, one JSON object per token
@@ -46,6 +48,7 @@ batch or message, and such a call may be a GET (``?request=...``, what ``EventSo
 The package, one concept per module: :mod:`~quill.server.app` (QuillApp: routing, auth,
 built-in paths, lifespan), :mod:`~quill.server.kinds` (serving each handler kind),
 :mod:`~quill.server.handlers` (calling handlers from the event loop),
+:mod:`~quill.server.discovery` (the method list, wrong-kind refusals),
 :mod:`~quill.server.exchange` (reading the request, sending the answer),
 :mod:`~quill.server.event_streams` (SSE and NDJSON), :mod:`~quill.server.cors` (calls from
 other origins),
@@ -59,6 +62,7 @@ serve_in_thread, workers), :mod:`~quill.server.engines` (uvicorn, hypercorn, gra
 
 from __future__ import annotations
 
+from ..protocol.kinds import DESCRIBE_PATH
 from .app import BUILTIN_PATHS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PUBLIC_PATHS, QuillApp
 from .auth import ApiKeyAuth, AuthHook, BearerAuth
 from .context import Context
@@ -84,4 +88,5 @@ __all__ = [
     "BUILTIN_PATHS",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_PUBLIC_PATHS",
+    "DESCRIBE_PATH",
 ]

@@ -1,6 +1,7 @@
 """The ASGI application: :class:`QuillApp` registers handlers by path and kind, routes each
-call, checks auth, answers the built-in ``/health``, ``/ready`` and ``/metrics``, runs the
-lifespan hooks, and turns failures into Problem Details answers.
+call, checks auth and the call's kind, answers the built-in ``/health``, ``/ready``,
+``/metrics`` and the method description (``/.well-known/quill/methods``), runs the lifespan
+hooks, and turns failures into Problem Details answers.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Callable, Iterable, Sequence
 from ..errors import LimitExceededError
 from ..metrics import UNMATCHED_METHOD, ServerMetrics
 from ..protocol.constants import JSON
+from ..protocol.kinds import DESCRIBE_PATH
 from ..protocol.problems import problem
 from .auth import AuthHook
 from .context import Context
 from .cors import CorsPolicy
 from .event_streams import request_from_query, takes_get
+from .discovery import check_call_kind, describe_routes
 from .exchange import Exchange
 from .handlers import HANDLER_KINDS, Route, invoke
 from .kinds import SERVE_KIND
@@ -30,7 +33,7 @@ __all__ = ["QuillApp", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_PUBLIC_PATHS", "BUI
 logger = logging.getLogger("quill.server")
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-BUILTIN_PATHS = ("/health", "/ready", "/metrics")
+BUILTIN_PATHS = ("/health", "/ready", "/metrics", DESCRIBE_PATH)
 #: Paths a QuillApp with ``auth`` still answers without credentials (the health probes).
 DEFAULT_PUBLIC_PATHS = ("/health", "/ready")
 
@@ -45,9 +48,13 @@ class QuillApp:
 
     ``public_paths`` are the paths answered without auth: by default the probes
     ``/health`` and ``/ready`` (load balancers and orchestrators call them without
-    credentials), while ``/metrics`` needs credentials like any RPC once ``auth`` is set.
-    Pass ``DEFAULT_PUBLIC_PATHS + ("/metrics",)`` for an open scrape endpoint, ``()`` to
-    protect everything, or add RPC paths (``"/pkg.Service/Method"``) to open them.
+    credentials), while ``/metrics`` and the method description (``DESCRIBE_PATH``) need
+    credentials like any RPC once ``auth`` is set. Pass ``DEFAULT_PUBLIC_PATHS + ("/metrics",)``
+    for an open scrape endpoint, ``()`` to protect everything, or add RPC paths
+    (``"/pkg.Service/Method"``) to open them.
+
+    A call whose headers declare another kind than its method's (docs/protocol.md, "Call
+    kinds") is refused with a 415 or 406 Problem naming the method's kind.
 
     ``cors_origins`` are the origins (``"https://app.example"``, or ``"*"`` for any) whose web
     pages may call the app; none by default. The :class:`~quill.server.cors.CorsPolicy` made of
@@ -152,6 +159,11 @@ class QuillApp:
         """Registered method paths and their kinds."""
         return {path: route.kind for path, route in self._routes.items()}
 
+    def describe(self) -> bytes:
+        """The JSON this app answers on ``GET /.well-known/quill/methods``: every method's service,
+        name, kind, content types and docstring (docs/protocol.md, "Method discovery")."""
+        return describe_routes(self._routes.values())
+
     # -- ASGI entry point -------------------------------------------------------------
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
@@ -241,6 +253,7 @@ class QuillApp:
                 raise HttpProblem(
                     problem(404, "Method not found", f"No handler registered for path: {exchange.scope['path']}")
                 )
+            check_call_kind(exchange.headers, route)
             if get:
                 request_from_query(exchange)
             await SERVE_KIND[route.kind](exchange, route)
@@ -289,6 +302,9 @@ class QuillApp:
         if path == "/metrics":
             body = self.metrics.render().encode()
             await exchange.respond(200, body, "text/plain; version=0.0.4; charset=utf-8")
+            return
+        if path == DESCRIBE_PATH:
+            await exchange.respond(200, self.describe(), JSON)
             return
         if path == "/health":
             ok = bool(self.healthy)

@@ -18,6 +18,7 @@ import functools
 import inspect
 from typing import Any, AsyncIterator, Callable
 
+from ..protocol.kinds import METHOD_KINDS
 from .sync_iterators import iterate_in_thread
 
 __all__ = [
@@ -29,7 +30,8 @@ __all__ = [
     "as_body",
 ]
 
-HANDLER_KINDS = ("unary", "server_stream", "client_stream", "token_stream", "tensor")
+#: The kinds of handler (the protocol's method kinds).
+HANDLER_KINDS = METHOD_KINDS
 
 
 class Route:

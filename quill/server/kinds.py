@@ -13,7 +13,9 @@ both streams                  SSE or NDJSON with ``Accept: text/event-stream`` o
 ``tensor``                    tensor frames whose payloads are views of the Tensor
 ============================  ======================================================
 
-A handler may answer a :class:`~quill.errors.ProblemDetails` instead, in every kind.
+A handler may answer a :class:`~quill.errors.ProblemDetails` instead, in every kind. A tensor
+answer (or a message) that the request's Accept declared it does not read is refused with 406
+(:func:`~quill.server.discovery.check_answer_form`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..errors import ProblemDetails
 from ..protocol.constants import JSON, PROTO
+from ..protocol.json_answers import batch_json, dumps, finite_floats, token_dicts
+from .discovery import check_answer_form
 from .event_streams import event_format, message_json, send_event_stream
 from .exchange import Exchange, unary_content_type, wants_json
 from .handlers import Route, as_async_iterator, as_body, close_async_iterator, invoke
-from ..protocol.json_answers import batch_json, dumps, finite_floats, token_dicts
 from .problems import cancel_reason
 
 __all__ = ["SERVE_KIND"]
@@ -143,9 +146,13 @@ async def _serve_tensor(exchange: Exchange, route: Route) -> None:
         if wants_json(exchange.headers):
             await exchange.respond(200, _tensor_json(result), JSON)
         else:
+            check_answer_form(exchange.headers, route, "tensor")
             await _send_tensor(exchange, result)
     else:
-        await exchange.respond(200, bytes(as_body(result, route.path)), unary_content_type(exchange.headers))
+        body = bytes(as_body(result, route.path))
+        if not wants_json(exchange.headers):
+            check_answer_form(exchange.headers, route, "none")
+        await exchange.respond(200, body, unary_content_type(exchange.headers))
 
 
 async def _send_tensor(exchange: Exchange, tensor: Any) -> None:

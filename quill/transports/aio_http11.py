@@ -30,6 +30,7 @@ __all__ = ["AsyncHTTP11Transport", "AsyncHTTP11Response"]
 _PAUSE_AT = 4 << 20
 _RESUME_AT = 1 << 20
 _SMALL_BODY = 16 * 1024
+_SALVAGE_BYTES = 64 * 1024  # an early answer read after a failed write: an error body, small
 _READ_SIZE = 256 * 1024  # larger reads make httptools allocate (and fault in) larger body pieces
 
 
@@ -150,6 +151,8 @@ class _Connection(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)) and not self.head_done:
+            self._salvage()
         self.lost = True
         if not self.complete:
             if self.head_done:
@@ -161,6 +164,35 @@ class _Connection(asyncio.BufferedProtocol):
                                           reused=self.reused))
         self._wake()
         self._wake_drain()
+
+    def _salvage(self) -> None:
+        """A write failed: the server may have answered early (401, 413, a call of the wrong kind)
+        and closed. asyncio stopped reading the socket, but the answer may wait in it (the sync
+        transport reads it the same way); read what is there. Plain TCP and Unix sockets only."""
+        transport = self.transport
+        raw = transport.get_extra_info("socket") if transport is not None else None
+        if raw is None or transport.get_extra_info("sslcontext") is not None:
+            return
+        try:
+            sock = raw.dup()
+        except OSError:
+            return
+        with sock:
+            sock.setblocking(False)
+            while not self.complete:
+                try:
+                    data = sock.recv(_SALVAGE_BYTES)
+                except OSError:  # nothing more (BlockingIOError), or the reset itself
+                    return
+                if not data:
+                    self.eof_received()
+                    return
+                self.data_received(data)
+
+    def sending_stopped(self) -> bool:
+        """Whether a request body must stop: the answer's head came (an early answer), or the
+        connection is lost or closing (a failed write; what the server said is salvaged)."""
+        return self.head_done or self.lost or self.transport.is_closing()
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -519,7 +551,7 @@ class AsyncHTTP11Transport:
         left) before the end, and the connection must not carry another request."""
         if body.chunks is None:
             for part in body.parts:
-                if conn.head_done or conn.lost:
+                if conn.sending_stopped():
                     return False  # the server answered early (or left): stop sending
                 conn.transport.write(part)
                 await conn.drain(timeout)
@@ -533,14 +565,14 @@ class AsyncHTTP11Transport:
             for chunk in chunks:
                 if not await self._write_chunk(conn, chunk, timeout):
                     return False
-        if conn.lost:
+        if conn.lost or conn.transport.is_closing():
             return False
         conn.transport.write(b"0\r\n\r\n")  # every chunk went out: end the body, answered or not
         return True
 
     @staticmethod
     async def _write_chunk(conn: _Connection, chunk: Any, timeout: float) -> bool:
-        if conn.head_done or conn.lost:
+        if conn.sending_stopped():
             return False  # the server answered early (or left): stop sending
         size = buffer_size(chunk)
         if size:
