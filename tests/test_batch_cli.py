@@ -371,16 +371,15 @@ def test_a_resumed_run_reports_its_own_lines_apart_from_the_earlier_runs(server,
     result = resume_after(3)  # lines 4-6 now, line 5 fails in this run
     assert result.returncode == 2, result.stderr  # as the whole run ended: its first failed line is a bad line
     assert re.search(rf"quill batch: resumed after line 3: 3 lines in [\d.]+ s \([\d.]+ lines/s\), 1 failed; "
-                     rf"{re.escape(str(output))} holds lines 1-6: 6 records, 2 failed \(the first on line 2, from an earlier run\)\n",
-                     result.stderr)
+                     rf"{re.escape(str(output))} holds lines 1-6: 6 records, 2 failed "
+                     r"\(the first on line 2, from an earlier run\)\n", result.stderr)
     assert "quill: line 5: 400 Invalid request" in result.stderr and "quill: line 2:" not in result.stderr
     result = resume_after(5)  # only line 6, which succeeds
     assert result.returncode == 2, result.stderr
     assert re.search(r"resumed after line 5: 1 lines in [\d.]+ s \([\d.]+ lines/s\), 0 failed; "
                      r".* holds lines 1-6: 6 records, 2 failed \(the first on line 2, from an earlier run\)",
                      result.stderr)
-    output.write_bytes(b"".join(complete.splitlines(keepends=True)[:1]))
-    result = quill_batch(server.url, "Generate", source, str(output), "--resume")  # line 2 fails in this run
+    result = resume_after(1)  # lines 2-6: both failures are this run's
     assert result.returncode == 2
     assert "5 lines in" in result.stderr and ", 2 failed; " in result.stderr
     assert "6 records, 2 failed (the first on line 2)\n" in result.stderr
