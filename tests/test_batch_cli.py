@@ -301,13 +301,88 @@ def test_an_output_file_is_never_overwritten_nor_resumed_unless_it_is_batch_outp
     assert output.read_text() == "precious\n"
 
 
-def test_an_unreachable_server_stops_the_run_with_exit_3_and_resume_finishes_it(server, tmp_path):
+def test_an_unreachable_server_at_the_start_leaves_no_output_behind(server, tmp_path):
+    """Exit 3 before the first record: no empty output nor run record, so the same command
+    runs again as it is (no --resume, no rm)."""
     source, output = write_lines(tmp_path / "in.jsonl", prompts(5)), str(tmp_path / "out.jsonl")
-    result = quill_batch(f"http://127.0.0.1:{free_port()}", "Generate", source, output)
-    assert result.returncode == 3 and "cannot connect" in result.stderr
-    assert records(output) == []
-    result = quill_batch(server.url, "Generate", source, output, "--resume")
+    for options in ((), ("--resume",)):
+        result = quill_batch(f"http://127.0.0.1:{free_port()}", "Generate", source, output, *options)
+        assert result.returncode == 3 and "cannot connect" in result.stderr
+        assert f"{output} was not kept: run the same command again" in result.stderr
+        assert os.listdir(tmp_path) == ["in.jsonl"]
+    result = quill_batch(server.url, "Generate", source, output)
     assert result.returncode == 0 and [r["line"] for r in records(output)] == [1, 2, 3, 4, 5]
+
+
+def test_a_server_lost_after_some_records_keeps_them_and_resume_finishes(tmp_path):
+    total = 200
+    source = write_lines(tmp_path / "in.jsonl", prompts(total, token_delay_ms=10))
+    output = str(tmp_path / "out.jsonl")
+    with quill_serve() as first:
+        process = subprocess.Popen(batch_command(first.url, "Generate", source, output, "--concurrency", "4"),
+                                   stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: os.path.exists(output) and os.path.getsize(output) >= 5_000, TIMEOUT, interval=0.02)
+        first.process.kill()  # the server is gone: calls in flight fail, new ones cannot connect
+        stderr = process.communicate(timeout=TIMEOUT)[1]
+    assert process.returncode == 3, stderr
+    done = records(output)
+    assert 0 < len(done) < total and [r["line"] for r in done] == list(range(1, len(done) + 1))
+    assert f"holds lines 1-{len(done)} (--resume continues)" in stderr
+    assert os.path.exists(output + ".quill-batch.json")
+    with quill_serve() as second:
+        resumed = quill_batch(second.url, "Generate", source, output, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed after line {len(done)}: {total - len(done)} lines in" in resumed.stderr
+    assert [r["line"] for r in records(output)] == list(range(1, total + 1))
+    assert all("result" in r for r in records(output))
+
+
+def test_ctrl_c_before_the_first_record_leaves_no_output_behind(server, tmp_path):
+    source = write_lines(tmp_path / "in.jsonl", prompts(2, token_delay_ms=1000))  # 4 s a call
+    output = str(tmp_path / "out.jsonl")
+    process = subprocess.Popen(batch_command(server.url, "Generate", source, output), stderr=subprocess.PIPE,
+                               text=True)
+    wait_until(lambda: os.path.exists(output + ".quill-batch.json"), TIMEOUT, interval=0.02)
+    time.sleep(0.5)  # the first calls are in flight
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=TIMEOUT)[1]
+    assert process.returncode == 130, stderr
+    assert "interrupted before any line was done" in stderr
+    assert os.listdir(tmp_path) == ["in.jsonl"]
+
+
+def test_a_resumed_run_reports_its_own_lines_apart_from_the_earlier_runs(server, tmp_path):
+    """The summary of a resume counts what this run did; the exit status describes the whole
+    output (an earlier run's bad line 2 still makes it 2), as one run doing it all would end."""
+    lines = [prompts(1)[0], "{not json", *prompts(2), {"prompt": "x", "max_tokens": -1}, prompts(1)[0]]
+    source, output = write_lines(tmp_path / "in.jsonl", lines), tmp_path / "out.jsonl"
+    whole = quill_batch(server.url, "Generate", source, str(output))
+    assert whole.returncode == 2, whole.stderr
+    assert re.search(rf"6 lines in [\d.]+ s \([\d.]+ lines/s\), 2 failed; output: {re.escape(str(output))} "
+                     r"\(the first on line 2\)\n", whole.stderr)
+    complete = output.read_bytes()
+
+    def resume_after(kept: int) -> subprocess.CompletedProcess:
+        output.write_bytes(b"".join(complete.splitlines(keepends=True)[:kept]))
+        result = quill_batch(server.url, "Generate", source, str(output), "--resume")
+        assert output.read_bytes() == complete
+        return result
+
+    result = resume_after(3)  # lines 4-6 now, line 5 fails in this run
+    assert result.returncode == 2, result.stderr  # as the whole run ended: its first failed line is a bad line
+    assert re.search(rf"quill batch: resumed after line 3: 3 lines in [\d.]+ s \([\d.]+ lines/s\), 1 failed; "
+                     rf"{re.escape(str(output))} holds lines 1-6: 6 records, 2 failed "
+                     r"\(the first on line 2, from an earlier run\)\n", result.stderr)
+    assert "quill: line 5: 400 Invalid request" in result.stderr and "quill: line 2:" not in result.stderr
+    result = resume_after(5)  # only line 6, which succeeds
+    assert result.returncode == 2, result.stderr
+    assert re.search(r"resumed after line 5: 1 lines in [\d.]+ s \([\d.]+ lines/s\), 0 failed; "
+                     r".* holds lines 1-6: 6 records, 2 failed \(the first on line 2, from an earlier run\)",
+                     result.stderr)
+    result = resume_after(1)  # lines 2-6: both failures are this run's
+    assert result.returncode == 2
+    assert "5 lines in" in result.stderr and ", 2 failed; " in result.stderr
+    assert "6 records, 2 failed (the first on line 2)\n" in result.stderr
 
 
 def test_bad_command_lines_exit_2(server, tmp_path):
@@ -320,6 +395,10 @@ def test_bad_command_lines_exit_2(server, tmp_path):
     assert result.returncode == 2
     result = quill_batch(server.url, "Generate", source, str(tmp_path / "o4.jsonl"), "--concurrency", "0")
     assert result.returncode == 2 and "must be a positive integer" in result.stderr
+    for url in ("ftp://nowhere", "http://127.0.0.1:99999", "http://[::1"):
+        result = quill_batch(url, "Generate", source, str(tmp_path / "o5.jsonl"), "--resume")
+        assert result.returncode == 2 and "bad server URL" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]  # no output, nor its run record, was left
 
 
 # ---------------------------------------------------------------- progress on a terminal

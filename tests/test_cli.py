@@ -101,6 +101,9 @@ def test_call_exit_codes_for_usage_and_unreachable(demo_url):
     (("http://[::1", SERVICE, "Echo", "-d", "x"), "http://[::1"),
     (("http://127.0.0.1:99999", SERVICE, "Echo", "-d", "x"), "99999"),
     (("SERVICE", SERVICE, "Echo", "-d", "x", "-o", "/nonexistent-dir/answer.bin"), "cannot write --output"),
+    # a JSON string holding JSON text is JSON encoded twice; a stream sends only an object or array as JSON
+    (("SERVICE", SERVICE, "Generate", "--json", '"{\\"prompt\\": \\"hi\\"}"'), "not a str of JSON text"),
+    (("SERVICE", SERVICE, "Generate", "--json", '"hi"', "--stream"), "--json with --stream must be a JSON object"),
 ])
 def test_bad_usage_is_exit_2_with_one_line(demo_url, args, fragment):
     args = tuple(demo_url if a == "SERVICE" else a for a in args)

@@ -42,6 +42,7 @@ from quill.errors import (  # noqa: E402
     BadRequestError,
     ConflictError,
     DecodeError,
+    EncodeError,
     NotFoundError,
     PermissionDeniedError,
     ProblemDetails,
@@ -130,6 +131,28 @@ def test_call_json_sends_and_parses_json(echo_server):
     assert json.loads(req.body) == obj
     with pytest.raises(ValueError):
         client.call_json("inference.v1.LLMService", "Generate", {"x": object()})
+
+
+def test_call_json_refuses_json_text_and_bytes_and_sends_other_strs_as_json_strings(echo_server):
+    """JSON text in a str (or bytes) is JSON encoded already: refused before anything is sent, with
+    the way out in the message. Any other str is a JSON string, sent as one."""
+    client = QuillClient(echo_server.url)
+    nested = []
+    for _ in range(100_000):
+        nested = [nested]
+    for request, message in [('{"prompt": "Hi", "max_tokens": 4}', "not a str of JSON text: pass json.loads"),
+                             (' \n[1, 2]', "not a str of JSON text"), (b'{"prompt": "Hi"}', "not bytes"),
+                             (bytearray(b"[]"), "not bytearray"), (nested, "not JSON serializable")]:
+        with pytest.raises(EncodeError, match=message):
+            client.call_json("inference.v1.LLMService", "Generate", request)
+    for text in ("Hi", "[citation needed]", "{not json", "42", ""):  # no JSON object or array: a JSON string
+        assert client.call_json("inference.v1.LLMService", "Generate", text) == text
+        assert echo_server.requests[-1].body == json.dumps(text).encode()
+    assert len(echo_server.requests) == 5  # no refused request reached the server
+    for streaming in (client.stream_tokens, client.call_stream, client.call_tensor):  # only bytes, dicts, lists
+        with pytest.raises(TypeError, match="not a str: pass json.loads"):
+            streaming("inference.v1.LLMService", "Generate", '{"prompt": "Hi"}')
+    assert len(echo_server.requests) == 5
 
 
 def test_call_json_rejects_a_non_json_answer():

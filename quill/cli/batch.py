@@ -24,16 +24,24 @@ SIGINT, an unreachable server, a crash) says by its last record which lines are 
 ``--resume`` continues after it (a torn last record is dropped and redone). Without
 ``--resume`` an existing output file is never overwritten. Next to the output,
 ``<output>.quill-batch.json`` records the method, ``--kind`` and the input (path, size, SHA-256 of
-its first 64 MiB): ``--resume`` with another input or method is refused (exit 2).
+its first 64 MiB): ``--resume`` with another input or method is refused (exit 2). A run that
+ends before its first record (a bad URL, an unreachable server, Ctrl+C) removes the output
+and the record it created: the same command simply runs again.
 
-Exit status: 0 when every line of the output succeeded; otherwise that of ``quill call`` for the
-first failed line (1 server error, 2 bad line or request, 4 undecodable answer); 3 when the
-server could not be reached or timed out (run again with ``--resume``); 130 when interrupted.
+The summary says what this run did, apart from what the output holds after a resume:
+``resumed after line 3: 3 lines in 0.4 s (7.5 lines/s), 0 failed; out.jsonl holds lines 1-6:
+6 records, 1 failed (the first on line 2, from an earlier run)``. The exit status describes the
+output, the product of every run that wrote it, so a run resumed any number of times ends as the
+same run done in one go: 0 when every record succeeded; otherwise that of ``quill call`` for the
+first failed line, whichever run wrote it (1 server error, 2 bad line or request, 4 undecodable
+answer); 3 when the server could not be reached or timed out (run again with ``--resume``); 130
+when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -98,15 +106,27 @@ def run_batch(args: argparse.Namespace) -> int:
     headers = parse_headers(args.header)
     check_names(args.service, args.method)
     source = _open_input(args.input)
-    output = BatchOutput.open(args.output, args.resume, _run_record(source, args.input, args))
     try:
-        client = QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress,
-                             max_connections=args.concurrency, status_retries=args.status_retries)
-    except ValueError as exc:  # the URL: scheme, host, port
-        output.close()
-        raise UsageError(f"bad server URL {redact_url(args.url)!r}: {exc}") from None
+        output = BatchOutput.open(args.output, args.resume, _run_record(source, args.input, args))
+        try:
+            try:
+                client = QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress,
+                                     max_connections=args.concurrency, status_retries=args.status_retries)
+            except ValueError as exc:  # the URL: scheme, host, port
+                raise UsageError(f"bad server URL {redact_url(args.url)!r}: {exc}") from None
+            return _run(client, source, output, args, headers)
+        except BaseException:
+            output.abandon()  # a failed start leaves no output behind
+            raise
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+
+
+def _run(client: Any, source: BinaryIO, output: "BatchOutput", args: argparse.Namespace, headers: dict) -> int:
+    """Send the lines of ``source`` after the output's last record, write their records; the exit status."""
     total = None if args.no_progress or source is sys.stdin.buffer else _count_requests(args.input)
-    progress = BatchProgress(total, output.records, sys.stderr, quiet=args.no_progress)
+    progress = BatchProgress(total, output.tally, sys.stderr, quiet=args.no_progress)
     pending: deque = deque()  # (line number, bad-line error or None) of each request the map has read
 
     def requests() -> Iterator[Any]:
@@ -129,26 +149,29 @@ def run_batch(args: argparse.Namespace) -> int:
                 output.write(record)
                 if "error" in record:
                     progress.failed_line(number, _summary(record["error"]), output.path)
-                progress.update(output.records, output.failed)
-    except KeyboardInterrupt:
-        output.close()  # first: it counts a record written whole just before the interrupt
-        progress.stop(output.records, output.failed)
-        print(f"quill: interrupted; {output.path} holds lines 1-{output.last_line}: run the same command with "
-              "--resume to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BaseException:
-        output.close()
-        progress.stop(output.records, output.failed)
-        if output.last_line:
-            print(f"quill: stopped; {output.path} holds lines 1-{output.last_line} (--resume continues)",
-                  file=sys.stderr)
+                progress.update(output.tally)
+    except BaseException as exc:
+        removed = output.abandon()  # first: it counts a record written whole just before an interrupt
+        progress.stop(output.tally)
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        if removed:
+            print(f"quill: {'interrupted' if interrupted else 'stopped'} before any line was done; {output.path} "
+                  "was not kept: run the same command again", file=sys.stderr)
+        elif interrupted:
+            print(f"quill: interrupted; {output.path} {_holds(output.tally)}: run the same command with --resume "
+                  "to continue", file=sys.stderr)
+        elif output.records:
+            print(f"quill: stopped; {output.path} {_holds(output.tally)} (--resume continues)", file=sys.stderr)
+        if interrupted:
+            return EXIT_INTERRUPTED
         raise
-    finally:
-        if source is not sys.stdin.buffer:
-            source.close()
-    progress.finish(output.records, output.failed, output.path)
     output.close()
-    return EXIT_OK if output.first_error is None else EXIT_FOR_ERROR[output.first_error]
+    progress.finish(output.tally, output.path)
+    return EXIT_OK if output.first_error is None else EXIT_FOR_ERROR[output.first_error[1]]
+
+
+def _holds(tally: "_Tally") -> str:
+    return f"holds lines 1-{tally.last_line}" if tally.records else "holds no record yet"
 
 
 def _record(number: int, result: Any, bad_line: str | None, kind: str) -> dict:
@@ -234,12 +257,12 @@ def _count_requests(path: str) -> int:
 # --------------------------------------------------------------------------------------
 class _Tally(NamedTuple):
     """The records of an output file: the input line of the last (0 for none), how many, how many
-    are errors, the type of the first error, and the file offset after the last."""
+    are errors, the first error as (its line, its type), and the file offset after the last."""
 
     last_line: int = 0
     records: int = 0
     failed: int = 0
-    first_error: str | None = None
+    first_error: tuple[int, str] | None = None
     end: int = 0
 
     def add(self, record: dict, size: int) -> "_Tally":
@@ -247,7 +270,7 @@ class _Tally(NamedTuple):
         first = self.first_error
         if error is not None and first is None:
             kind = error.get("type") if isinstance(error, dict) else None
-            first = kind if kind in EXIT_FOR_ERROR else "rpc"
+            first = (record["line"], kind if kind in EXIT_FOR_ERROR else "rpc")
         return _Tally(record["line"], self.records + 1, self.failed + (error is not None), first, self.end + size)
 
 
@@ -255,16 +278,18 @@ class BatchOutput:
     """The output file: records appended in input order; on ``--resume``, those already there,
     after checking that they came from the same input and method (:func:`_check_run`).
 
-    ``last_line`` is the input line of the last record (0 for none), ``records`` how many there
-    are, ``failed`` how many are errors, ``first_error`` the type of the first error record.
+    ``tally`` counts the records it holds (``last_line``, ``records``, ``failed`` and ``first_error``
+    are its fields), ``earlier`` those it held when opened: the records of earlier runs.
     """
 
     def __init__(self, path: str, handle: BinaryIO):
         self.path = path
+        self.created = False  # by this run: abandon() removes it when it holds no record
         self._handle = handle
-        self._tally = self._next = _Tally()  # _next: the tally once the record being written is in
+        self._tally = self._next = self.earlier = _Tally()  # _next: the tally once the record being written is in
         self._flushed = time.monotonic()
 
+    tally = property(lambda self: self._tally)
     last_line = property(lambda self: self._tally.last_line)
     records = property(lambda self: self._tally.records)
     failed = property(lambda self: self._tally.failed)
@@ -278,9 +303,10 @@ class BatchOutput:
                 output = cls(path, open(path, "xb"))
                 try:
                     output._lock()
+                    output.created = True  # and locked by this run: abandon() may remove it
                     _write_run(path, run)
                 except BaseException:
-                    output.close()
+                    output.abandon()
                     raise
                 return output
             output = cls(path, open(path, "r+b"))
@@ -296,6 +322,7 @@ class BatchOutput:
             output.close()
             raise
         output._handle.seek(0, os.SEEK_END)
+        output.earlier = output.tally
         return output
 
     def _lock(self) -> None:
@@ -336,17 +363,30 @@ class BatchOutput:
             self._handle.flush()
             self._flushed = now
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> bool:
         """Write out what is buffered. A record whose write an interrupt separated from its count
-        is counted if it reached the file whole, so ``last_line`` says exactly what the file holds."""
+        is counted if it reached the file whole, so ``last_line`` says exactly what the file holds.
+        With ``keep=False`` an output this run created and wrote no record to is removed, with its
+        run record: True then."""
         if self._handle.closed:
-            return
+            return False
         try:
             self._handle.flush()
             if self._next is not self._tally and os.fstat(self._handle.fileno()).st_size == self._next.end:
                 self._tally = self._next
+            if keep or not self.created or self.records:
+                return False
+            for path in (self.path, self.path + RUN_SUFFIX):  # while locked: no resume has it open
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            return True
         finally:
             self._handle.close()
+
+    def abandon(self) -> bool:
+        """Close after a run that failed: an output it created and wrote no record to is removed,
+        so that the same command simply runs again (True then)."""
+        return self.close(keep=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -442,16 +482,19 @@ def _input_name(fingerprint: dict) -> str:
 class BatchProgress:
     """Progress on stderr: a bar redrawn in place on a terminal (lines/s, errors, ETA), one
     plain line every few seconds otherwise, nothing with ``quiet`` (errors are still printed).
+    The bar counts the whole output; the summary at the end says what this run did apart from
+    what ``earlier`` runs did (the tally of the output when this run opened it).
 
     >>> import io
-    >>> out = io.StringIO(); bar = BatchProgress(4, 0, out); bar.finish(4, 1, "out.jsonl")
-    >>> "4 lines in" in out.getvalue() and "1 failed" in out.getvalue()
-    True
+    >>> out = io.StringIO(); bar = BatchProgress(6, _Tally(2, 2, 1, (1, "rpc")), out)
+    >>> bar.finish(_Tally(6, 6, 1, (1, "rpc")), "out.jsonl"); text = out.getvalue()
+    >>> text.startswith("quill batch: resumed after line 2: 4 lines in"), text.split(", 0 failed; ")[1].strip()
+    (True, 'out.jsonl holds lines 1-6: 6 records, 1 failed (the first on line 1, from an earlier run)')
     """
 
-    def __init__(self, total: int | None, already: int, stream: Any, quiet: bool = False):
+    def __init__(self, total: int | None, earlier: _Tally, stream: Any, quiet: bool = False):
         self.total = total
-        self.already = already  # records written by earlier runs
+        self.earlier = earlier  # the records of earlier runs
         self.stream = stream
         self.quiet = quiet
         self.interactive = bool(getattr(stream, "isatty", lambda: False)())
@@ -460,11 +503,11 @@ class BatchProgress:
         self._drawn = 0.0 if self.interactive else self.started  # plain lines: the first after 5 s
         self._shown_errors = 0
 
-    def update(self, records: int, failed: int) -> None:
+    def update(self, tally: _Tally) -> None:
         now = time.monotonic()
         if not self.quiet and now - self._drawn >= self._interval:
             self._drawn = now
-            self._draw(records, failed)
+            self._draw(tally)
 
     def failed_line(self, number: int, message: str, output: str) -> None:
         self._shown_errors += 1
@@ -477,29 +520,39 @@ class BatchProgress:
         if self.interactive:
             self._drawn = 0.0  # the bar was cleared: draw it again at once
 
-    def stop(self, records: int, failed: int) -> None:
+    def stop(self, tally: _Tally) -> None:
         """The run ends early: leave the last state on screen."""
         if not self.quiet:
-            self._draw(records, failed)
+            self._draw(tally)
             if self.interactive:
                 self.stream.write("\n")
 
-    def finish(self, records: int, failed: int, output: str) -> None:
+    def finish(self, tally: _Tally, output: str) -> None:
+        """The summary: this run's lines and failures, then (after a resume) the whole output's."""
         if self.interactive:
-            self.stop(records, failed)
-        done = records - self.already
-        seconds = time.monotonic() - self.started
-        first = "" if not failed else "; see the error records"
-        print(f"quill batch: {done} lines in {seconds:.1f} s ({done / seconds if seconds else 0:.1f} lines/s), "
-              f"{failed} failed{first}; output: {output}", file=self.stream, flush=True)
+            self.stop(tally)
+        earlier = self.earlier
+        done, seconds = tally.records - earlier.records, time.monotonic() - self.started
+        text = f"{done} lines in {seconds:.1f} s ({done / seconds if seconds else 0:.1f} lines/s), " \
+               f"{tally.failed - earlier.failed} failed"
+        if earlier.records:
+            text = f"resumed after line {earlier.last_line}: {text}; {output} holds lines 1-{tally.last_line}: " \
+                   f"{tally.records} records, {tally.failed} failed"
+        else:
+            text += f"; output: {output}"
+        if tally.first_error is not None:
+            line = tally.first_error[0]
+            text += f" (the first on line {line}{', from an earlier run' if line <= earlier.last_line else ''})"
+        print(f"quill batch: {text}", file=self.stream, flush=True)
 
     def _clear(self) -> None:
         if self.interactive and not self.quiet:
             self.stream.write("\r\x1b[K")
 
-    def _draw(self, records: int, failed: int) -> None:
+    def _draw(self, tally: _Tally) -> None:
+        records, failed = tally.records, tally.failed
         elapsed = time.monotonic() - self.started
-        rate = (records - self.already) / elapsed if elapsed > 0 else 0.0
+        rate = (records - self.earlier.records) / elapsed if elapsed > 0 else 0.0
         count = f"{records}/{self.total}" if self.total is not None else f"{records}"
         eta = ""
         if self.total is not None and rate > 0:

@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
                 except ValueError as exc:
                     raise UsageError(f"--json is not valid JSON: {exc}") from None
                 if args.stream:
+                    if not isinstance(obj, (dict, list)):  # only those go as JSON on a stream
+                        raise UsageError(f"--json with --stream must be a JSON object or array, got "
+                                         f"{type(obj).__name__}: use --data for a body that is not JSON")
                     for message in client.call_stream(args.service, args.method, obj, headers=headers):
                         _print_message(message)
                     return EXIT_OK

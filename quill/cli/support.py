@@ -75,6 +75,7 @@ def run_client_command(action: Callable[[], int]) -> int:
     """Run a command that talks to a server; map quill errors to exit codes."""
     from ..errors import (
         DecodeError,
+        EncodeError,
         QuillConnectionError,
         QuillTimeoutError,
         RpcError,
@@ -92,7 +93,7 @@ def run_client_command(action: Callable[[], int]) -> int:
     except (DecodeError, StreamCancelledError) as exc:
         error(str(exc))
         return EXIT_PROTOCOL
-    except UsageError as exc:
+    except (UsageError, EncodeError) as exc:  # EncodeError: a request that cannot be sent
         error(str(exc))
         return EXIT_USAGE
 

@@ -242,6 +242,11 @@ class QuillClient:
                         headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> Any:
         """Unary RPC with JSON both ways (None for an empty answer).
 
+        ``obj`` is the request as a Python object (dict, list, str, number, bool, None), sent as
+        JSON: a str goes as a JSON string. A str holding the JSON text of an object or array, or
+        bytes, raises :class:`~quill.errors.EncodeError` (JSON encoded already, it would arrive
+        encoded twice): pass ``json.loads(text)``.
+
         >>> client.call_json("inference.v1.LLMService", "Generate", {"prompt": "Hi"})  # doctest: +SKIP
         {'text': 'Hello!'}
         """

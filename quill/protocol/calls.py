@@ -28,7 +28,8 @@ from . import compression
 from .constants import COMPRESSION_THRESHOLD, JSON, PREFER, PROTO, TENSOR_FRAMES
 from .kinds import DESCRIBE_PATH, form_media
 from .names import check_header, check_rpc_name
-from .requests import Body, CallInfo, Request, aframe_messages, as_buffer, buffer_size, encode_json, frame_messages
+from .requests import Body, CallInfo, Request, aframe_messages, as_buffer, buffer_size, encode_json, \
+    encode_json_request, frame_messages
 from .responses import BytesConsumer, FrameConsumer, JsonConsumer, TensorConsumer
 from .retries import RetryPolicy
 from .tracing import trace_headers
@@ -265,7 +266,7 @@ class ClientCore:
         info = self.call_info(service, method)
         timeout = self.timeout_s(timeout_ms)
         if expect == "json":
-            body, media = self._bytes_body(encode_json(payload)), "json"
+            body, media = self._bytes_body(encode_json_request(payload)), "json"
         elif expect == "client_stream":
             body, media = self._stream_body(payload), "message-frames"
         elif expect == "unary":
@@ -310,6 +311,9 @@ class ClientCore:
             return Body(parts, length), "tensor-frames"
         if isinstance(payload, (dict, list)):
             return self._bytes_body(encode_json(payload)), "json"
+        if isinstance(payload, str):
+            raise TypeError("request must be bytes-like, a Tensor, or a dict or list (sent as JSON), not a str: "
+                            "pass json.loads(text) for JSON text, or text.encode() for its bytes")
         return self._bytes_body(as_buffer(payload)), "proto"
 
     def _stream_body(self, messages: Iterable) -> Body:

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Iterator
 from ..errors import EncodeError
 from ..frames import encode_end_stream, stream_frame_header
 
-__all__ = ["Body", "Request", "CallInfo", "as_buffer", "buffer_size", "encode_json", "frame_messages", "aframe_messages"]
+__all__ = ["Body", "Request", "CallInfo", "as_buffer", "buffer_size", "encode_json", "encode_json_request",
+           "frame_messages", "aframe_messages"]
 
 
 def buffer_size(buffer: Any) -> int:
@@ -45,8 +46,37 @@ def encode_json(obj: Any) -> bytes:
     """Compact UTF-8 JSON; EncodeError for what JSON cannot carry."""
     try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise EncodeError(f"request is not JSON serializable: {exc}") from None
+
+
+def encode_json_request(obj: Any) -> bytes:
+    """The body of ``call_json``: ``obj`` as JSON. A str is sent as a JSON string, but not one
+    that holds the JSON text of an object or array, nor bytes: those are JSON encoded already,
+    by mistake (sent as a JSON string they would arrive encoded twice), EncodeError.
+
+    >>> encode_json_request("hello"), encode_json_request({"prompt": "hello"})
+    (b'"hello"', b'{"prompt":"hello"}')
+    >>> encode_json_request('{"prompt": "hello"}')  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    quill.errors.EncodeError: call_json takes the request as a Python object (a dict, a list, ...), not a str ...
+    """
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        raise EncodeError(f"call_json takes the request as a Python object (a dict, a list, ...), not "
+                          f"{type(obj).__name__}: pass json.loads(data) for JSON, or send the bytes as they are with "
+                          "call(service, method, data, headers={'Content-Type': 'application/json'})")
+    if isinstance(obj, str) and obj.lstrip(" \t\n\r")[:1] in ("{", "[") and _is_json_container(obj):
+        raise EncodeError("call_json takes the request as a Python object (a dict, a list, ...), not a str of JSON "
+                          "text: pass json.loads(text), or send the text as it is with call(service, method, "
+                          "text.encode(), headers={'Content-Type': 'application/json'})")
+    return encode_json(obj)
+
+
+def _is_json_container(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), (dict, list))
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to tell: a JSON string then
+        return False
 
 
 def frame_messages(messages: Iterable) -> Iterator[Any]:
