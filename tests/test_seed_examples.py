@@ -155,5 +155,14 @@ def test_token_example():
 
 
 def test_client_example(demo_server_url):
-    _, ns = run(CLIENT_EXAMPLE.replace("http://localhost:8080", demo_server_url))
-    assert ns["response"]
+    """The seed calls Generate, a token stream, with ``call()`` first. That call got the stream's
+    raw frames as bytes until quill 0.2, which refuses a call of the wrong kind with an error naming
+    the right one (the call_json() of Generate that follows is right, and answers JSON)."""
+    from quill.errors import WrongKindError
+
+    source = CLIENT_EXAMPLE.replace("http://localhost:8080", demo_server_url)
+    wrong, rest = source.split("# Make RPC call with JSON (automatic serialization)")
+    with pytest.raises(WrongKindError, match=r"Generate is a token stream: use stream_tokens\(\)"):
+        run(wrong)
+    _, ns = run(wrong.split("# Make RPC call with bytes")[0] + rest)
+    assert ns["response"]["text"] and len(ns["response"]["tokens"]) == 100
