@@ -339,3 +339,35 @@ def test_a_content_length_tensor_arriving_in_dribbles_is_received_whole(frame_by
         first, second = asyncio.run(main())
         assert first == tensor and second == tensor
         assert server.connections == 2  # the surplus bytes made the first connection unusable
+
+
+def test_a_tensor_payload_trickling_in_slower_than_the_timeout_in_all_but_never_stalling_arrives():
+    """A payload is read from the socket straight into the tensor and its reader woken once the
+    window is full; the call's timeout bounds each wait for bytes, not the whole window: 1 MiB
+    sent in 32 pieces, 40 ms apart (1.3 s in all), with timeout_ms=500, arrives; a stall times out."""
+    from client_servers import ScriptedServer
+
+    from quill.errors import QuillTimeoutError
+    from quill.frames import encode_tensor_frames
+
+    tensor = Tensor.from_numpy(np.arange(1 << 18, dtype=np.float32), name="slow")
+    wire = b"".join(bytes(p) for p in encode_tensor_frames(tensor, chunk_size=1 << 20))
+    step = len(wire) // 32 + 1
+
+    def trickle(request, sock):
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/proto\r\nContent-Length: %d\r\n\r\n" % len(wire))
+        stall = request.path.endswith("Stall")
+        for start in range(0, len(wire), step):
+            sock.sendall(wire[start:start + step])
+            time.sleep(1.0 if stall and start >= len(wire) // 2 else 0.04)
+        return True
+
+    async def main():
+        async with AsyncQuillClient(server.url, timeout_ms=500, retries=0) as client:
+            received = await client.call_tensor("t.v1.T", "Slow", b"")
+            with pytest.raises(QuillTimeoutError):
+                await client.call_tensor("t.v1.T", "Stall", b"")
+            return received
+
+    with ScriptedServer(trickle) as server:
+        assert asyncio.run(main()) == tensor

@@ -1,6 +1,6 @@
 """Type stubs for quill._core.frames (tensor frames and message-stream frames)."""
 
-from typing import Any, Iterator, Optional, Union, final
+from typing import Any, Callable, Iterator, Optional, Union, final
 
 from typing_extensions import Buffer, disjoint_base
 
@@ -73,7 +73,8 @@ class TensorFrameParser(_TensorFrameReader):
 
 @disjoint_base
 class TensorReceiver(_TensorFrameReader):
-    def __init__(self, max_bytes: Optional[int] = ..., out: Optional[Buffer] = ...) -> None: ...
+    def __init__(self, max_bytes: Optional[int] = ..., out: Optional[Buffer] = ...,
+                 allocate: Optional[Callable[[int], Buffer]] = ...) -> None: ...
     def feed(self, data: Buffer) -> Optional[Tensor]: ...
     @property
     def meta(self) -> Optional[TensorMeta]: ...

@@ -189,6 +189,14 @@ cdef class TensorFrameParser(_TensorFrameReader):
         return self._feed(data)
 
 
+cdef cnp.ndarray _writable_bytes(buffer, Py_ssize_t size):
+    """The first ``size`` bytes of an allocator's ``buffer``, as a writable uint8 array."""
+    array = np.frombuffer(buffer, dtype=np.uint8, count=size)
+    if not array.flags.writeable:
+        raise TypeError("allocate must return a writable buffer")
+    return array
+
+
 cdef class TensorReceiver(_TensorFrameReader):
     """Reassembles one tensor from its frames (TENSOR_META, TENSOR_PAYLOAD..., END_STREAM).
 
@@ -206,6 +214,8 @@ cdef class TensorReceiver(_TensorFrameReader):
     instead of a fresh allocation, so one destination can be reused across calls without paying
     for new pages each time; the Tensor then shares ``out``'s memory (its first ``byte_size``
     bytes). A tensor larger than ``out`` is refused at its META frame with LimitExceededError.
+    ``allocate`` (a callable, without ``out``) is asked at the META frame for a writable buffer of
+    at least ``byte_size`` bytes (a client's receive-buffer pool) instead of a fresh allocation.
 
     >>> import numpy as np
     >>> from quill.tensor import Tensor
@@ -221,14 +231,18 @@ cdef class TensorReceiver(_TensorFrameReader):
     cdef object _meta
     cdef cnp.ndarray _buffer   # meta.size_bytes uninitialised bytes, filled in place
     cdef object _out           # the caller's destination (a writable byte memoryview), or None
+    cdef object _allocate      # size -> a writable buffer of at least size bytes, or None
     cdef Py_ssize_t _expected
     cdef Py_ssize_t _received
     cdef object _tensor
 
-    def __init__(self, max_bytes=DEFAULT_MAX_TENSOR_BYTES, out=None):
+    def __init__(self, max_bytes=DEFAULT_MAX_TENSOR_BYTES, out=None, allocate=None):
         if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
             raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
+        if allocate is not None and not callable(allocate):
+            raise TypeError(f"allocate must be callable, got {type(allocate).__name__}")
         self._max_bytes = max_bytes
+        self._allocate = allocate
         if out is not None:
             try:
                 view = memoryview(out)
@@ -273,6 +287,8 @@ cdef class TensorReceiver(_TensorFrameReader):
                         f"tensor of {meta.size_bytes} bytes does not fit the out buffer of {self._out.nbytes} bytes",
                         offset=payload_start)
                 self._buffer = np.frombuffer(self._out, dtype=np.uint8, count=meta.size_bytes)
+            elif self._allocate is not None:
+                self._buffer = _writable_bytes(self._allocate(meta.size_bytes), meta.size_bytes)
             else:
                 # numpy puts large buffers on transparent huge pages: several times fewer page
                 # faults than a bytearray while the payload is written (see bench_frames.py).

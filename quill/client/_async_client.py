@@ -47,6 +47,7 @@ class AsyncQuillClient:
     the URL is sent as ``Authorization: Basic`` (an Authorization header set on the client or per
     call wins) and shown nowhere: ``base_url``, ``repr`` and errors leave it out. Headers may be
     set from any thread; a call made after ``set_header()`` returns sends the new value.
+    ``tensor_pool_bytes`` bounds the receive buffers kept for reuse (see :meth:`call_tensor`; 0: none).
 
     >>> async with AsyncQuillClient("http://127.0.0.1:8080") as client:  # doctest: +SKIP
     ...     client.set_api_key("key-123")
@@ -71,6 +72,7 @@ class AsyncQuillClient:
         max_response_bytes: int = 1 << 30,
         max_tensor_bytes: int = 4 << 30,
         tensor_chunk_size: int = 64 * 1024,
+        tensor_pool_bytes: int = 512 << 20,
         idempotent_methods: tuple = (),
         headers: Mapping[str, str] | None = None,
     ):
@@ -79,7 +81,8 @@ class AsyncQuillClient:
             max_connections=max_connections, retries=retries, status_retries=status_retries,
             backoff_ms=backoff_ms, verify=verify, ca_file=ca_file, client_cert=client_cert,
             client_key=client_key, max_response_bytes=max_response_bytes, max_tensor_bytes=max_tensor_bytes,
-            tensor_chunk_size=tensor_chunk_size, idempotent_methods=tuple(idempotent_methods),
+            tensor_chunk_size=tensor_chunk_size, tensor_pool_bytes=tensor_pool_bytes,
+            idempotent_methods=tuple(idempotent_methods),
         )
         self._setup(config, headers or {})
 
@@ -94,7 +97,9 @@ class AsyncQuillClient:
         self._setup(state["config"], state["headers"])
 
     async def aclose(self) -> None:
-        """Close every pooled connection; later calls raise :class:`QuillConnectionError`."""
+        """Close every pooled connection and drop the receive pool; later calls raise
+        :class:`QuillConnectionError`."""
+        self._core.receive_pool.clear()
         await self._transport.aclose()
 
     async def __aenter__(self) -> "AsyncQuillClient":
@@ -285,9 +290,16 @@ class AsyncQuillClient:
                           headers: Mapping[str, str] | None = None, idempotent: bool | None = None,
                           out: Any = None) -> Tensor:
         """Tensor RPC: send ``request`` (a Tensor as tensor frames, bytes, or a dict as JSON) and receive a
-        Tensor, written straight into one allocation (limit ``max_tensor_bytes``), or into ``out`` (any
+        Tensor, written straight into one buffer (limit ``max_tensor_bytes``), or into ``out`` (any
         writable buffer, reused across calls to skip the page faults of fresh memory; the Tensor then
         shares its memory, and a larger tensor is refused with LimitExceededError).
+
+        Without ``out``, a tensor of 1 MiB or more lands in a buffer of the client's receive pool
+        (at most ``tensor_pool_bytes`` in all, in size classes up to 12.5% larger than the tensor):
+        the buffer stays the Tensor's for as long as anything refers to its memory (the Tensor, an
+        array from ``to_numpy()``, a memoryview, a DLPack capsule), and is reused by a later call
+        only once nothing does. Free buffers stay pooled until ``aclose()``; with all
+        of them in use, a tensor gets fresh memory.
 
         >>> out = np.empty(64 << 20, dtype=np.uint8)                                   # doctest: +SKIP
         >>> t = await client.call_tensor("demo.v1.Model", "Weights", b"", out=out)       # doctest: +SKIP

@@ -28,6 +28,7 @@ from . import compression
 from .constants import COMPRESSION_THRESHOLD, JSON, PREFER, PROTO, TENSOR_FRAMES
 from .kinds import DESCRIBE_PATH, form_media
 from .names import check_header, check_rpc_name
+from .receive_pool import ReceivePool
 from .requests import Body, CallInfo, Request, aframe_messages, as_buffer, buffer_size, encode_json, \
     encode_json_request, frame_messages
 from .responses import BytesConsumer, FrameConsumer, JsonConsumer, TensorConsumer
@@ -52,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "max_response_bytes": 1 << 30,
     "max_tensor_bytes": 4 << 30,
     "tensor_chunk_size": 64 * 1024,
+    "tensor_pool_bytes": 512 << 20,
     "idempotent_methods": (),
 }
 # The Content-Type of a request by its body, and its Accept by the call (docs/protocol.md,
@@ -178,6 +180,7 @@ class ClientCore:
         self.compression = bool(merged["enable_compression"])
         self.retry_policy = RetryPolicy(merged["retries"], merged["status_retries"], max(0, merged["backoff_ms"]) / 1000)
         self._idempotent = frozenset(_method_key(path) for path in merged["idempotent_methods"])
+        self.receive_pool = ReceivePool(merged["tensor_pool_bytes"])
         self._header_lock = threading.Lock()
         self._header_set = _HeaderSet({}, 0)
         self._calls: dict[tuple[str, str], CallInfo] = {}
@@ -343,7 +346,7 @@ class ClientCore:
     # -- answers ------------------------------------------------------------------------
     def consumer(self, request: Request, headers: Mapping[str, str], out: Any = None) -> Any:
         """The consumer that reads a 2xx answer to ``request`` (``headers``: lower-case names);
-        ``out`` is the destination buffer of a tensor answer (None: a fresh allocation)."""
+        ``out`` is the destination buffer of a tensor answer (None: one from the receive pool)."""
         call = request.call.describe()
         expect = request.expect
         if expect == "bytes":
@@ -354,4 +357,5 @@ class ClientCore:
             return FrameConsumer(headers, MessageStreamDecoder(), call, "message stream")
         if expect == "tokens":
             return FrameConsumer(headers, TokenStreamDecoder(), call, "token stream")
-        return TensorConsumer(headers, self.config["max_tensor_bytes"], call, out)
+        allocate = self.receive_pool.allocate if out is None else None
+        return TensorConsumer(headers, self.config["max_tensor_bytes"], call, out, allocate)

@@ -240,19 +240,20 @@ class FrameConsumer(_BodyConsumer):
 
 
 class TensorConsumer(_BodyConsumer):
-    """A Tensor received from tensor frames into one allocation (limit ``max_bytes``), or into the
-    caller's ``out`` buffer when given. A compressed chunk reaches the receiver a piece at a
+    """A Tensor received from tensor frames into one allocation (limit ``max_bytes``; from
+    ``allocate(size)`` when given: a client's receive pool), or into the caller's ``out`` buffer. A compressed chunk reaches the receiver a piece at a
     time, so its limits (and its refusal of bytes after END_STREAM) apply as output appears."""
 
     __slots__ = ("_receiver", "_tensor")
     #: Every piece goes to the receiver in the same ``feed``: nothing is held back.
     backlog = False
 
-    def __init__(self, headers: Mapping[str, str], max_bytes: int, call: str, out: Any = None):
+    def __init__(self, headers: Mapping[str, str], max_bytes: int, call: str, out: Any = None,
+                 allocate: Any = None):
         from ..frames import TensorReceiver
 
         super().__init__(headers, call, "tensor")
-        self._receiver = TensorReceiver(max_bytes=max_bytes, out=out)
+        self._receiver = TensorReceiver(max_bytes=max_bytes, out=out, allocate=allocate)
         self._tensor = None
 
     def feed(self, raw) -> None:

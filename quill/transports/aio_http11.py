@@ -32,6 +32,7 @@ _RESUME_AT = 1 << 20
 _SMALL_BODY = 16 * 1024
 _SALVAGE_BYTES = 64 * 1024  # an early answer read after a failed write: an error body, small
 _READ_SIZE = 256 * 1024  # larger reads make httptools allocate (and fault in) larger body pieces
+_AFTER_SINK_READ = 8 * 1024  # after a filled sink: the next frame's header, little payload behind it
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -76,6 +77,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.sink: memoryview | None = None  # where counted body bytes go straight from the socket
         self.sink_filled = 0
         self._into_sink = False  # the last get_buffer() returned the sink
+        self._after_sink = False  # a sink was just filled: the next read is a small one
+        self.progress = 0  # sink reads so far: a wait that saw bytes arrive is not timed out
 
     @property
     def reusable(self) -> bool:
@@ -93,13 +96,22 @@ class _Connection(asyncio.BufferedProtocol):
         self._into_sink = bool(sink is not None and left and self.sink_filled < len(sink))
         if self._into_sink:
             return sink[self.sink_filled:self.sink_filled + min(len(sink) - self.sink_filled, left)]
+        if self._after_sink:
+            self._after_sink = False
+            return self._read_buffer[:_AFTER_SINK_READ]
         return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._into_sink:
+        if self._into_sink:  # the reader is woken once its buffer is full (or the body ended)
             self.any_byte = True
             self.sink_filled += nbytes
-            self._counted(nbytes)
+            self.progress += 1
+            self.body_left -= nbytes
+            if not self.body_left:
+                self.complete = True
+            if self.complete or self.sink_filled == len(self.sink):
+                self._after_sink = True
+                self._wake()
             return
         self.data_received(self._read_buffer[:nbytes])
 
@@ -249,18 +261,22 @@ class _Connection(asyncio.BufferedProtocol):
             waiter.set_result(None)
 
     async def wait(self, timeout: float, stage: str) -> None:
-        """Wait for the next event (head, body bytes, end, loss) at most ``timeout`` seconds."""
+        """Wait for the next event (head, body bytes, end, loss), at most ``timeout`` s without a byte."""
         waiter = self._waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout, self._time_out, waiter, stage)
+        self._timer = self.loop.call_later(timeout, self._time_out, waiter, stage, timeout, self.progress)
         try:
             await waiter
         finally:
-            timer.cancel()
+            self._timer.cancel()
             self._waiter = None
 
-    def _time_out(self, waiter: asyncio.Future, stage: str) -> None:
-        if not waiter.done():
-            self._fail(TransportError(stage, sent=True, detail="timed out", timeout=True))
+    def _time_out(self, waiter: asyncio.Future, stage: str, timeout: float, seen: int) -> None:
+        if waiter.done():
+            return
+        if self.progress != seen:  # bytes came into the reader's buffer meanwhile: wait on
+            self._timer = self.loop.call_later(timeout, self._time_out, waiter, stage, timeout, self.progress)
+            return
+        self._fail(TransportError(stage, sent=True, detail="timed out", timeout=True))
 
     async def drain(self, timeout: float) -> None:
         """Wait until the transport takes more, the answer's head arrives, or the connection ends."""
