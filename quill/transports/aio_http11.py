@@ -18,6 +18,7 @@ import warnings
 from typing import Any
 
 import httptools
+from urllib3.exceptions import InsecureRequestWarning
 
 from ..errors import LimitExceededError, QuillConnectionError, QuillTimeoutError
 from ..protocol.numbers import is_decimal
@@ -504,7 +505,7 @@ class AsyncHTTP11Transport:
             warnings.warn(
                 f"Unverified HTTPS request is being made to host '{endpoint.host}' (verify=False). "
                 "Adding certificate verification is strongly advised.",
-                _insecure_warning(),
+                InsecureRequestWarning,  # urllib3's, as the sync transport warns
                 stacklevel=5,
             )
         return conn
@@ -595,11 +596,3 @@ class AsyncHTTP11Transport:
             conn.transport.writelines([b"%x\r\n" % size, chunk, b"\r\n"])
             await conn.drain(timeout)
         return True
-
-
-def _insecure_warning() -> type[Warning]:
-    try:
-        from urllib3.exceptions import InsecureRequestWarning
-    except ImportError:  # pragma: no cover
-        return UserWarning
-    return InsecureRequestWarning
