@@ -48,7 +48,7 @@ def quill_serve(*options: str, workers: int = 1) -> Iterator[ServeProcess]:
     )
     try:
         line = process.stderr.readline()
-        match = re.search(r" on (http://\S+)", line)
+        match = re.search(r" on (https?://\S+)", line)
         assert match, f"quill serve did not start: {line!r}"
         yield ServeProcess(process, match.group(1), workers)
     finally:
