@@ -184,3 +184,16 @@ def test_help_names_the_tls_options(name, capsys):
     text = capsys.readouterr().out
     assert all(flag in text for flag in ("--cacert FILE", "--cert FILE", "--key FILE", "--insecure"))
     assert "docs/connecting.md" in text
+
+
+def test_bench_workload_names(capsys):
+    """--workload (which keeps test_bench_with_cacert short) names the benchmark's workloads."""
+    from quill.cli.bench_service import WORKLOADS
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(name in help_text for name in WORKLOADS)
+    assert main(["bench", "--workload", "unary_1B"]) == 2
+    assert capsys.readouterr().err == (f"quill: error: --workload unary_1B: no such workload (there are: "
+                                       f"{', '.join(WORKLOADS)})\n")
