@@ -35,8 +35,9 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def quill_serve(*options: str, workers: int = 1) -> Iterator[ServeProcess]:
-    """Run ``quill serve --port 0 OPTIONS`` until the block ends (then SIGTERM, and wait).
+def quill_serve(*options: str, workers: int = 1, cwd: str | None = None) -> Iterator[ServeProcess]:
+    """Run ``quill serve --port 0 OPTIONS`` (in directory ``cwd``) until the block ends (then
+    SIGTERM, and wait).
 
     >>> with quill_serve(workers=2) as server:  # doctest: +SKIP
     ...     QuillClient(server.url).call(SERVICE, "Echo", b"hi")
@@ -44,11 +45,11 @@ def quill_serve(*options: str, workers: int = 1) -> Iterator[ServeProcess]:
     process = subprocess.Popen(
         [sys.executable, "-m", "quill", "serve", "--port", "0", "--log-level", "warning",
          "--workers", str(workers), *options],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, cwd=cwd,
     )
     try:
         line = process.stderr.readline()
-        match = re.search(r" on (http://\S+)", line)
+        match = re.search(r" on ((?:https?|http\+unix)://\S+)", line)
         assert match, f"quill serve did not start: {line!r}"
         yield ServeProcess(process, match.group(1), workers)
     finally:

@@ -1,14 +1,16 @@
 """Every ```python block of README.md runs as written (each in a fresh namespace, as a script)."""
 
-import pathlib
-import re
+import os
 import subprocess
 import sys
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+sys.path.insert(0, os.path.dirname(__file__))
+from doc_blocks import ROOT, fenced_blocks, run_python_block  # noqa: E402
+
+README = ROOT / "README.md"
+BLOCKS = fenced_blocks(README, "python")
 GREETER = next(block for block in BLOCKS if "greet.v1.Greeter" in block)
 
 
@@ -19,7 +21,7 @@ def test_readme_has_examples():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, capsys):
     # "__main__": what `python example.py` runs, self-tests included
-    exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {"__name__": "__main__"})
+    run_python_block(BLOCKS[index], f"README.md python block {index}")
 
 
 def test_the_greeter_prints_its_self_test_as_a_script_only(tmp_path):

@@ -8,7 +8,7 @@ Exit codes a script can rely on:
 == =========================================================================
 0  success
 1  the server answered with an error (Problem Details printed on stderr)
-2  bad command line: arguments, names, headers, server URL, --output file
+2  bad command line: arguments, names, headers, server URL, TLS files, --output file
 3  the server could not be reached, or the call timed out
 4  the answer could not be decoded, or the stream was cancelled or cut short
 5  a package the command needs is missing (an HTTP server for serve, demo, bench)

@@ -52,7 +52,7 @@ from collections import deque
 from typing import Any, BinaryIO, Callable, Iterator, NamedTuple
 
 from .support import EXIT_OK, EXIT_PROTOCOL, EXIT_RPC_ERROR, EXIT_USAGE, UsageError, add_client_options, \
-    check_names, parse_headers, positive_int, run_client_command
+    check_names, make_client, parse_headers, positive_int, run_client_command
 
 __all__ = ["add_parser", "run_batch"]
 
@@ -100,20 +100,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 def run_batch(args: argparse.Namespace) -> int:
     """Run ``quill batch`` with parsed ``args``; the exit status."""
-    from ..client import QuillClient
-    from ..protocol.calls import redact_url
-
     headers = parse_headers(args.header)
     check_names(args.service, args.method)
     source = _open_input(args.input)
     try:
         output = BatchOutput.open(args.output, args.resume, _run_record(source, args.input, args))
         try:
-            try:
-                client = QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress,
-                                     max_connections=args.concurrency, status_retries=args.status_retries)
-            except ValueError as exc:  # the URL: scheme, host, port
-                raise UsageError(f"bad server URL {redact_url(args.url)!r}: {exc}") from None
+            client = make_client(args, max_connections=args.concurrency, status_retries=args.status_retries)
             return _run(client, source, output, args, headers)
         except BaseException:
             output.abandon()  # a failed start leaves no output behind

@@ -1,6 +1,7 @@
 """``quill bench``: the client benchmarks (:mod:`quill.cli.bench_service`) with a progress bar.
 
     quill bench --quick          # starts a benchmark server for the run
+    quill bench https://10.0.0.5:8443 --cacert ca.pem
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from .support import EXIT_OK, run_client_command
+from .support import EXIT_OK, UsageError, add_tls_options, run_client_command, tls_options
 
 __all__ = ["add_parser", "ProgressBar"]
 
@@ -24,6 +25,10 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
                        help="base URL of a server running quill.cli.bench_service:app (default: start one)")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (a rough number in seconds)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    bench.add_argument("--workload", action="append", default=None, metavar="NAME",
+                       help="run only this workload (repeatable): unary_100B, unary_1MiB, stream_256MiB or "
+                            "tensor_256MiB (default: all of them)")
+    add_tls_options(bench)
     bench.set_defaults(run=run)
 
 
@@ -32,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
     from . import bench_service as benchmark
 
     def action() -> int:
-        names = list(benchmark.WORKLOADS)
+        tls = tls_options(args)  # for an https:// URL; the server started here is http://
+        names = args.workload or list(benchmark.WORKLOADS)
+        unknown = [name for name in names if name not in benchmark.WORKLOADS]
+        if unknown:
+            raise UsageError(f"--workload {unknown[0]}: no such workload (there are: {', '.join(benchmark.WORKLOADS)})")
         bar = ProgressBar(2 * len(names)) if not args.no_progress else None
         process, url = (None, args.url)
         if url is None:
@@ -40,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             process, url = benchmark.start_server()
         try:
             rows = benchmark.run_benchmarks(url, names, repeats=1 if args.quick else 3,
-                                            progress=bar.step if bar else None)
+                                            progress=bar.step if bar else None, tls=tls)
             if bar:
                 bar.finish()
         finally:

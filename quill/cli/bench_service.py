@@ -125,10 +125,12 @@ def _timed(count: int, op: Callable[[], object]) -> list[float]:
     return out
 
 
-def quill_runner(base_url: str, workload: Workload, reuse_out: bool = False) -> Callable[[], list[float]]:
+def quill_runner(base_url: str, workload: Workload, reuse_out: bool = False,
+                 tls: dict | None = None) -> Callable[[], list[float]]:
     """A run of ``workload`` with QuillClient (checks every answer's size); ``reuse_out`` receives
-    tensors into one preallocated buffer (``call_tensor(..., out=)``) instead of fresh memory."""
-    client = QuillClient(base_url, timeout_ms=120_000)
+    tensors into one preallocated buffer (``call_tensor(..., out=)``) instead of fresh memory;
+    ``tls``: the client's TLS keyword arguments (verify, ca_file, client_cert, client_key)."""
+    client = QuillClient(base_url, timeout_ms=120_000, **(tls or {}))
     request = workload.request
     if workload.kind == "unary":
         def unary_op():
@@ -149,9 +151,10 @@ def quill_runner(base_url: str, workload: Workload, reuse_out: bool = False) -> 
     return lambda: _timed(3, tensor_op)
 
 
-def urllib3_runner(base_url: str, workload: Workload) -> Callable[[], list[float]]:
-    """The same run with raw urllib3 (HTTPConnectionPool.urlopen; streams read chunk by chunk, unparsed)."""
-    pool = urllib3.connection_from_url(base_url, maxsize=1, timeout=120)
+def urllib3_runner(base_url: str, workload: Workload, tls: dict | None = None) -> Callable[[], list[float]]:
+    """The same run with raw urllib3 (HTTPConnectionPool.urlopen; streams read chunk by chunk,
+    unparsed); ``tls`` as for :func:`quill_runner`."""
+    pool = urllib3.connection_from_url(base_url, maxsize=1, timeout=120, **_urllib3_tls(tls or {}))
     prefix = urllib3.util.parse_url(base_url).path or ""
     request = workload.request
     if workload.kind == "unary":
@@ -172,6 +175,15 @@ def urllib3_runner(base_url: str, workload: Workload) -> Callable[[], list[float
     return lambda: _timed(3, stream_op)
 
 
+def _urllib3_tls(tls: dict) -> dict:
+    """The urllib3 pool arguments of the clients' TLS keyword arguments."""
+    if not tls:
+        return {}
+    verify = tls.get("verify", True)
+    return {"cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE", "assert_hostname": None if verify else False,
+            "ca_certs": tls.get("ca_file"), "cert_file": tls.get("client_cert"), "key_file": tls.get("client_key")}
+
+
 def run_benchmarks(
     base_url: str,
     workloads: Iterable[str] | None = None,
@@ -179,8 +191,10 @@ def run_benchmarks(
     repeats: int = 3,
     server: str = "quill (uvicorn)",
     progress: Callable[[str], None] | None = None,
+    tls: dict | None = None,
 ) -> list[dict]:
-    """Measure quill and raw urllib3 on each workload against the server at ``base_url``.
+    """Measure quill and raw urllib3 on each workload against the server at ``base_url``
+    (``tls``: the clients' TLS keyword arguments, verify, ca_file, client_cert, client_key).
 
     Returns rows (dicts: workload, server, client, unit, rate, p50_ms, p99_ms); see :func:`format_table`.
 
@@ -192,11 +206,11 @@ def run_benchmarks(
         volume = None if workload.kind == "unary" else workload.size * (workload.count if workload.kind == "stream" else 1)
         runners = [("quill", quill_runner), ("urllib3", urllib3_runner)]
         if workload.kind == "tensor":
-            runners.append(("quill, out= reused", lambda url, w: quill_runner(url, w, reuse_out=True)))
+            runners.append(("quill, out= reused", lambda url, w, tls: quill_runner(url, w, reuse_out=True, tls=tls)))
         for client, make in runners:
             if progress:
                 progress(f"{workload.label}: {client} against {server}")
-            run = make(base_url, workload)
+            run = make(base_url, workload, tls=tls)
             run()  # warm-up: connections, caches, server-side payloads
             rows.append(measure(workload.label, client, server, run, volume, repeats))
     return rows

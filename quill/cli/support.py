@@ -1,5 +1,5 @@
-"""What the ``quill`` subcommands share: exit codes, usage errors, the client options, argument
-types, and the mapping of quill's errors to exit codes.
+"""What the ``quill`` subcommands share: exit codes, usage errors, the client options (TLS
+included), argument types, and the mapping of quill's errors to exit codes.
 
 >>> run_client_command(lambda: EXIT_OK)
 0
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 __all__ = [
@@ -16,7 +17,7 @@ __all__ = [
     "EXIT_SERVER_FAILED", "EXIT_CODES_HELP", "COMMAND_FOR_KIND", "UsageError", "error", "print_rpc_error",
     "run_client_command", "parse_headers", "check_names", "make_client", "positive_int", "non_negative_float",
     "positive_seconds", "octal_mode",
-    "add_client_options",
+    "add_client_options", "add_tls_options", "tls_options",
 ]
 
 EXIT_OK = 0
@@ -83,12 +84,16 @@ def run_client_command(action: Callable[[], int]) -> int:
     )
 
     try:
-        return action()
+        with warnings.catch_warnings():  # what --insecure silences ends with the command
+            return action()
     except RpcError as exc:
         print_rpc_error(exc)
         return EXIT_RPC_ERROR
     except (QuillConnectionError, QuillTimeoutError) as exc:
         error(str(exc))
+        hint = _tls_hint(str(exc))
+        if hint:
+            print(f"  {hint}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (DecodeError, StreamCancelledError) as exc:
         error(str(exc))
@@ -124,12 +129,14 @@ def check_names(service: str, method: str) -> None:
         raise UsageError(str(exc)) from None
 
 
-def make_client(args: argparse.Namespace):
+def make_client(args: argparse.Namespace, **options: Any):
+    """The QuillClient of a command's URL and client options (``options``: more keyword arguments)."""
     from ..client import QuillClient
     from ..protocol.calls import redact_url
 
+    tls = tls_options(args)
     try:
-        return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress)
+        return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress, **tls, **options)
     except ValueError as exc:  # the URL: scheme, host, port
         raise UsageError(f"bad server URL {redact_url(args.url)!r}: {exc}") from None
 
@@ -171,3 +178,120 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-ms", type=positive_int, default=30_000, help="per-call timeout (default 30000)")
     parser.add_argument("--compress", action="store_true",
                         help="zstd-compress request bodies of 1 KiB or more and accept zstd answers")
+    add_tls_options(parser)
+
+
+def add_tls_options(parser: argparse.ArgumentParser) -> None:
+    """--cacert, --cert, --key and --insecure: how an https:// server is verified and who we are."""
+    tls = parser.add_argument_group("TLS (https:// URLs; docs/connecting.md)")
+    tls.add_argument("--cacert", metavar="FILE",
+                     help="verify the server's certificate with the CA certificates in FILE (PEM), "
+                          "e.g. a private CA's; default: the system's store (or $SSL_CERT_FILE)")
+    tls.add_argument("--cert", metavar="FILE",
+                     help="present this client certificate (PEM) to a server that asks for one (mutual TLS); "
+                          "FILE may hold the private key too")
+    tls.add_argument("--key", metavar="FILE", help="the PEM private key of --cert, when not in the same file")
+    tls.add_argument("--insecure", action="store_true",
+                     help="do not verify the server's certificate (testing only: anyone on the path can "
+                          "read and change the calls)")
+
+
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The client keyword arguments (``verify``, ``ca_file``, ``client_cert``, ``client_key``) of
+    the TLS options, after checking that the files load; a bad one raises :class:`UsageError`
+    naming it and the cause. ``--insecure`` prints its warning here, once, and silences the
+    clients' own warning of each connection.
+
+    >>> tls_options(argparse.Namespace(url="https://h", cacert=None, cert=None, key=None, insecure=False))
+    {}
+    """
+    given = [flag for flag, value in (("--cacert", args.cacert), ("--cert", args.cert), ("--key", args.key),
+                                      ("--insecure", args.insecure)) if value]
+    if not given:
+        return {}
+    if args.key and not args.cert:
+        raise UsageError("--key needs --cert (the client certificate the key belongs to)")
+    if args.insecure and args.cacert:
+        raise UsageError("--insecure skips verifying the server, so --cacert would not be used: give one of them")
+    url = args.url or ""
+    if not url.lower().startswith("https://"):
+        where = f"{url.split('://', 1)[0]}:// URL" if "://" in url else "URL"
+        raise UsageError(f"{', '.join(given)}: TLS options need an https:// URL, not an {where}"
+                         if url else f"{', '.join(given)}: TLS options need the https:// URL of a server")
+    if args.cacert:
+        _check_ca_file(args.cacert)
+    if args.cert:
+        _check_client_certificate(args.cert, args.key)
+    if args.insecure:
+        from urllib3.exceptions import InsecureRequestWarning
+
+        warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+        print("quill: warning: --insecure: the server's certificate is not verified, so anyone on the path "
+              "can read and change the calls", file=sys.stderr, flush=True)
+        return {"verify": False, "client_cert": args.cert, "client_key": args.key}
+    return {"ca_file": args.cacert, "client_cert": args.cert, "client_key": args.key}
+
+
+def _read_pem(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
+
+
+def _check_ca_file(path: str) -> None:
+    import ssl
+
+    if b"-----BEGIN CERTIFICATE-----" not in _read_pem("--cacert", path):
+        raise UsageError(f"--cacert {path} holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line): "
+                         "give the CA's certificate in PEM form")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise UsageError(f"--cacert {path}: not a valid PEM certificate bundle ({exc.reason or exc})") from None
+
+
+def _check_client_certificate(cert: str, key: str | None) -> None:
+    """--cert (and --key) load as the clients will load them: a certificate, an unencrypted key, a pair."""
+    import ssl
+
+    if b"-----BEGIN CERTIFICATE-----" not in _read_pem("--cert", cert):
+        raise UsageError(f"--cert {cert} holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line)")
+    flag, path = ("--key", key) if key else ("--cert", cert)
+    text = _read_pem(flag, path)
+    if b"PRIVATE KEY-----" not in text:
+        raise UsageError(f"--key {key} is not a PEM private key (no '-----BEGIN ... PRIVATE KEY-----' line)" if key
+                         else f"--cert {cert} holds no private key: give it with --key FILE")
+    if b"ENCRYPTED" in text:
+        raise UsageError(f"{flag} {path}: the private key is encrypted, and quill does not ask for passphrases: "
+                         f"decrypt it with `openssl pkey -in {path} -out plain.key`")
+
+    def no_passphrase() -> bytes:
+        raise UsageError(f"{flag} {path}: the private key wants a passphrase, and quill does not ask for one")
+
+    try:
+        ssl.create_default_context().load_cert_chain(cert, key, password=no_passphrase)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise UsageError(f"--key {key} does not match the certificate in --cert {cert}" if key else
+                             f"--cert {cert}: its private key does not match its certificate") from None
+        both = f"--cert {cert}" + (f" with --key {key}" if key else "")
+        raise UsageError(f"cannot load {both}: {exc.reason or exc}") from None
+
+
+def _tls_hint(message: str) -> str | None:
+    """What to do about a TLS failure, from the client's message; None for other failures.
+
+    >>> _tls_hint("s/M at https://h/s/M: TLS handshake failed: [SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+    ...           "verify failed: self-signed certificate in certificate chain (_ssl.c:1006)")[:40]
+    "the server's certificate is not signed b"
+    """
+    if "CERTIFICATE_VERIFY_FAILED" in message and "mismatch" not in message:
+        return ("the server's certificate is not signed by a CA this machine trusts: give its CA "
+                "with --cacert FILE (--insecure skips verification, for testing only)")
+    if " at https://" in message and ("closed connection without response" in message
+                                      or "CERTIFICATE_REQUIRED" in message or "certificate required" in message):
+        return ("the server ended the TLS connection before answering: if it requires a client "
+                "certificate, give one it trusts with --cert FILE (and --key FILE)")
+    return None
