@@ -209,8 +209,6 @@ def tls_options(args: argparse.Namespace) -> dict[str, Any]:
                                       ("--insecure", args.insecure)) if value]
     if not given:
         return {}
-    if args.key and not args.cert:
-        raise UsageError("--key needs --cert (the client certificate the key belongs to)")
     if args.insecure and args.cacert:
         raise UsageError("--insecure skips verifying the server, so --cacert would not be used: give one of them")
     url = args.url or ""
@@ -218,10 +216,12 @@ def tls_options(args: argparse.Namespace) -> dict[str, Any]:
         where = f"{url.split('://', 1)[0]}:// URL" if "://" in url else "URL"
         raise UsageError(f"{', '.join(given)}: TLS options need an https:// URL, not an {where}"
                          if url else f"{', '.join(given)}: TLS options need the https:// URL of a server")
-    if args.cacert:
-        _check_ca_file(args.cacert)
-    if args.cert:
-        _check_client_certificate(args.cert, args.key)
+    from ..protocol.tls_files import CLI_NAMES, TLSFileError, check_tls_files
+
+    try:
+        check_tls_files(args.cacert, args.cert, args.key, CLI_NAMES)
+    except TLSFileError as exc:
+        raise UsageError(str(exc)) from None
     if args.insecure:
         from urllib3.exceptions import InsecureRequestWarning
 
@@ -230,54 +230,6 @@ def tls_options(args: argparse.Namespace) -> dict[str, Any]:
               "can read and change the calls", file=sys.stderr, flush=True)
         return {"verify": False, "client_cert": args.cert, "client_key": args.key}
     return {"ca_file": args.cacert, "client_cert": args.cert, "client_key": args.key}
-
-
-def _read_pem(flag: str, path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise UsageError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
-
-
-def _check_ca_file(path: str) -> None:
-    import ssl
-
-    if b"-----BEGIN CERTIFICATE-----" not in _read_pem("--cacert", path):
-        raise UsageError(f"--cacert {path} holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line): "
-                         "give the CA's certificate in PEM form")
-    try:
-        ssl.create_default_context().load_verify_locations(cafile=path)
-    except ssl.SSLError as exc:
-        raise UsageError(f"--cacert {path}: not a valid PEM certificate bundle ({exc.reason or exc})") from None
-
-
-def _check_client_certificate(cert: str, key: str | None) -> None:
-    """--cert (and --key) load as the clients will load them: a certificate, an unencrypted key, a pair."""
-    import ssl
-
-    if b"-----BEGIN CERTIFICATE-----" not in _read_pem("--cert", cert):
-        raise UsageError(f"--cert {cert} holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line)")
-    flag, path = ("--key", key) if key else ("--cert", cert)
-    text = _read_pem(flag, path)
-    if b"PRIVATE KEY-----" not in text:
-        raise UsageError(f"--key {key} is not a PEM private key (no '-----BEGIN ... PRIVATE KEY-----' line)" if key
-                         else f"--cert {cert} holds no private key: give it with --key FILE")
-    if b"ENCRYPTED" in text:
-        raise UsageError(f"{flag} {path}: the private key is encrypted, and quill does not ask for passphrases: "
-                         f"decrypt it with `openssl pkey -in {path} -out plain.key`")
-
-    def no_passphrase() -> bytes:
-        raise UsageError(f"{flag} {path}: the private key wants a passphrase, and quill does not ask for one")
-
-    try:
-        ssl.create_default_context().load_cert_chain(cert, key, password=no_passphrase)
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            raise UsageError(f"--key {key} does not match the certificate in --cert {cert}" if key else
-                             f"--cert {cert}: its private key does not match its certificate") from None
-        both = f"--cert {cert}" + (f" with --key {key}" if key else "")
-        raise UsageError(f"cannot load {both}: {exc.reason or exc}") from None
 
 
 def _tls_hint(message: str) -> str | None:
