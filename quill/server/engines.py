@@ -60,6 +60,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,11 @@ logger = logging.getLogger("quill.server")
 H2_MAX_CONCURRENT_STREAMS = 100
 H2_MAX_FRAME_SIZE = 16 * 1024
 H2_WINDOW_BYTES = 1024 * 1024
+
+#: Requests per connection on hypercorn, whose own default (1,000) closes a connection, HTTP/2 or
+#: HTTP/1.1, after that many: an HTTP/2 client loses the calls in flight. Unlimited, as on uvicorn
+#: and granian (an HTTP/2 client runs out of stream ids after 2**30 requests and opens another).
+MAX_REQUESTS_PER_CONNECTION = sys.maxsize
 
 #: The default deadline for a request head, in seconds: a quill client sends its head in one write
 #: as soon as it is connected, and 10 s leaves room for a lossy link's retransmissions (TCP waits
@@ -114,14 +120,35 @@ class Running(abc.ABC):
 
     http2 = False
 
-    @abc.abstractmethod
+    def __init__(self) -> None:
+        self._started = threading.Event()
+        self._settled = threading.Event()  # started, or run() is over
+
     def run(self) -> None:
         """Serve until :meth:`stop`, or SIGINT/SIGTERM when run in the main thread."""
+        try:
+            self._run()
+        finally:
+            self._settled.set()
+
+    @abc.abstractmethod
+    def _run(self) -> None:
+        """Serve (what :meth:`run` does)."""
 
     @property
-    @abc.abstractmethod
     def started(self) -> bool:
         """True once the server accepts calls (lifespan startup done)."""
+        return self._started.is_set()
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until the server accepts calls (True), or :meth:`run` ended first or ``timeout``
+        seconds passed (False)."""
+        self._settled.wait(timeout)
+        return self.started
+
+    def _mark_started(self) -> None:
+        self._started.set()
+        self._settled.set()
 
     @abc.abstractmethod
     def stop(self) -> None:
@@ -133,6 +160,7 @@ class Running(abc.ABC):
 # --------------------------------------------------------------------------------------
 class _Uvicorn(Running):
     def __init__(self, app: Any, sock: socket.socket, options: ServeOptions):
+        super().__init__()
         import uvicorn
 
         tls = options.tls
@@ -146,15 +174,19 @@ class _Uvicorn(Running):
                                 timeout_graceful_shutdown=options.graceful_timeout, server_header=False,
                                 http=uvicorn_protocol(options.head_timeout, options.max_connections),
                                 backlog=BACKLOG, **tls_options)
-        self._server = uvicorn.Server(config)
+        mark_started = self._mark_started
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets)
+                if self.started:  # lifespan startup done and the socket served
+                    mark_started()
+
+        self._server = Server(config)
         self._sock = sock
 
-    def run(self) -> None:
+    def _run(self) -> None:
         self._server.run(sockets=[self._sock])  # uvicorn handles SIGINT/SIGTERM in the main thread
-
-    @property
-    def started(self) -> bool:
-        return self._server.started
 
     def stop(self) -> None:
         self._server.should_exit = True
@@ -167,12 +199,12 @@ class _AsyncioEngine(Running):
     """An engine driven from an asyncio loop this object runs; stops on an event."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._stop_requested = threading.Event()
-        self._started = threading.Event()
 
-    def run(self) -> None:
+    def _run(self) -> None:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
@@ -189,10 +221,6 @@ class _AsyncioEngine(Running):
     async def _serve(self) -> None:
         """Serve until ``self._stop_event`` is set."""
 
-    @property
-    def started(self) -> bool:
-        return self._started.is_set()
-
     def stop(self) -> None:
         self._stop_requested.set()
         loop, event = self._loop, self._stop_event
@@ -201,7 +229,7 @@ class _AsyncioEngine(Running):
 
     def _lifespan_watcher(self, app: Any) -> Any:
         """``app`` wrapped so that its lifespan startup (or its lack of one) marks the start."""
-        started = self._started
+        started = self._mark_started
 
         async def watched(scope: dict, receive: Any, send: Any) -> None:
             if scope["type"] != "lifespan":
@@ -211,12 +239,12 @@ class _AsyncioEngine(Running):
             async def send_watched(message: dict) -> None:
                 await send(message)
                 if message["type"] == "lifespan.startup.complete":
-                    started.set()
+                    started()
 
             try:
                 await app(scope, receive, send_watched)
             finally:
-                started.set()  # an app without lifespan support raises at once; it serves anyway
+                started()  # an app without lifespan support raises at once; it serves anyway
 
         return watched
 
@@ -236,11 +264,13 @@ class _Hypercorn(_AsyncioEngine):
         config.include_server_header = False
         config.h2_max_concurrent_streams = H2_MAX_CONCURRENT_STREAMS
         config.h2_max_inbound_frame_size = H2_MAX_FRAME_SIZE
+        config.keep_alive_max_requests = MAX_REQUESTS_PER_CONNECTION
         config.keep_alive_timeout = options.head_timeout  # runs from the connection (or the last answer) to a head
         config.backlog = BACKLOG  # asyncio listens again with it: hypercorn's 100 would shrink quill's
         tls = options.tls
         if tls is not None:
-            config.certfile, config.keyfile, config.ca_certs = tls.certfile, tls.keyfile, tls.ca_certs
+            # hypercorn serves TLS only with both files named: a key inside the certificate file is named twice
+            config.certfile, config.keyfile, config.ca_certs = tls.certfile, tls.keyfile or tls.certfile, tls.ca_certs
             config.verify_mode = tls.verify_mode
         self._config = config
         self._sock, self._secure, self._max_connections = sock, tls is not None, options.max_connections
@@ -302,7 +332,7 @@ class _Granian(_AsyncioEngine):
             **tls_options,
         )
         self._server.workers_kill_timeout = options.graceful_timeout
-        logging.getLogger("_granian").addFilter(_quiet_embedded_warning)
+        logging.getLogger("_granian").addFilter(_quiet_embedded_lines)
 
     async def _serve(self) -> None:
         async def stop_on_request() -> None:
@@ -330,10 +360,13 @@ def _announcing_send_bytes(app: Any) -> Any:
     return announced
 
 
-def _quiet_embedded_warning(record: logging.LogRecord) -> bool:
-    """granian warns that its embedded server is experimental at every start; quill chose it
-    (it serves quill's own socket in this process) and tests it, so the warning is dropped."""
-    return "Embedded server is experimental" not in record.getMessage()
+def _quiet_embedded_lines(record: logging.LogRecord) -> bool:
+    """Two lines granian's embedded server logs at every start are dropped: that it is experimental
+    (quill chose it: it serves quill's own socket in this process, and is tested), and "Listening at:
+    http://127.0.0.1:8000", its default address whatever socket quill gave it (the real address is
+    quill's to announce: ``quill serve`` prints it once the server accepts calls)."""
+    message = record.getMessage()
+    return "Embedded server is experimental" not in message and not message.startswith("Listening at:")
 
 
 #: Engine name -> (the module that must be importable, the class that runs it).
