@@ -88,6 +88,7 @@ def port_number(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run ``quill serve`` with parsed ``args``; the exit status."""
     from ..server import ApiKeyAuth, BearerAuth, CorsPolicy, QuillApp, load_app, serve
+    from ..server.engines import StartupFailed
     from ..server.running import WorkerDied
     from ..server.tls import TLSConfig, TLSFileError
 
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         where = args.uds if args.uds is not None else f"{host}:{args.port}"
         error(f"cannot listen on {where}: {exc.strerror or exc}")
         return EXIT_UNREACHABLE
-    except WorkerDied as exc:
+    except (WorkerDied, StartupFailed) as exc:
         error(str(exc))
         return EXIT_SERVER_FAILED
     except SystemExit as exc:

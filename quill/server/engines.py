@@ -65,11 +65,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..errors import QuillError
 from .sockets import BACKLOG
 from .tls import TLSConfig
 
 __all__ = [
-    "ENGINES", "HEAD_TIMEOUT", "MAX_CONNECTIONS", "ServeOptions", "Running", "prepare", "check_engine",
+    "ENGINES", "HEAD_TIMEOUT", "MAX_CONNECTIONS", "ServeOptions", "Running", "StartupFailed", "prepare", "check_engine",
     "available_engines", "default_engine",
 ]
 
@@ -115,6 +116,10 @@ class ServeOptions:
         self.max_connections = max_connections
 
 
+class StartupFailed(QuillError, RuntimeError):
+    """The app's lifespan startup failed (it sent ``lifespan.startup.failed``): nothing was served."""
+
+
 class Running(abc.ABC):
     """A server ready to run on its socket."""
 
@@ -123,6 +128,7 @@ class Running(abc.ABC):
     def __init__(self) -> None:
         self._started = threading.Event()
         self._settled = threading.Event()  # started, or run() is over
+        self._startup_failure: str | None = None
 
     def run(self) -> None:
         """Serve until :meth:`stop`, or SIGINT/SIGTERM when run in the main thread."""
@@ -150,6 +156,36 @@ class Running(abc.ABC):
         self._started.set()
         self._settled.set()
 
+    def _failed_startup(self) -> StartupFailed | None:
+        """The app's lifespan startup failure, if it failed (what :meth:`_run` raises then)."""
+        if self._startup_failure is None or self.started:
+            return None
+        return StartupFailed(f"the app's startup failed: {self._startup_failure}")
+
+    def _lifespan_watcher(self, app: Any, marks_start: bool = True) -> Any:
+        """``app`` wrapped so that its lifespan startup (or its lack of one) marks the start
+        (unless the engine marks it itself), and a failed startup is noted."""
+
+        async def watched(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] != "lifespan":
+                await app(scope, receive, send)
+                return
+
+            async def send_watched(message: dict) -> None:
+                if message["type"] == "lifespan.startup.failed":
+                    self._startup_failure = message.get("message") or "no reason given"
+                await send(message)
+                if message["type"] == "lifespan.startup.complete" and marks_start:
+                    self._mark_started()
+
+            try:
+                await app(scope, receive, send_watched)
+            finally:
+                if marks_start and self._startup_failure is None:
+                    self._mark_started()  # an app without lifespan support raises at once; it serves anyway
+
+        return watched
+
     @abc.abstractmethod
     def stop(self) -> None:
         """Begin a graceful shutdown (from any thread)."""
@@ -170,7 +206,7 @@ class _Uvicorn(Running):
         }
         from .limits import uvicorn_protocol
 
-        config = uvicorn.Config(app, log_level=options.log_level, access_log=options.access_log, lifespan="auto",
+        config = uvicorn.Config(self._lifespan_watcher(app, marks_start=False), log_level=options.log_level, access_log=options.access_log, lifespan="auto",
                                 timeout_graceful_shutdown=options.graceful_timeout, server_header=False,
                                 http=uvicorn_protocol(options.head_timeout, options.max_connections),
                                 backlog=BACKLOG, **tls_options)
@@ -186,7 +222,13 @@ class _Uvicorn(Running):
         self._sock = sock
 
     def _run(self) -> None:
-        self._server.run(sockets=[self._sock])  # uvicorn handles SIGINT/SIGTERM in the main thread
+        try:
+            self._server.run(sockets=[self._sock])  # uvicorn handles SIGINT/SIGTERM in the main thread
+        except SystemExit:  # uvicorn exits (3) when the app's startup failed
+            failure = self._failed_startup()
+            if failure is None:
+                raise
+            raise failure from None
 
     def stop(self) -> None:
         self._server.should_exit = True
@@ -205,7 +247,16 @@ class _AsyncioEngine(Running):
         self._stop_requested = threading.Event()
 
     def _run(self) -> None:
-        asyncio.run(self._main())
+        try:
+            asyncio.run(self._main())
+        except Exception:  # hypercorn and granian raise their own errors when the app's startup failed
+            failure = self._failed_startup()
+            if failure is None:
+                raise
+            raise failure from None
+        failure = self._failed_startup()
+        if failure is not None:
+            raise failure
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -226,27 +277,6 @@ class _AsyncioEngine(Running):
         loop, event = self._loop, self._stop_event
         if loop is not None and event is not None:
             loop.call_soon_threadsafe(event.set)
-
-    def _lifespan_watcher(self, app: Any) -> Any:
-        """``app`` wrapped so that its lifespan startup (or its lack of one) marks the start."""
-        started = self._mark_started
-
-        async def watched(scope: dict, receive: Any, send: Any) -> None:
-            if scope["type"] != "lifespan":
-                await app(scope, receive, send)
-                return
-
-            async def send_watched(message: dict) -> None:
-                await send(message)
-                if message["type"] == "lifespan.startup.complete":
-                    started()
-
-            try:
-                await app(scope, receive, send_watched)
-            finally:
-                started()  # an app without lifespan support raises at once; it serves anyway
-
-        return watched
 
 
 class _Hypercorn(_AsyncioEngine):

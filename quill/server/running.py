@@ -19,7 +19,7 @@ import socket
 import threading
 from typing import Any, Callable, Iterator
 
-from .engines import HEAD_TIMEOUT, MAX_CONNECTIONS, ServeOptions, check_engine, prepare
+from .engines import HEAD_TIMEOUT, MAX_CONNECTIONS, ServeOptions, StartupFailed, check_engine, prepare
 from .sockets import bind_tcp, bind_unix, remove_unix_socket, socket_url
 from .tls import TLSConfig
 
@@ -177,6 +177,8 @@ def _run_workers(make_server: Callable[[], Any], workers: int, on_started: Calla
                     _call_in_thread(lambda: server.wait_started() and os.write(started_write, b"s"))
                     server.run()
                     code = 0
+                except StartupFailed as exc:
+                    logger.error("quill worker %d: %s", os.getpid(), exc)
                 except BaseException:
                     logger.exception("quill worker %d failed", os.getpid())
                 finally:
