@@ -370,10 +370,34 @@ class _Granian(_AsyncioEngine):
             self._server.stop()
 
         stopper = asyncio.ensure_future(stop_on_request())
+        before = _native_threads()
         try:
             await self._server.serve()
         finally:
             stopper.cancel()
+            await _threads_gone(before, self._server.workers_kill_timeout or 1.0)
+
+
+def _native_threads() -> set[str]:
+    """The ids of this process's threads, Python's and native ones (Linux; empty elsewhere)."""
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+async def _threads_gone(before: set[str], timeout: float) -> None:
+    """Wait (up to ``timeout`` seconds) until no native thread started since ``before`` is left
+    (threads that Python's threading started, such as executors', may stay): granian's
+    Rust runtime threads outlive its ``serve()`` a moment, and one still running when the
+    interpreter finalizes aborts the process (a panic that cannot unwind)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        python_threads = {str(thread.native_id) for thread in threading.enumerate()}  # executors stay
+        if not _native_threads() - before - python_threads:
+            return
+        await asyncio.sleep(0.01)
 
 
 def _announcing_send_bytes(app: Any) -> Any:
