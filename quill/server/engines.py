@@ -22,7 +22,9 @@ certificate is then not requested at all.
 
 HTTP/2 limits: at most 100 concurrent streams per connection and frames of at most 16 KiB (the
 protocol default) on both; flow-control windows of 1 MiB per stream and connection on granian,
-the protocol's 64 KiB on hypercorn (which does not make them configurable).
+the protocol's 64 KiB on hypercorn (which does not make them configurable); no cap on the requests
+of one connection (hypercorn's own default closes it after 1,000). uvicorn answers an HTTP/2
+prior-knowledge client with GOAWAY HTTP_1_1_REQUIRED (:mod:`quill.server.prior_knowledge`).
 
 Slow and numerous clients (per worker process; :mod:`quill.server.limits` makes what an engine
 lacks): the head of each request must be complete ``head_timeout`` seconds after the connection
