@@ -29,6 +29,7 @@ from quill.frames import (
 )
 from quill.protocol.constants import TENSOR_FRAMES
 from quill.server import BearerAuth, serve_in_thread
+from quill.server.prior_knowledge import HTTP1_ONLY_TEXT, HTTP_1_1_REQUIRED
 from quill.server.tls import TLSConfig
 from quill.tensor import Tensor
 
@@ -37,6 +38,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from certificates import make_certificates  # noqa: E402
 
 CURL = shutil.which("curl")
+H2LOAD = shutil.which("h2load")  # Debian's nghttp2-client; .ci/run installs it
 H2_ENGINES = ["hypercorn", "granian"]
 
 
@@ -51,6 +53,10 @@ def build_app():
     async def count(request, context):
         for i in range(int(request)):
             yield b"n%d" % i
+
+    @app.unary("echo.v1.EchoService/Peer")
+    def peer(request, context):  # the client's port: which TCP connection the call came on
+        return b"%d" % context.client[1]
 
     @app.unary("echo.v1.EchoService/Protocol")
     def protocol(request, context):
@@ -167,7 +173,9 @@ def test_httpx_every_call_kind(h2_url):
 
         r = client.post("/echo.v1.EchoService/Concat", content=upload())
         assert r.content == b"one|two|three"
-        with client.stream("POST", "/echo.v1.EchoService/Count", content=b"300") as r:
+        # iter_raw() reads the body as sent: identity, whether or not httpx can decode zstd (with zstandard installed)
+        with client.stream("POST", "/echo.v1.EchoService/Count", content=b"300",
+                           headers={"Accept-Encoding": "identity"}) as r:
             decoder = MessageStreamDecoder()
             messages = [m for chunk in r.iter_raw() for m in decoder.feed(chunk)]
         assert messages == [b"n%d" % i for i in range(300)]
@@ -194,3 +202,51 @@ def test_httpx_over_tls_negotiates_h2_by_alpn(engine_name, tmp_path):
             assert (r.http_version, r.content) == ("HTTP/1.1", b"secure h1")
         version, status, _, _ = curl("--http2", "--cacert", certs.ca, f"{url}/{SERVICE}/Echo", data=b"x")
         assert (version, status) == ("HTTP/2", 200)
+
+
+# ----------------------------------------------------------------------------------------
+# Many calls on one connection (hypercorn closed every connection after 1,000 requests)
+# ----------------------------------------------------------------------------------------
+CALLS_ON_ONE_CONNECTION = 10_000
+
+
+def test_httpx_makes_ten_thousand_calls_on_one_connection(h2_url):
+    ports = set()
+    with httpx.Client(http1=False, http2=True, base_url=h2_url, timeout=30) as client:
+        for _ in range(CALLS_ON_ONE_CONNECTION):
+            r = client.post("/echo.v1.EchoService/Peer", content=b"")
+            assert (r.http_version, r.status_code) == ("HTTP/2", 200)
+            ports.add(r.content)
+    assert len(ports) == 1, ports  # every call came from the same client port: one TCP connection
+
+
+def test_h2load_ten_thousand_requests_on_one_connection_none_fail(h2_url, tmp_path):
+    assert H2LOAD, "h2load is missing: apt-get install nghttp2-client (.ci/run does)"
+    body = tmp_path / "body"
+    body.write_bytes(b"h2load")
+    done = subprocess.run([H2LOAD, "-n", str(CALLS_ON_ONE_CONNECTION), "-c", "1", "-m", "10", "-d", str(body),
+                           f"{h2_url}/{SERVICE}/Echo"], capture_output=True, text=True, timeout=120)
+    requests = next(line for line in done.stdout.splitlines() if line.startswith("requests:"))
+    assert requests == (f"requests: {CALLS_ON_ONE_CONNECTION} total, {CALLS_ON_ONE_CONNECTION} started, "
+                        f"{CALLS_ON_ONE_CONNECTION} done, {CALLS_ON_ONE_CONNECTION} succeeded, 0 failed, "
+                        "0 errored, 0 timeout"), done.stdout
+    assert f"status codes: {CALLS_ON_ONE_CONNECTION} 2xx" in done.stdout, done.stdout
+
+
+# ----------------------------------------------------------------------------------------
+# uvicorn speaks HTTP/1.1 only: an h2c client is told so in HTTP/2, at once
+# ----------------------------------------------------------------------------------------
+def test_uvicorn_answers_h2c_prior_knowledge_with_http_1_1_required():
+    with serve_in_thread(build_app(), engine="uvicorn") as url:
+        done = subprocess.run([CURL, "-sS", "-v", "--max-time", "30", "--http2-prior-knowledge", "--data-binary", "x",
+                               f"{url}/{SERVICE}/Echo"], capture_output=True, text=True, timeout=40)
+        assert done.returncode == 16 and done.stdout == ""  # "Error in the HTTP2 framing layer"
+        assert "GOAWAY, error=13, last_stream=0" in done.stderr, done.stderr
+        with httpx.Client(http1=False, http2=True, timeout=30) as client:
+            with pytest.raises(httpx.RemoteProtocolError) as failure:
+                client.post(f"{url}/{SERVICE}/Echo", content=b"x")
+        goaway = failure.value.__cause__.args[0]  # h2's ConnectionTerminated event
+        assert (goaway.error_code, goaway.last_stream_id) == (HTTP_1_1_REQUIRED, 0)
+        assert goaway.additional_data.decode() == HTTP1_ONLY_TEXT
+        version, status, _, body = curl("--http1.1", f"{url}/{SERVICE}/Echo", data=b"h1")  # HTTP/1.1 still served
+        assert (version, status, body) == ("HTTP/1.1", 200, b"h1")

@@ -30,7 +30,7 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
                        help="the app as 'module:attribute' (default: quill.demo:app)")
     serve.add_argument("--app-dir", default=".", help="directory to import APP from (default: the current one)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
-    serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080; 0 picks a free one)")
+    serve.add_argument("--port", type=port_number, default=8080, help="port to bind (default 8080; 0 picks a free one)")
     serve.add_argument("--uds", metavar="PATH",
                        help="listen on this Unix domain socket instead of TCP (clients use "
                             "http+unix://<percent-encoded path>); removed when the server stops")
@@ -74,17 +74,32 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     serve.set_defaults(run=run)
 
 
+def port_number(text: str) -> int:
+    """A TCP port for ``--port``: 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535 (0: any free one), got {text}")
+    return port
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``quill serve`` with parsed ``args``; the exit status."""
     from ..server import ApiKeyAuth, BearerAuth, CorsPolicy, QuillApp, load_app, serve
+    from ..server.engines import StartupFailed
     from ..server.running import WorkerDied
-    from ..server.tls import TLSConfig
+    from ..server.tls import TLSConfig, TLSFileError
 
     tls = None
     if args.certfile is not None:
-        try:
+        try:  # reads the files now: a bad one is one line before anything is bound
             tls = TLSConfig(args.certfile, args.keyfile, ca_certs=args.ca_certs,
                             require_client_cert=args.require_client_cert)
+        except TLSFileError as exc:
+            error(exc.describe(lambda option: "--" + option.replace("_", "-")))
+            return EXIT_USAGE
         except ValueError as exc:
             error(f"--require-client-cert: {exc}")
             return EXIT_USAGE
@@ -127,7 +142,10 @@ def run(args: argparse.Namespace) -> int:
               "--cors-origin do not apply")
         return EXIT_USAGE
 
-    def listening(url: str) -> None:
+    announced = []
+
+    def listening(url: str) -> None:  # called once the server accepts calls
+        announced.append(url)
         methods = ", ".join(sorted(app.methods())) if isinstance(app, QuillApp) else "an ASGI app"
         print(f"quill: serving {name} on {url}\n  methods: {methods}\n  stop with Ctrl+C or SIGTERM "
               f"(in-flight calls get {args.graceful_timeout:g} s to finish)", file=sys.stderr, flush=True)
@@ -145,10 +163,14 @@ def run(args: argparse.Namespace) -> int:
               on_listening=listening, workers=args.workers, head_timeout=args.head_timeout,
               max_connections=args.max_connections)
     except OSError as exc:
-        where = args.uds if args.uds is not None else f"{args.host}:{args.port}"
+        if announced:
+            error(f"the server failed: {exc.strerror or exc}")
+            return EXIT_SERVER_FAILED
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        where = args.uds if args.uds is not None else f"{host}:{args.port}"
         error(f"cannot listen on {where}: {exc.strerror or exc}")
         return EXIT_UNREACHABLE
-    except WorkerDied as exc:
+    except (WorkerDied, StartupFailed) as exc:
         error(str(exc))
         return EXIT_SERVER_FAILED
     except SystemExit as exc:

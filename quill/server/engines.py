@@ -22,7 +22,9 @@ certificate is then not requested at all.
 
 HTTP/2 limits: at most 100 concurrent streams per connection and frames of at most 16 KiB (the
 protocol default) on both; flow-control windows of 1 MiB per stream and connection on granian,
-the protocol's 64 KiB on hypercorn (which does not make them configurable).
+the protocol's 64 KiB on hypercorn (which does not make them configurable); no cap on the requests
+of one connection (hypercorn's own default closes it after 1,000). uvicorn answers an HTTP/2
+prior-knowledge client with GOAWAY HTTP_1_1_REQUIRED (:mod:`quill.server.prior_knowledge`).
 
 Slow and numerous clients (per worker process; :mod:`quill.server.limits` makes what an engine
 lacks): the head of each request must be complete ``head_timeout`` seconds after the connection
@@ -60,15 +62,17 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from ..errors import QuillError
 from .sockets import BACKLOG
 from .tls import TLSConfig
 
 __all__ = [
-    "ENGINES", "HEAD_TIMEOUT", "MAX_CONNECTIONS", "ServeOptions", "Running", "prepare", "check_engine",
+    "ENGINES", "HEAD_TIMEOUT", "MAX_CONNECTIONS", "ServeOptions", "Running", "StartupFailed", "prepare", "check_engine",
     "available_engines", "default_engine",
 ]
 
@@ -78,6 +82,11 @@ logger = logging.getLogger("quill.server")
 H2_MAX_CONCURRENT_STREAMS = 100
 H2_MAX_FRAME_SIZE = 16 * 1024
 H2_WINDOW_BYTES = 1024 * 1024
+
+#: Requests per connection on hypercorn, whose own default (1,000) closes a connection, HTTP/2 or
+#: HTTP/1.1, after that many: an HTTP/2 client loses the calls in flight. Unlimited, as on uvicorn
+#: and granian (an HTTP/2 client runs out of stream ids after 2**30 requests and opens another).
+MAX_REQUESTS_PER_CONNECTION = sys.maxsize
 
 #: The default deadline for a request head, in seconds: a quill client sends its head in one write
 #: as soon as it is connected, and 10 s leaves room for a lossy link's retransmissions (TCP waits
@@ -109,19 +118,75 @@ class ServeOptions:
         self.max_connections = max_connections
 
 
+class StartupFailed(QuillError, RuntimeError):
+    """The app's lifespan startup failed (it sent ``lifespan.startup.failed``): nothing was served."""
+
+
 class Running(abc.ABC):
     """A server ready to run on its socket."""
 
     http2 = False
 
-    @abc.abstractmethod
+    def __init__(self) -> None:
+        self._started = threading.Event()
+        self._settled = threading.Event()  # started, or run() is over
+        self._startup_failure: str | None = None
+
     def run(self) -> None:
         """Serve until :meth:`stop`, or SIGINT/SIGTERM when run in the main thread."""
+        try:
+            self._run()
+        finally:
+            self._settled.set()
+
+    @abc.abstractmethod
+    def _run(self) -> None:
+        """Serve (what :meth:`run` does)."""
 
     @property
-    @abc.abstractmethod
     def started(self) -> bool:
         """True once the server accepts calls (lifespan startup done)."""
+        return self._started.is_set()
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until the server accepts calls (True), or :meth:`run` ended first or ``timeout``
+        seconds passed (False)."""
+        self._settled.wait(timeout)
+        return self.started
+
+    def _mark_started(self) -> None:
+        self._started.set()
+        self._settled.set()
+
+    def _failed_startup(self) -> StartupFailed | None:
+        """The app's lifespan startup failure, if it failed (what :meth:`_run` raises then)."""
+        if self._startup_failure is None or self.started:
+            return None
+        return StartupFailed(f"the app's startup failed: {self._startup_failure}")
+
+    def _lifespan_watcher(self, app: Any, marks_start: bool = True) -> Any:
+        """``app`` wrapped so that its lifespan startup (or its lack of one) marks the start
+        (unless the engine marks it itself), and a failed startup is noted."""
+
+        async def watched(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] != "lifespan":
+                await app(scope, receive, send)
+                return
+
+            async def send_watched(message: dict) -> None:
+                if message["type"] == "lifespan.startup.failed":
+                    self._startup_failure = message.get("message") or "no reason given"
+                await send(message)
+                if message["type"] == "lifespan.startup.complete" and marks_start:
+                    self._mark_started()
+
+            try:
+                await app(scope, receive, send_watched)
+            finally:
+                if marks_start and self._startup_failure is None:
+                    self._mark_started()  # an app without lifespan support raises at once; it serves anyway
+
+        return watched
 
     @abc.abstractmethod
     def stop(self) -> None:
@@ -133,6 +198,7 @@ class Running(abc.ABC):
 # --------------------------------------------------------------------------------------
 class _Uvicorn(Running):
     def __init__(self, app: Any, sock: socket.socket, options: ServeOptions):
+        super().__init__()
         import uvicorn
 
         tls = options.tls
@@ -142,19 +208,29 @@ class _Uvicorn(Running):
         }
         from .limits import uvicorn_protocol
 
-        config = uvicorn.Config(app, log_level=options.log_level, access_log=options.access_log, lifespan="auto",
+        config = uvicorn.Config(self._lifespan_watcher(app, marks_start=False), log_level=options.log_level, access_log=options.access_log, lifespan="auto",
                                 timeout_graceful_shutdown=options.graceful_timeout, server_header=False,
                                 http=uvicorn_protocol(options.head_timeout, options.max_connections),
                                 backlog=BACKLOG, **tls_options)
-        self._server = uvicorn.Server(config)
+        mark_started = self._mark_started
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets)
+                if self.started:  # lifespan startup done and the socket served
+                    mark_started()
+
+        self._server = Server(config)
         self._sock = sock
 
-    def run(self) -> None:
-        self._server.run(sockets=[self._sock])  # uvicorn handles SIGINT/SIGTERM in the main thread
-
-    @property
-    def started(self) -> bool:
-        return self._server.started
+    def _run(self) -> None:
+        try:
+            self._server.run(sockets=[self._sock])  # uvicorn handles SIGINT/SIGTERM in the main thread
+        except SystemExit:  # uvicorn exits (3) when the app's startup failed
+            failure = self._failed_startup()
+            if failure is None:
+                raise
+            raise failure from None
 
     def stop(self) -> None:
         self._server.should_exit = True
@@ -167,13 +243,22 @@ class _AsyncioEngine(Running):
     """An engine driven from an asyncio loop this object runs; stops on an event."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._stop_requested = threading.Event()
-        self._started = threading.Event()
 
-    def run(self) -> None:
-        asyncio.run(self._main())
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:  # hypercorn and granian raise their own errors when the app's startup failed
+            failure = self._failed_startup()
+            if failure is None:
+                raise
+            raise failure from None
+        failure = self._failed_startup()
+        if failure is not None:
+            raise failure
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -189,36 +274,11 @@ class _AsyncioEngine(Running):
     async def _serve(self) -> None:
         """Serve until ``self._stop_event`` is set."""
 
-    @property
-    def started(self) -> bool:
-        return self._started.is_set()
-
     def stop(self) -> None:
         self._stop_requested.set()
         loop, event = self._loop, self._stop_event
         if loop is not None and event is not None:
             loop.call_soon_threadsafe(event.set)
-
-    def _lifespan_watcher(self, app: Any) -> Any:
-        """``app`` wrapped so that its lifespan startup (or its lack of one) marks the start."""
-        started = self._started
-
-        async def watched(scope: dict, receive: Any, send: Any) -> None:
-            if scope["type"] != "lifespan":
-                await app(scope, receive, send)
-                return
-
-            async def send_watched(message: dict) -> None:
-                await send(message)
-                if message["type"] == "lifespan.startup.complete":
-                    started.set()
-
-            try:
-                await app(scope, receive, send_watched)
-            finally:
-                started.set()  # an app without lifespan support raises at once; it serves anyway
-
-        return watched
 
 
 class _Hypercorn(_AsyncioEngine):
@@ -236,11 +296,13 @@ class _Hypercorn(_AsyncioEngine):
         config.include_server_header = False
         config.h2_max_concurrent_streams = H2_MAX_CONCURRENT_STREAMS
         config.h2_max_inbound_frame_size = H2_MAX_FRAME_SIZE
+        config.keep_alive_max_requests = MAX_REQUESTS_PER_CONNECTION
         config.keep_alive_timeout = options.head_timeout  # runs from the connection (or the last answer) to a head
         config.backlog = BACKLOG  # asyncio listens again with it: hypercorn's 100 would shrink quill's
         tls = options.tls
         if tls is not None:
-            config.certfile, config.keyfile, config.ca_certs = tls.certfile, tls.keyfile, tls.ca_certs
+            # hypercorn serves TLS only with both files named: a key inside the certificate file is named twice
+            config.certfile, config.keyfile, config.ca_certs = tls.certfile, tls.keyfile or tls.certfile, tls.ca_certs
             config.verify_mode = tls.verify_mode
         self._config = config
         self._sock, self._secure, self._max_connections = sock, tls is not None, options.max_connections
@@ -302,7 +364,7 @@ class _Granian(_AsyncioEngine):
             **tls_options,
         )
         self._server.workers_kill_timeout = options.graceful_timeout
-        logging.getLogger("_granian").addFilter(_quiet_embedded_warning)
+        logging.getLogger("_granian").addFilter(_quiet_embedded_lines)
 
     async def _serve(self) -> None:
         async def stop_on_request() -> None:
@@ -310,10 +372,34 @@ class _Granian(_AsyncioEngine):
             self._server.stop()
 
         stopper = asyncio.ensure_future(stop_on_request())
+        before = _native_threads()
         try:
             await self._server.serve()
         finally:
             stopper.cancel()
+            await _threads_gone(before, self._server.workers_kill_timeout or 1.0)
+
+
+def _native_threads() -> set[str]:
+    """The ids of this process's threads, Python's and native ones (Linux; empty elsewhere)."""
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+async def _threads_gone(before: set[str], timeout: float) -> None:
+    """Wait (up to ``timeout`` seconds) until no native thread started since ``before`` is left
+    (threads that Python's threading started, such as executors', may stay): granian's
+    Rust runtime threads outlive its ``serve()`` a moment, and one still running when the
+    interpreter finalizes aborts the process (a panic that cannot unwind)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        python_threads = {str(thread.native_id) for thread in threading.enumerate()}  # executors stay
+        if not _native_threads() - before - python_threads:
+            return
+        await asyncio.sleep(0.01)
 
 
 def _announcing_send_bytes(app: Any) -> Any:
@@ -330,10 +416,13 @@ def _announcing_send_bytes(app: Any) -> Any:
     return announced
 
 
-def _quiet_embedded_warning(record: logging.LogRecord) -> bool:
-    """granian warns that its embedded server is experimental at every start; quill chose it
-    (it serves quill's own socket in this process) and tests it, so the warning is dropped."""
-    return "Embedded server is experimental" not in record.getMessage()
+def _quiet_embedded_lines(record: logging.LogRecord) -> bool:
+    """Two lines granian's embedded server logs at every start are dropped: that it is experimental
+    (quill chose it: it serves quill's own socket in this process, and is tested), and "Listening at:
+    http://127.0.0.1:8000", its default address whatever socket quill gave it (the real address is
+    quill's to announce: ``quill serve`` prints it once the server accepts calls)."""
+    message = record.getMessage()
+    return "Embedded server is experimental" not in message and not message.startswith("Listening at:")
 
 
 #: Engine name -> (the module that must be importable, the class that runs it).

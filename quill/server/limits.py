@@ -10,7 +10,9 @@ setting of its own each engine uses. Two are missing upstream, and are made here
   Its ``limit_concurrency`` counts every open connection, so at the limit the connections
   already open get 503 too. :func:`uvicorn_protocol` subclasses uvicorn's HTTP protocol
   (httptools, or h11 without it) with both, and caps the size of a head, which uvicorn does not
-  with httptools (a client could send headers without end within the deadline).
+  with httptools (a client could send headers without end within the deadline). It also answers
+  an HTTP/2 client with prior knowledge in HTTP/2, with GOAWAY HTTP_1_1_REQUIRED
+  (:mod:`quill.server.prior_knowledge`), where uvicorn would close the connection without a word.
 - hypercorn has no connection cap (pgjones/hypercorn#81), and asyncio has no public way to stop
   accepting for a while; :class:`CappedListener` is quill's listening socket as hypercorn's
   asyncio loop accepts from it, closing each connection beyond the cap at once.
@@ -18,9 +20,12 @@ setting of its own each engine uses. Two are missing upstream, and are made here
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
+
+from . import prior_knowledge
 
 __all__ = ["MAX_HEAD_BYTES", "uvicorn_protocol", "CappedListener"]
 
@@ -28,6 +33,7 @@ __all__ = ["MAX_HEAD_BYTES", "uvicorn_protocol", "CappedListener"]
 #: one gets 431 and the connection is closed. h11 (400) and hypercorn (431) stop at 16 KiB,
 #: granian (hyper) at its 400 KiB read buffer.
 MAX_HEAD_BYTES = 64 * 1024
+logger = logging.getLogger("quill.server")
 HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -47,6 +53,8 @@ def uvicorn_protocol(head_timeout: float, max_connections: int) -> type:
         _head_deadline: Any = None  # the TimerHandle while a head is awaited
         _head_after: Any = None  # the request cycle that was the last one when it was armed
         _head_bytes = 0
+        _first_data = True
+        _refused_http2 = False
 
         def connection_made(self, transport: Any) -> None:
             refused = len(self.connections) >= max_connections  # before uvicorn counts this one
@@ -56,6 +64,12 @@ def uvicorn_protocol(head_timeout: float, max_connections: int) -> type:
             self._await_head()
 
         def data_received(self, data: bytes) -> None:
+            if self._first_data:
+                self._first_data = False
+                if prior_knowledge.is_preface(data):
+                    self._refuse_http2()
+            if self._refused_http2:
+                return  # the client's HTTP/2 frames, read so that closing sends no RST over the answer
             if self._head_deadline is None and (self.cycle is None or self.cycle.response_complete):
                 self._await_head()  # the first byte of the next request on a kept-alive connection
             super().data_received(data)
@@ -70,6 +84,14 @@ def uvicorn_protocol(head_timeout: float, max_connections: int) -> type:
                     self._stop_awaiting()
                     self.transport.write(HEAD_TOO_LARGE)
                     self.transport.close()
+
+        def _refuse_http2(self) -> None:
+            self._refused_http2 = True
+            logger.warning("quill: an HTTP/2 client (prior knowledge) connected; uvicorn speaks HTTP/1.1 only: "
+                           "it was answered GOAWAY HTTP_1_1_REQUIRED")
+            self.transport.write(prior_knowledge.HTTP1_ONLY_ANSWER)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()  # the head deadline closes it if the client does not
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_awaiting()

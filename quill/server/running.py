@@ -17,10 +17,9 @@ import os
 import signal
 import socket
 import threading
-import time
 from typing import Any, Callable, Iterator
 
-from .engines import HEAD_TIMEOUT, MAX_CONNECTIONS, ServeOptions, check_engine, prepare
+from .engines import HEAD_TIMEOUT, MAX_CONNECTIONS, ServeOptions, StartupFailed, check_engine, prepare
 from .sockets import bind_tcp, bind_unix, remove_unix_socket, socket_url
 from .tls import TLSConfig
 
@@ -76,8 +75,9 @@ def serve(
     """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully.
 
     In-flight requests get ``graceful_timeout`` seconds to finish. ``on_listening`` is
-    called with the base URL once the socket is bound (``port=0`` picks a free port; with
-    ``uds`` the URL is ``http+unix://<percent-encoded path>``). ``workers`` > 1 forks that many
+    called (from another thread) with the base URL once the server accepts calls: its lifespan
+    startup is done, on every worker (``port=0`` picks a free port; with ``uds`` the URL is
+    ``http+unix://<percent-encoded path>``); a server that fails to start never calls it. ``workers`` > 1 forks that many
     worker processes (POSIX only) that share the one listening socket, so every worker keeps
     TCP_NODELAY (see :func:`~quill.server.sockets.bind_tcp`). ``engine`` names the HTTP server
     (:mod:`quill.server.engines`; default: the preferred one installed). A client whose request
@@ -96,13 +96,16 @@ def serve(
     engine = check_engine(engine)  # a missing engine is an ImportError before anything is bound
     _allow_open_files(max_connections)
     sock = _listen(host, port, uds, uds_mode)
+    url = socket_url(sock, tls=tls is not None)
+    announce = None if on_listening is None else lambda: on_listening(url)
     try:
-        if on_listening is not None:
-            on_listening(socket_url(sock, tls=tls is not None))
         if workers == 1:
-            prepare(app, sock, options, engine).run()
+            server = prepare(app, sock, options, engine)
+            if announce is not None:
+                _call_in_thread(lambda: server.wait_started() and announce())
+            server.run()
         else:
-            _run_workers(lambda: prepare(app, sock, options, engine), workers)
+            _run_workers(lambda: prepare(app, sock, options, engine), workers, announce)
     finally:
         if uds is not None:
             remove_unix_socket(uds)
@@ -134,9 +137,14 @@ class WorkerDied(RuntimeError):
     """A forked worker exited while the server was not stopping; the others were stopped."""
 
 
-def _run_workers(make_server: Callable[[], Any], workers: int) -> None:
+def _call_in_thread(action: Callable[[], Any]) -> None:
+    threading.Thread(target=action, name="quill-announce", daemon=True).start()
+
+
+def _run_workers(make_server: Callable[[], Any], workers: int, on_started: Callable[[], None] | None = None) -> None:
     """Fork ``workers`` servers on the shared socket; SIGINT/SIGTERM stop them all (each
-    finishes its in-flight calls). A worker that dies on its own takes the others down and
+    finishes its in-flight calls). ``on_started`` is called once every worker accepts calls
+    (each writes a byte to a pipe then). A worker that dies on its own takes the others down and
     raises :class:`WorkerDied`: no worker is left behind, and a supervisor (systemd, Kubernetes)
     sees the failure and restarts the whole server.
 
@@ -155,21 +163,30 @@ def _run_workers(make_server: Callable[[], Any], workers: int) -> None:
 
     previous = {sig: signal.signal(sig, stop_children) for sig in (signal.SIGINT, signal.SIGTERM)}
     died = None
+    started_read, started_write = os.pipe()
     try:
         for _ in range(workers):
             pid = os.fork()
             if pid == 0:  # the worker: serve until told to stop, never return into the caller's code
                 code = 1
                 try:
+                    os.close(started_read)
                     for sig in previous:
                         signal.signal(sig, signal.SIG_DFL)  # the engine installs its own while it runs
-                    make_server().run()
+                    server = make_server()
+                    _call_in_thread(lambda: server.wait_started() and os.write(started_write, b"s"))
+                    server.run()
                     code = 0
+                except StartupFailed as exc:
+                    logger.error("quill worker %d: %s", os.getpid(), exc)
                 except BaseException:
                     logger.exception("quill worker %d failed", os.getpid())
                 finally:
                     os._exit(code)
             children.append(pid)
+        os.close(started_write)  # the workers hold the pipe open: EOF once none is left
+        started_write = -1
+        _call_in_thread(lambda: _await_workers(started_read, workers, on_started))
         while children:
             try:
                 pid, status = os.waitpid(-1, 0)
@@ -188,8 +205,27 @@ def _run_workers(make_server: Callable[[], Any], workers: int) -> None:
                 os.waitpid(pid, 0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if started_write != -1:  # never handed to _await_workers
+            os.close(started_write)
+            os.close(started_read)
     if died is not None:
         raise WorkerDied(f"worker {died[0]} exited with status {died[1]}; the other workers were stopped")
+
+
+def _await_workers(pipe: int, workers: int, on_started: Callable[[], None] | None) -> None:
+    """Read a byte from each of ``workers`` started workers on ``pipe``, then call ``on_started``
+    (never, if the pipe ends first: a worker died before it started)."""
+    try:
+        count = 0
+        while count < workers:
+            got = os.read(pipe, workers - count)
+            if not got:
+                return
+            count += len(got)
+        if on_started is not None:
+            on_started()
+    finally:
+        os.close(pipe)
 
 
 @contextlib.contextmanager
@@ -241,14 +277,11 @@ def serve_in_thread(
 
     thread = threading.Thread(target=run, name="quill-server", daemon=True)
     thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.stop()
-            thread.join(startup_timeout)
-            _close(sock, uds)
-            raise RuntimeError("quill server failed to start") from (failure[0] if failure else None)
-        time.sleep(0.005)
+    if not server.wait_started(startup_timeout):
+        server.stop()
+        thread.join(startup_timeout)
+        _close(sock, uds)
+        raise RuntimeError("quill server failed to start") from (failure[0] if failure else None)
     try:
         yield uds if uds is not None else socket_url(sock, tls=tls is not None)
     finally:

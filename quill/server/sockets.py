@@ -31,7 +31,10 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
     ``proto=IPPROTO_TCP`` matters: asyncio sets TCP_NODELAY only on sockets whose proto says
     TCP, and without it every small response waits ~40 ms for the delayed ACK (Nagle).
+    A port outside 0-65535 is a ValueError.
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer from 0 to 65535 (0: any free port), got {port!r}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
