@@ -147,15 +147,15 @@ def bad_options(certs, tmp_path):
                     encrypted], check=True, capture_output=True)
     return [
         (["--key", certs.client_key], "--key needs --cert (the client certificate the key belongs to)"),
-        (["--cacert", missing], f"cannot read --cacert {missing}: No such file or directory"),
+        (["--cacert", missing], f"--cacert {missing}: No such file or directory"),
         (["--cacert", certs.server_key], f"--cacert {certs.server_key} holds no PEM certificate"),
-        (["--cert", certs.client_cert], f"--cert {certs.client_cert} holds no private key: give it with --key FILE"),
+        (["--cert", certs.client_cert], f"--cert {certs.client_cert} holds no private key: pass its key file with --key"),
         (["--cert", certs.client_key, "--key", certs.client_key], f"--cert {certs.client_key} holds no PEM certificate"),
-        (["--cert", certs.client_cert, "--key", certs.ca], f"--key {certs.ca} is not a PEM private key"),
+        (["--cert", certs.client_cert, "--key", certs.ca], f"--key {certs.ca} holds no PEM private key"),
         (["--cert", certs.client_cert, "--key", certs.server_key],
-         f"--key {certs.server_key} does not match the certificate in --cert {certs.client_cert}"),
-        (["--cert", certs.client_cert, "--key", encrypted], f"--key {encrypted}: the private key is encrypted"),
-        (["--cert", certs.client_cert, "--key", str(tmp_path)], f"cannot read --key {tmp_path}: Is a directory"),
+         f"--key {certs.server_key} does not match the certificate in {certs.client_cert}"),
+        (["--cert", certs.client_cert, "--key", encrypted], f"--key {encrypted} holds an encrypted private key"),
+        (["--cert", certs.client_cert, "--key", str(tmp_path)], f"--key {tmp_path}: Is a directory"),
         (["--insecure", "--cacert", certs.ca], "--insecure skips verifying the server"),
     ]
 

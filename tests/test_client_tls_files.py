@@ -1,5 +1,5 @@
 """Both clients check their TLS files when they are made: a bad ``ca_file``, ``client_cert`` or
-``client_key`` is one ValueError naming the option, the file and the cause (the async client let a
+``client_key`` is one TLSFileError (a QuillError and a ValueError) naming the option, the file and the cause (the async client let a
 bare FileNotFoundError or ssl.SSLError out of its constructor; the sync one said "cannot connect:
 [Errno 2]" or "[SSL] PEM lib" at its first call)."""
 
@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from quill import AsyncQuillClient, QuillClient
+from quill.errors import QuillError
 from quill.protocol.tls_files import TLSFileError
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -28,19 +29,24 @@ def certs(tmp_path_factory):
 def test_bad_tls_files_are_refused_when_the_client_is_made(client_class, certs, tmp_path):
     missing = str(tmp_path / "missing.pem")
     cases = [
-        (dict(ca_file=missing), f"cannot read ca_file {missing}: No such file or directory"),
-        (dict(ca_file=certs.server_key), f"ca_file {certs.server_key} holds no PEM certificate"),
-        (dict(client_cert=certs.client_cert), f"client_cert {certs.client_cert} holds no private key: give it with client_key="),
-        (dict(client_key=certs.client_key), "client_key needs client_cert"),
+        (dict(ca_file=missing), f"CA file {missing}: No such file or directory"),
+        (dict(ca_file=certs.server_key), f"CA file {certs.server_key} holds no PEM certificate"),
+        (dict(client_cert=certs.client_cert), f"client certificate file {certs.client_cert} holds no private key: pass its key file with client_key="),
         (dict(client_cert=certs.client_cert, client_key=certs.server_key),
-         f"client_key {certs.server_key} does not match the certificate in client_cert {certs.client_cert}"),
-        (dict(client_cert=certs.client_cert, client_key=str(tmp_path)), f"cannot read client_key {tmp_path}: Is a directory"),
+         f"client key file {certs.server_key} does not match the certificate in {certs.client_cert}"),
+        (dict(client_cert=certs.client_cert, client_key=str(tmp_path)), f"client key file {tmp_path}: Is a directory"),
     ]
     for options, message in cases:
         with pytest.raises(TLSFileError) as caught:
             client_class("https://127.0.0.1:1", **options)
-        assert isinstance(caught.value, ValueError)
+        assert isinstance(caught.value, ValueError) and isinstance(caught.value, QuillError)
         assert str(caught.value).startswith(message), (options, str(caught.value))
+
+
+@pytest.mark.parametrize("client_class", CLIENTS, ids=lambda c: c.__name__)
+def test_a_client_key_without_its_certificate_is_refused(client_class, certs):
+    with pytest.raises(ValueError, match="client_key needs client_cert"):
+        client_class("https://127.0.0.1:1", client_key=certs.client_key)
 
 
 @pytest.mark.parametrize("client_class", CLIENTS, ids=lambda c: c.__name__)

@@ -196,6 +196,10 @@ def add_tls_options(parser: argparse.ArgumentParser) -> None:
                           "read and change the calls)")
 
 
+#: The flags of the clients' TLS files.
+_TLS_FLAGS = {"ca_file": "--cacert", "client_cert": "--cert", "client_key": "--key"}
+
+
 def tls_options(args: argparse.Namespace) -> dict[str, Any]:
     """The client keyword arguments (``verify``, ``ca_file``, ``client_cert``, ``client_key``) of
     the TLS options, after checking that the files load; a bad one raises :class:`UsageError`
@@ -209,6 +213,8 @@ def tls_options(args: argparse.Namespace) -> dict[str, Any]:
                                       ("--insecure", args.insecure)) if value]
     if not given:
         return {}
+    if args.key and not args.cert:
+        raise UsageError("--key needs --cert (the client certificate the key belongs to)")
     if args.insecure and args.cacert:
         raise UsageError("--insecure skips verifying the server, so --cacert would not be used: give one of them")
     url = args.url or ""
@@ -216,12 +222,12 @@ def tls_options(args: argparse.Namespace) -> dict[str, Any]:
         where = f"{url.split('://', 1)[0]}:// URL" if "://" in url else "URL"
         raise UsageError(f"{', '.join(given)}: TLS options need an https:// URL, not an {where}"
                          if url else f"{', '.join(given)}: TLS options need the https:// URL of a server")
-    from ..protocol.tls_files import CLI_NAMES, TLSFileError, check_tls_files
+    from ..protocol.tls_files import TLSFileError, check_client_files
 
     try:
-        check_tls_files(args.cacert, args.cert, args.key, CLI_NAMES)
+        check_client_files(args.cacert, args.cert, args.key)
     except TLSFileError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(exc.describe(_TLS_FLAGS.__getitem__, _TLS_FLAGS.__getitem__)) from None
     if args.insecure:
         from urllib3.exceptions import InsecureRequestWarning
 

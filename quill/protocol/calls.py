@@ -33,7 +33,7 @@ from .requests import Body, CallInfo, Request, aframe_messages, as_buffer, buffe
     encode_json_request, frame_messages
 from .responses import BytesConsumer, FrameConsumer, JsonConsumer, TensorConsumer
 from .retries import RetryPolicy
-from .tls_files import check_tls_files
+from .tls_files import check_client_files
 from .tracing import trace_headers
 
 __all__ = ["ClientCore", "Endpoint", "DEFAULTS", "HEALTH_TIMEOUT_MS", "redact_url"]
@@ -141,7 +141,7 @@ def _check_config(config: dict) -> None:
         raise ValueError(f"max_connections must be at least 1, got {config['max_connections']!r}")
     if not 1 <= config["tensor_chunk_size"] <= 0xFFFFFFFF:
         raise ValueError(f"tensor_chunk_size must be 1..2**32-1, got {config['tensor_chunk_size']!r}")
-    check_tls_files(config["ca_file"], config["client_cert"], config["client_key"])
+    check_client_files(config["ca_file"], config["client_cert"], config["client_key"])
     if config["enable_compression"] and not compression.available():
         raise ImportError("enable_compression=True needs zstd support: pip install 'urllib3[zstd]'")
 

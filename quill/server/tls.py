@@ -12,39 +12,17 @@ ValueError: require_client_cert needs ca_certs, the CA bundle that client certif
 >>> TLSConfig("/nonexistent/cert.pem")
 Traceback (most recent call last):
 ...
-quill.server.tls.TLSFileError: certificate file /nonexistent/cert.pem: No such file or directory
+quill.protocol.tls_files.TLSFileError: certificate file /nonexistent/cert.pem: No such file or directory
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Callable, NoReturn, Sequence
+from typing import Sequence
 
-from ..errors import QuillError
+from ..protocol.tls_files import TLSFileError, load_chain, load_verify_file
 
 __all__ = ["TLSConfig", "TLSFileError"]
-
-#: What each file of a TLSConfig is, in words.
-ROLES = {"certfile": "certificate file", "keyfile": "key file", "ca_certs": "CA certificates file"}
-
-
-class TLSFileError(QuillError, ValueError):
-    """A TLS file that cannot be used: ``option`` (``"certfile"``, ``"keyfile"`` or ``"ca_certs"``)
-    names it, ``path`` is where it is, ``reason`` says what is wrong, and ``needs`` names the
-    option that would fix it, if one does (a certificate file without its key needs ``keyfile``).
-    """
-
-    def __init__(self, option: str, path: str, reason: str, needs: str | None = None):
-        self.option, self.path, self.reason, self.needs = option, path, reason, needs
-        super().__init__(self.describe())
-
-    def describe(self, name: Callable[[str], str] = lambda option: f"{option}=") -> str:
-        """The message, with options spelled by ``name`` (the command line passes ``--keyfile``)."""
-        fix = f": pass its key file with {name(self.needs)}" if self.needs else ""
-        return f"{ROLES[self.option]} {self.path}{self.reason}{fix}"
-
-    def __reduce__(self):
-        return (type(self), (self.option, self.path, self.reason, self.needs))
 
 
 class TLSConfig:
@@ -77,57 +55,14 @@ class TLSConfig:
         (:class:`TLSFileError` when a file cannot be used)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._load_chain(context)
+        load_chain(context, "certfile", self.certfile, "keyfile", self.keyfile)
         if self.ca_certs:
-            pem = _read("ca_certs", self.ca_certs)
-            try:
-                context.load_verify_locations(self.ca_certs)
-            except ssl.SSLError as exc:
-                if b"-----BEGIN CERTIFICATE-----" not in pem:
-                    raise TLSFileError("ca_certs", self.ca_certs, " holds no PEM certificate") from None
-                raise TLSFileError("ca_certs", self.ca_certs, f": {_reason(exc)}") from None
+            load_verify_file(context, "ca_certs", self.ca_certs)
         context.verify_mode = self.verify_mode
         context.set_alpn_protocols(list(alpn))
         return context
-
-    def _load_chain(self, context: ssl.SSLContext) -> None:
-        cert = _read("certfile", self.certfile)
-        if b"-----BEGIN CERTIFICATE-----" not in cert:
-            raise TLSFileError("certfile", self.certfile, " holds no PEM certificate "
-                               "(a DER file converts with: openssl x509 -inform der -in FILE -out FILE.pem)")
-        key_option, key_path = ("certfile", self.certfile) if self.keyfile is None else ("keyfile", self.keyfile)
-        key = cert if self.keyfile is None else _read("keyfile", self.keyfile)
-        if b"PRIVATE KEY-----" not in key:
-            if self.keyfile is None:
-                raise TLSFileError("certfile", self.certfile, " holds no private key", needs="keyfile")
-            raise TLSFileError("keyfile", self.keyfile, " holds no PEM private key")
-
-        def encrypted() -> NoReturn:
-            raise TLSFileError(key_option, key_path, " holds an encrypted private key: give an unencrypted one "
-                               "(openssl pkey -in FILE -out FILE.plain)")
-
-        try:
-            context.load_cert_chain(self.certfile, self.keyfile, password=encrypted)
-        except ssl.SSLError as exc:
-            if exc.reason == "KEY_VALUES_MISMATCH":
-                mismatch = (" holds a private key that does not match its certificate" if self.keyfile is None
-                            else f" does not match the certificate in {self.certfile}")
-                raise TLSFileError(key_option, key_path, mismatch) from None
-            raise TLSFileError("certfile", self.certfile, f": {_reason(exc)}") from None
 
     def __repr__(self) -> str:
         return (f"TLSConfig({self.certfile!r}, {self.keyfile!r}, ca_certs={self.ca_certs!r}, "
                 f"require_client_cert={self.require_client_cert})")
 
-
-def _read(option: str, path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise TLSFileError(option, path, f": {exc.strerror or exc}") from None
-
-
-def _reason(exc: ssl.SSLError) -> str:
-    """OpenSSL's reason, without the ``(_ssl.c:NNNN)`` location."""
-    return exc.reason.replace("_", " ").lower() if exc.reason else str(exc)
