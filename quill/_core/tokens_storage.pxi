@@ -94,8 +94,8 @@ cdef class _BatchStorage:
     @cython.final
     cdef int _reserve_text(self, Py_ssize_t extra) except -1:
         """Make the text buffer private to appends, unpinned, with room for ``extra`` more bytes.
-        Unpinned, it grows in place (tokens sharing it read ``data`` again); pinned, the batch
-        moves to a copy."""
+        Unpinned, it grows in place (tokens sharing it read ``data`` again; free-threaded, only
+        when no token shares it); pinned, the batch moves to a copy."""
         cdef _TextBuffer old = self._text_buffer, new
         cdef Py_ssize_t capacity
         cdef unsigned char *text
