@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import sys
+import sysconfig
 import threading
 import time
 
@@ -263,10 +264,10 @@ def test_one_parser_fed_from_two_threads(make_parser, make_stream):
             for chunk in chunks:
                 try:
                     parser.feed(chunk)
+                except QuillError:    # chunks interleaved by the two threads: a bad stream
+                    break             # (before RuntimeError: StreamCancelledError is one too)
                 except RuntimeError as exc:
                     assert "another feed() or finish()" in str(exc)
-                except QuillError:    # chunks interleaved by the two threads: a bad stream
-                    break
             try:
                 parser.finish()
             except (RuntimeError, QuillError):
@@ -336,6 +337,10 @@ def test_encoders_and_equality_of_buffers_being_rewritten():
 # -- casts ------------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+                    reason="free-threaded, setting .shape while another thread reads the array is a race "
+                           "inside numpy itself (numpy's thread-safety docs): numpy's shape getter already "
+                           "reads torn dimensions, before any quill code runs")
 def test_cast_while_the_source_view_changes_shape():
     # The strided kernel read src's dimensions through numpy's dimension storage, which setting
     # .shape frees; it now works on a copy taken with the GIL held.

@@ -1,3 +1,5 @@
+# cython: freethreading_compatible = True
+# (audited for running without the GIL: docs/memory-safety.md, "Free-threaded CPython")
 """Arrow export without pyarrow: the Arrow C data and C stream interfaces, and PyCapsules.
 
 This module builds ``ArrowSchema``, ``ArrowArray`` and ``ArrowArrayStream`` structs over quill's
@@ -19,6 +21,7 @@ The import side (reading any producer's structs back) is :mod:`quill._core.arrow
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.ref cimport PyObject, Py_XDECREF, Py_XINCREF
+cimport cython
 from libc.errno cimport EINVAL, EIO, ENOMEM
 from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
@@ -449,26 +452,33 @@ cdef int stream_get_next(ArrowArrayStream *stream, ArrowArray *out) noexcept nog
     cdef StreamPrivate *private = <StreamPrivate *>stream.private_data
     if not Py_IsInitialized():
         return EIO
-    if private.error_code:
-        return private.error_code
     with gil:
         state = <_StreamState>private.state
-        try:
-            item = next(state.iterator)
-        except StopIteration:
-            out.release = NULL    # the end of the stream
-            return 0
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                PyErr_SetInterrupt()   # still delivered once the consumer returns to Python
-            return stream_fail(private, EIO, f"the {state.item_kind} iterator raised "
-                                             f"{type(exc).__name__}: {exc}")
-        try:
-            move_record_batch(item, state, out)
-        except BaseException as exc:
-            return stream_fail(private, EINVAL, f"{type(exc).__name__}: {exc}")
-        state.items_read += 1
+        # The C stream interface is one consumer's; calls from two threads at once (free-threaded)
+        # are serialised on the state, so items are read, counted and failed one at a time.
+        with cython.critical_section(state):
+            return stream_next_locked(private, state, out)
+
+
+cdef int stream_next_locked(StreamPrivate *private, _StreamState state, ArrowArray *out) noexcept:
+    if private.error_code:
+        return private.error_code
+    try:
+        item = next(state.iterator)
+    except StopIteration:
+        out.release = NULL    # the end of the stream
         return 0
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            PyErr_SetInterrupt()   # still delivered once the consumer returns to Python
+        return stream_fail(private, EIO, f"the {state.item_kind} iterator raised "
+                                         f"{type(exc).__name__}: {exc}")
+    try:
+        move_record_batch(item, state, out)
+    except BaseException as exc:
+        return stream_fail(private, EINVAL, f"{type(exc).__name__}: {exc}")
+    state.items_read += 1
+    return 0
 
 
 cdef int move_record_batch(object item, _StreamState state, ArrowArray *out) except -1:

@@ -1,3 +1,5 @@
+# cython: freethreading_compatible = True
+# (audited for running without the GIL: docs/memory-safety.md, "Free-threaded CPython")
 """Arrow import without pyarrow: any producer's Arrow C data, checked, into quill's columns.
 
 The way back of quill's Arrow support (export is :mod:`quill._core.arrow`). A source is any object

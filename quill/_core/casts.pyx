@@ -1,3 +1,5 @@
+# cython: freethreading_compatible = True
+# (audited for running without the GIL: docs/memory-safety.md, "Free-threaded CPython")
 """Compiled float16 / bfloat16 conversions: :func:`cast`.
 
 Rounding is to nearest, ties to even, applied once, on the bits:
@@ -28,6 +30,7 @@ about as much as the conversion itself.
 
 import numpy as np
 
+cimport cython
 cimport numpy as cnp
 from cpython.buffer cimport PyBuffer_FillInfo
 
@@ -245,7 +248,8 @@ cdef enum:
     RECYCLE_MIN_BYTES = 1 << 20
     RECYCLE_MAX_BYTES = 256 << 20
     RECYCLE_MAX_BUFFERS = 2
-cdef list _spare_storage = []    # uint8 arrays from dropped results, oldest first
+cdef list _spare_storage = []    # uint8 arrays from dropped results, oldest first; changed only
+                                 # in its critical section (free-threaded, results die anywhere)
 
 
 cdef class _ResultMemory:
@@ -266,9 +270,23 @@ cdef class _ResultMemory:
             return
         if self.storage.nbytes > RECYCLE_MAX_BYTES:
             return
-        spare.append(self.storage)
-        while len(spare) > RECYCLE_MAX_BUFFERS or sum(s.nbytes for s in spare) > RECYCLE_MAX_BYTES:
-            del spare[0]
+        with cython.critical_section(spare):
+            spare.append(self.storage)
+            while len(spare) > RECYCLE_MAX_BUFFERS or sum(s.nbytes for s in spare) > RECYCLE_MAX_BYTES:
+                del spare[0]
+
+
+cdef object _take_spare(Py_ssize_t nbytes):
+    """Remove and return the newest spare buffer of nbytes..2*nbytes bytes, or None."""
+    cdef Py_ssize_t index
+    cdef list spare = _spare_storage
+    with cython.critical_section(spare):
+        for index in range(len(spare) - 1, -1, -1):
+            candidate = spare[index]
+            if nbytes <= candidate.nbytes <= 2 * nbytes:
+                del spare[index]
+                return candidate
+    return None
 
 
 cdef tuple _new_result(tuple shape, object numpy_dtype):
@@ -280,16 +298,8 @@ cdef tuple _new_result(tuple shape, object numpy_dtype):
         return np.empty(shape, dtype=numpy_dtype), True
     memory = _ResultMemory()
     memory.nbytes = nbytes
-    for candidate in reversed(_spare_storage):
-        if nbytes <= candidate.nbytes <= 2 * nbytes:
-            memory.storage = candidate
-            break
-    if memory.storage is not None:
-        # by identity: a result dying meanwhile may have reordered the list
-        for index, spare in enumerate(_spare_storage):
-            if spare is memory.storage:
-                del _spare_storage[index]
-                break
+    # Picked and removed in one critical section: two threads never get the same buffer.
+    memory.storage = _take_spare(nbytes)
     fresh = memory.storage is None
     if fresh:
         memory.storage = np.empty(nbytes, dtype=np.uint8)

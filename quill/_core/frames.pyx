@@ -1,3 +1,5 @@
+# cython: freethreading_compatible = True
+# (audited for running without the GIL: docs/memory-safety.md, "Free-threaded CPython")
 """Tensor frames (docs/protocol.md section 4) and message-stream frames (section 5).
 
 Encoders build exact wire bytes; incremental parsers accept byte chunks of any size
@@ -33,6 +35,8 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release, P
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
+
+from quill._core.quill_threads cimport quill_release_claim, quill_try_claim
 
 cimport numpy as cnp
 import numpy as np
@@ -231,7 +235,9 @@ cdef class PayloadWindow:
     from the socket), releases every view of it, then hands it back with ``commit(window, n)``.
 
     It keeps the memory it exposes alive, and it is single-use: after ``commit`` (or once the
-    parser moves on) it exports nothing more.
+    parser moves on) it exports nothing more. Its state changes in its critical section, so a
+    view taken on another thread either comes before the window closes (and keeps it open) or
+    is refused with BufferError.
     """
 
     cdef object _owner        # the object whose memory this is (bytes being filled, an array)
@@ -243,13 +249,23 @@ cdef class PayloadWindow:
         return self._size if self._start != NULL else 0
 
     def __getbuffer__(self, Py_buffer* buffer, int flags):
-        if self._start == NULL:
-            raise BufferError("this payload window was already committed or abandoned")
-        PyBuffer_FillInfo(buffer, self, self._start, self._size, 0, flags)
-        self._exports += 1
+        with cython.critical_section(self):
+            if self._start == NULL:
+                raise BufferError("this payload window was already committed or abandoned")
+            PyBuffer_FillInfo(buffer, self, self._start, self._size, 0, flags)
+            self._exports += 1
 
     def __releasebuffer__(self, Py_buffer* buffer):
-        self._exports -= 1
+        with cython.critical_section(self):
+            self._exports -= 1
+
+    cdef bint _close(self):
+        """Close the window unless a view of it is held; True when closed."""
+        with cython.critical_section(self):
+            if self._exports:
+                return False
+            self._start = NULL
+            return True
 
     def __repr__(self):
         return f"<PayloadWindow of {len(self)} bytes>"
@@ -261,7 +277,8 @@ cdef class _IncrementalReader:
     cdef object _error        # the first error met; raised again by every later call
     cdef uint64_t _position   # stream offset of the next byte to consume
     cdef bint _done           # END_STREAM seen (decoders only)
-    cdef bint _busy           # a feed() or finish() is running (it may have released the GIL)
+    cdef bint _busy           # a feed(), finish(), commit() or payload_window() is running
+                              # (claimed atomically: a second thread is refused, never let in)
     cdef PayloadWindow _window  # handed out by payload_window() and not yet committed, or None
 
     cdef int _consume(self, const unsigned char* data, Py_ssize_t n) except -1:
@@ -288,16 +305,15 @@ cdef class _IncrementalReader:
         return 0
 
     cdef int _enter(self, str call) except -1:
-        if self._busy:
+        if not quill_try_claim(&self._busy):
             raise RuntimeError(f"{type(self).__name__}.{call}() called while another feed() or finish() "
                                f"of the same parser is running; feed one parser from one thread at a time")
         if self._window is not None and call != "commit":
-            if self._window._exports:
+            if not self._window._close():   # abandoned: the bytes fed now take its place
+                quill_release_claim(&self._busy)
                 raise RuntimeError(f"{type(self).__name__}.{call}() called while a view of its payload "
                                    f"window is held; commit the window first")
-            self._window._start = NULL  # abandoned: the bytes fed now take its place
             self._window = None
-        self._busy = True
         return 0
 
     # -- payload windows: subclasses say where the current payload's unfilled bytes are --------
@@ -333,13 +349,18 @@ cdef class _IncrementalReader:
         >>> [len(m) for m in decoder.commit(window, len(window))], decoder.feed(encode_end_stream()), decoder.done
         ([100000], [], True)
         """
-        if self._busy or self._error is not None or self._done:
+        if self._error is not None or self._done or not quill_try_claim(&self._busy):
             return None
+        try:
+            return self._new_window(min_size)
+        finally:
+            quill_release_claim(&self._busy)
+
+    cdef object _new_window(self, Py_ssize_t min_size):
         if self._window is not None:
-            if self._window._exports:
+            if not self._window._close():
                 raise RuntimeError(f"{type(self).__name__}.payload_window() called while a view of "
                                    f"its previous window is held")
-            self._window._start = NULL
             self._window = None
         cdef Py_ssize_t room = self._window_room()
         if room <= 0 or room < min_size:
@@ -354,15 +375,14 @@ cdef class _IncrementalReader:
     def commit(self, PayloadWindow window not None, Py_ssize_t n):
         """Account for ``n`` bytes written at the start of ``window`` (this parser's current one,
         every view of it released); returns what ``feed`` would have returned for them."""
-        if window is not self._window or window._start == NULL:
-            raise ValueError("commit() needs the window this parser handed out last, uncommitted")
-        if window._exports:
-            raise BufferError("commit() while a view of the payload window is still held")
-        if n < 0 or n > window._size:
-            raise ValueError(f"commit() of {n} bytes into a window of {window._size}")
         self._enter("commit")
         try:
-            window._start = NULL
+            if window is not self._window or window._start == NULL:
+                raise ValueError("commit() needs the window this parser handed out last, uncommitted")
+            if n < 0 or n > window._size:
+                raise ValueError(f"commit() of {n} bytes into a window of {window._size}")
+            if not window._close():
+                raise BufferError("commit() while a view of the payload window is still held")
             self._window = None
             try:
                 self._advance(n)
@@ -372,7 +392,7 @@ cdef class _IncrementalReader:
                     raise
             return self._take_output()
         finally:
-            self._busy = False
+            quill_release_claim(&self._busy)
 
     cdef object _feed(self, data):
         cdef Py_buffer view
@@ -391,7 +411,7 @@ cdef class _IncrementalReader:
                 PyBuffer_Release(&view)
             return self._take_output()
         finally:
-            self._busy = False
+            quill_release_claim(&self._busy)
 
     def finish(self):
         """Declare the end of input: raise if the stream is incomplete or failed earlier."""
@@ -404,7 +424,7 @@ cdef class _IncrementalReader:
                 self._error = exc
                 raise
         finally:
-            self._busy = False
+            quill_release_claim(&self._busy)
 
     @property
     def done(self):

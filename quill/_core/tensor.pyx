@@ -1,3 +1,5 @@
+# cython: freethreading_compatible = True
+# (audited for running without the GIL: docs/memory-safety.md, "Free-threaded CPython")
 """Compiled core of :mod:`quill.tensor`: the TENSOR_META wire codec, DLPack export, byte equality.
 
 The public classes live in ``quill/tensor.py``; this module holds only the parts that touch raw

@@ -1,3 +1,5 @@
+# cython: freethreading_compatible = True
+# (audited for running without the GIL: docs/memory-safety.md, "Free-threaded CPython")
 """LLM tokens on the wire: ``Token``, ``TokenBatch`` and ``TokenBatchBuilder`` (docs/protocol.md sections 2-3).
 
 A ``TokenBatch`` stores its tokens by columns (ids, positions, raw float32 logprob bits, flags,
@@ -34,6 +36,7 @@ from quill.errors import DecodeError, EncodeError
 
 from quill._core.arrow cimport export_token_columns, token_schema
 from quill._core.arrow_import cimport TokenChunk, import_token_chunks
+from quill._core.quill_threads cimport QUILL_FREE_THREADED, quill_atomic_add_ssize, quill_atomic_load_ssize
 
 from quill._core.arrow import token_batch_stream
 

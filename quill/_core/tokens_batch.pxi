@@ -85,6 +85,7 @@ cdef class TokenBatch(_BatchColumns):
         """
         return _encode_tokens(tokens, sequence_id, is_final)
 
+    @cython.critical_section
     def add(self, Token token not None):
         """Append one token.
 
@@ -93,6 +94,7 @@ cdef class TokenBatch(_BatchColumns):
         """
         self._push_token(token)
 
+    @cython.critical_section
     def extend(self, tokens):
         """Append every token of an iterable (or of another TokenBatch). All or nothing: a
         non-Token item raises TypeError before anything is added.
@@ -102,6 +104,7 @@ cdef class TokenBatch(_BatchColumns):
         """
         self._extend(tokens)
 
+    @cython.critical_section
     def clear(self):
         """Remove every token (sequence_id, is_final and metadata stay)."""
         self._clear()
@@ -109,11 +112,13 @@ cdef class TokenBatch(_BatchColumns):
     # -- batch properties ---------------------------------------------------------------------
 
     @property
+    @cython.critical_section
     def sequence_id(self):
         """The sequence id (0..2**32-1), or None."""
         return self._sequence_id if self._has_sequence_id else None
 
     @sequence_id.setter
+    @cython.critical_section
     def sequence_id(self, value):
         self._set_sequence_id(value)
 
@@ -127,18 +132,22 @@ cdef class TokenBatch(_BatchColumns):
         return 0
 
     @property
+    @cython.critical_section
     def is_final(self):
         """True on the last batch of a stream (settable)."""
         return self._is_final
 
     @is_final.setter
+    @cython.critical_section
     def is_final(self, value):
         self._is_final = bool(value)
 
+    @cython.critical_section
     def is_empty(self):
         """True when the batch holds no token."""
         return self._count == 0
 
+    @cython.critical_section
     def encoded_size(self):
         """The number of bytes ``encode()`` returns.
 
@@ -149,6 +158,7 @@ cdef class TokenBatch(_BatchColumns):
 
     # -- metadata (local only) ----------------------------------------------------------------
 
+    @cython.critical_section
     def set_metadata(self, str key not None, str value not None):
         """Attach a local string key/value (never encoded).
 
@@ -159,21 +169,25 @@ cdef class TokenBatch(_BatchColumns):
             self._metadata = {}
         self._metadata[key] = value
 
+    @cython.critical_section
     def get_metadata(self, str key not None, default=None):
         """The metadata value for ``key``, or ``default``."""
         if self._metadata is None:
             return default
         return self._metadata.get(key, default)
 
+    @cython.critical_section
     def metadata_dict(self):
         """A copy of the metadata as a dict."""
         return dict(self._metadata) if self._metadata else {}
 
     # -- tokens as objects --------------------------------------------------------------------
 
+    @cython.critical_section
     def __len__(self):
         return self._count
 
+    @cython.critical_section
     def tokens(self):
         """Every token as a list of Token objects.
 
@@ -181,7 +195,7 @@ cdef class TokenBatch(_BatchColumns):
         [Token(id=1, text='a', pos=0)]
         """
         cdef Py_ssize_t i
-        cdef PinnedBatch pin = pin_batch(self)   # before allocating: a GC pass may run other threads
+        cdef PinnedBatch pin = _pin_locked(self)   # before allocating: a GC pass may run other threads
         cdef list out = PyList_New(pin.columns.count)
         for i in range(pin.columns.count):
             tok = _token_from(&pin.columns, <_TextBuffer>pin._text_owner, i)
@@ -192,6 +206,7 @@ cdef class TokenBatch(_BatchColumns):
     def __iter__(self):
         return iter(self.tokens())
 
+    @cython.critical_section
     def get(self, Py_ssize_t index):
         """The token at ``index`` (negative counts from the end), or None when out of range."""
         if index < 0:
@@ -201,6 +216,7 @@ cdef class TokenBatch(_BatchColumns):
         cdef TokenColumns now = self._columns_now()
         return _token_from(&now, self._text_buffer, index)
 
+    @cython.critical_section
     def __getitem__(self, key):
         """``batch[i]`` is a Token; ``batch[a:b:c]`` is a new TokenBatch with the same sequence_id,
         is_final and a copy of the metadata."""
@@ -210,7 +226,7 @@ cdef class TokenBatch(_BatchColumns):
         cdef TokenColumns now
         if isinstance(key, slice):
             PySlice_Unpack(key, &start, &stop, &step)   # may run __index__ code: before the pin
-            pin = pin_batch(self)
+            pin = _pin_locked(self)
             n = PySlice_AdjustIndices(pin.columns.count, &start, &stop, step)
             out = self._empty_like()
             out._reserve(n)
@@ -231,6 +247,7 @@ cdef class TokenBatch(_BatchColumns):
 
     # -- wire (tokens_codec.pxi) ---------------------------------------------------------------
 
+    @cython.critical_section
     def encode(self):
         """The batch's wire bytes (section 3). EncodeError for more than 65,535 tokens or a text
         over 65,535 UTF-8 bytes. Large batches are written without the GIL, from a pin: other
@@ -270,6 +287,11 @@ cdef class TokenBatch(_BatchColumns):
         if type(other) is not TokenBatch:
             return NotImplemented
         cdef TokenBatch o = <TokenBatch>other
+        with cython.critical_section(self, o):
+            return self._equal(o)
+
+    @cython.final
+    cdef bint _equal(self, TokenBatch o):
         cdef Py_ssize_t n = self._count
         if (n != o._count or self._has_sequence_id != o._has_sequence_id or self._is_final != o._is_final
                 or self._sequence_id != o._sequence_id or self._text_size != o._text_size):

@@ -12,7 +12,9 @@ cdef class TokenBatchBuilder:
     pending tokens early (None if there are none), and ``finish`` ends the stream: it returns
     the pending tokens as a batch marked ``is_final`` -- an empty one when nothing is pending,
     so the receiver always sees the end -- and closes the builder (any later call raises
-    RuntimeError). Every batch gets the builder's ``sequence_id``.
+    RuntimeError). Every batch gets the builder's ``sequence_id``. Calls from several threads
+    at once are serialised (the builder's critical section): each token lands in exactly one
+    batch.
 
     >>> builder = TokenBatchBuilder(max_size=2, sequence_id=5)
     >>> builder.push(Token(1, 0)) is None
@@ -46,6 +48,7 @@ cdef class TokenBatchBuilder:
         """The sequence id given to every batch (or None)."""
         return self._sequence_id
 
+    @cython.critical_section
     def __len__(self):
         """The number of tokens pending (pushed but not yet returned in a batch)."""
         return self._pending._count
@@ -60,6 +63,7 @@ cdef class TokenBatchBuilder:
         self._pending = TokenBatch(self._sequence_id)
         return batch
 
+    @cython.critical_section
     def push(self, Token token not None):
         """Add a token; return the full batch when this token fills it, else None."""
         self._check_open()
@@ -68,6 +72,7 @@ cdef class TokenBatchBuilder:
             return self._take()
         return None
 
+    @cython.critical_section
     def flush(self):
         """Return the pending tokens as a (non-final) batch, or None when nothing is pending."""
         self._check_open()
@@ -75,6 +80,7 @@ cdef class TokenBatchBuilder:
             return None
         return self._take()
 
+    @cython.critical_section
     def finish(self):
         """Return the pending tokens (possibly none) as the final batch and close the builder."""
         self._check_open()

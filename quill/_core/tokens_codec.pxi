@@ -107,7 +107,7 @@ cdef bytes _encode_batch(TokenBatch batch):
     # allocation starts no GC pass): their storage as it is now is a snapshot. Large ones are
     # written without the GIL, from a pin taken before anything is allocated. The header fields
     # are read before the allocation too.
-    cdef PinnedBatch pin = pin_batch(batch) if batch._count >= NOGIL_MIN_TOKENS else None
+    cdef PinnedBatch pin = _pin_locked(batch) if batch._count >= NOGIL_MIN_TOKENS else None
     cdef TokenColumns now = batch._columns_now()
     cdef const TokenColumns *c = &pin.columns if pin is not None else &now
     cdef bint has_sequence_id = batch._has_sequence_id, is_final = batch._is_final

@@ -8,6 +8,7 @@ cdef class _BatchColumns(_BatchStorage):
     and the batch as an Arrow record batch (zero-copy, from a pin). ``TokenBatch.from_arrow``
     reads one back."""
 
+    @cython.critical_section
     def text(self):
         """The texts of all tokens concatenated (tokens without text add nothing).
 
@@ -16,10 +17,11 @@ cdef class _BatchColumns(_BatchStorage):
         """
         return PyUnicode_DecodeUTF8(<const char *>self._text, self._text_size, NULL)
 
+    @cython.critical_section
     def texts(self):
         """The text of every token (None where absent), without building Token objects."""
         cdef Py_ssize_t i
-        cdef PinnedBatch pin = pin_batch(self)   # before allocating: a GC pass may run other threads
+        cdef PinnedBatch pin = _pin_locked(self)   # before allocating: a GC pass may run other threads
         cdef const TokenColumns *c = &pin.columns
         cdef list out = PyList_New(c.count)
         for i in range(c.count):
@@ -45,6 +47,7 @@ cdef class _BatchColumns(_BatchStorage):
         cdef cnp.npy_intp n = self._count
         return cnp.PyArray_SimpleNew(1, &n, typenum)
 
+    @cython.critical_section
     def ids_array(self):
         """The ids as a new uint32 numpy array."""
         arr = self._new_array(cnp.NPY_UINT32)
@@ -52,6 +55,7 @@ cdef class _BatchColumns(_BatchStorage):
             memcpy(cnp.PyArray_DATA(arr), self._ids, self._count * 4)
         return arr
 
+    @cython.critical_section
     def positions_array(self):
         """The positions as a new uint32 numpy array."""
         arr = self._new_array(cnp.NPY_UINT32)
@@ -59,6 +63,7 @@ cdef class _BatchColumns(_BatchStorage):
             memcpy(cnp.PyArray_DATA(arr), self._positions, self._count * 4)
         return arr
 
+    @cython.critical_section
     def logprobs_array(self):
         """The logprobs as a new float32 numpy array holding the exact wire bits; NaN where a token
         has no logprob (use ``has_logprob_array()`` when NaN can also be a real value).
@@ -82,18 +87,22 @@ cdef class _BatchColumns(_BatchStorage):
             out[i] = (self._flags[i] & flag) != 0
         return arr
 
+    @cython.critical_section
     def has_logprob_array(self):
         """A bool numpy array: True where the token carries a logprob."""
         return self._flag_array(HAS_LOGPROB)
 
+    @cython.critical_section
     def has_text_array(self):
         """A bool numpy array: True where the token carries a text."""
         return self._flag_array(HAS_TEXT)
 
+    @cython.critical_section
     def is_special_array(self):
         """A bool numpy array: True where the token is special."""
         return self._flag_array(IS_SPECIAL)
 
+    @cython.critical_section
     def text_offsets_array(self):
         """int64 numpy array of ``len(batch) + 1`` offsets into ``text_bytes()``: token i's text
         is ``text_bytes()[off[i]:off[i + 1]]`` (empty where it has none)."""
@@ -103,6 +112,7 @@ cdef class _BatchColumns(_BatchStorage):
             memcpy(cnp.PyArray_DATA(arr), self._text_offsets, n * 8)
         return arr
 
+    @cython.critical_section
     def text_bytes(self):
         """All token texts concatenated, as UTF-8 bytes."""
         return PyBytes_FromStringAndSize(<const char *>self._text, self._text_size)
@@ -116,6 +126,7 @@ cdef class _BatchColumns(_BatchStorage):
             metadata["sequence_id"] = str(self._sequence_id)
         return metadata
 
+    @cython.critical_section
     def __arrow_c_schema__(self):
         """The batch's Arrow schema (an "arrow_schema" PyCapsule): a record batch of ``id`` uint32,
         ``position`` uint32, ``logprob`` float32 (null where a token has none), ``text``
@@ -124,6 +135,7 @@ cdef class _BatchColumns(_BatchStorage):
         "false") as schema metadata."""
         return token_schema(self._arrow_metadata())
 
+    @cython.critical_section
     def __arrow_c_array__(self, requested_schema=None):
         """The batch as an Arrow record batch: ("arrow_schema", "arrow_array") PyCapsules.
 
@@ -138,9 +150,10 @@ cdef class _BatchColumns(_BatchStorage):
         >>> type(array).__name__
         'PyCapsule'
         """
-        cdef PinnedBatch pin = pin_batch(self)
+        cdef PinnedBatch pin = _pin_locked(self)
         return export_token_columns(&pin.columns, pin, self._arrow_metadata())
 
+    @cython.critical_section
     def __arrow_c_stream__(self, requested_schema=None):
         """The batch as a one-batch Arrow stream (an "arrow_array_stream" PyCapsule), exported as
         ``__arrow_c_array__`` exports it: what ``pyarrow.table(batch)``,

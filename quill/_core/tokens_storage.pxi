@@ -56,11 +56,12 @@ cdef class _BatchStorage:
         cdef _Columns old = self._columns, new
         cdef Py_ssize_t capacity
         cdef char *block
-        if old is not None and old.pins == 0 and count <= old.capacity:
+        cdef Py_ssize_t pins = 0 if old is None else quill_atomic_load_ssize(&old.pins)
+        if old is not None and pins == 0 and count <= old.capacity:
             return 0
         if old is None:
             capacity = max(count, 8)
-        elif old.pins:   # copy-on-write: the same room as before, unless more is needed
+        elif pins:   # copy-on-write: the same room as before, unless more is needed
             capacity = max(count, old.capacity)
         else:
             capacity = max(count, 2 * old.capacity)
@@ -93,17 +94,22 @@ cdef class _BatchStorage:
     @cython.final
     cdef int _reserve_text(self, Py_ssize_t extra) except -1:
         """Make the text buffer private to appends, unpinned, with room for ``extra`` more bytes.
-        Unpinned, it grows in place (tokens sharing it read ``data`` again); pinned, the batch
-        moves to a copy."""
+        Unpinned, it grows in place (tokens sharing it read ``data`` again; free-threaded, only
+        when no token shares it); pinned, the batch moves to a copy."""
         cdef _TextBuffer old = self._text_buffer, new
         cdef Py_ssize_t capacity
         cdef unsigned char *text
-        if old is not None and old.pins == 0 and self._text_size + extra <= old.capacity:
+        cdef Py_ssize_t pins = 0 if old is None else quill_atomic_load_ssize(&old.pins)
+        if old is not None and pins == 0 and self._text_size + extra <= old.capacity:
             return 0
         if old is None:
             capacity = max(extra, 64)
-        elif old.pins:
+        elif pins:
             capacity = max(self._text_size + extra, old.capacity)
+        elif QUILL_FREE_THREADED and _borrowed_refcount(<PyObject *>old) > 2:   # the batch's, ``old``'s
+            # Free-threaded, a buffer shared with Tokens is not moved: one may be reading ``data``
+            # on another thread right now (with the GIL it reads ``data`` again when asked).
+            capacity = max(self._text_size + extra, 2 * old.capacity)
         else:
             capacity = max(self._text_size + extra, 2 * old.capacity)
             text = <unsigned char *>realloc(old.data, capacity)
@@ -133,9 +139,10 @@ cdef class _BatchStorage:
         """``_reserve`` and ``_reserve_text`` for one more token, with the common case inline."""
         cdef _Columns columns = self._columns
         cdef _TextBuffer buffer = self._text_buffer
-        if columns is None or columns.pins or self._count >= columns.capacity:
+        if columns is None or quill_atomic_load_ssize(&columns.pins) or self._count >= columns.capacity:
             self._reserve(self._count + 1)
-        if has_text and (buffer is None or buffer.pins or self._text_size + text_len > buffer.capacity):
+        if has_text and (buffer is None or quill_atomic_load_ssize(&buffer.pins)
+                         or self._text_size + text_len > buffer.capacity):
             self._reserve_text(text_len)
         return 0
 
@@ -192,7 +199,7 @@ cdef class _BatchStorage:
         if type(tokens) is TokenBatch:
             # From a pin: when tokens is self, the reservations below move self onto a copy and
             # the pinned original is read, so nothing read is ever written or freed meanwhile.
-            source = pin_batch(tokens)
+            source = _pin_locked(self) if tokens is self else pin_batch(tokens)
             return self._extend_columns(&source.columns)
         items = tokens if type(tokens) is list else list(tokens)
         n = len(items)
@@ -202,7 +209,8 @@ cdef class _BatchStorage:
                 raise TypeError(f"TokenBatch.extend: item {i} is {type(item).__name__}, not Token")
             # The tokens are read again right below: fetch their texts while checking types
             # (scattered objects otherwise cost one cache miss after another).
-            quill_prefetch(<void *>(<Token>item)._text)
+            if not QUILL_FREE_THREADED:   # free-threaded, another thread may be swapping it
+                quill_prefetch(<void *>(<Token>item)._text)
         self._reserve(self._count + n)
         for i in range(n):
             self._push_token(<Token>items[i])
@@ -323,9 +331,9 @@ cdef class PinnedBatch:
 
     def __dealloc__(self):
         if self._columns_owner is not None:
-            (<_Columns>self._columns_owner).pins -= 1
+            quill_atomic_add_ssize(&(<_Columns>self._columns_owner).pins, -1)
         if self._text_owner is not None:
-            (<_TextBuffer>self._text_owner).pins -= 1
+            quill_atomic_add_ssize(&(<_TextBuffer>self._text_owner).pins, -1)
 
     def __len__(self):
         return self.columns.count
@@ -380,13 +388,20 @@ cpdef PinnedBatch pin_batch(batch):
     if type(batch) is not TokenBatch:
         raise TypeError(f"pin_batch needs a TokenBatch, not {type(batch).__name__}")
     cdef _BatchStorage b = <_BatchStorage>batch
+    with cython.critical_section(b):   # free-threaded: keeps the batch's mutators out meanwhile
+        return _pin_locked(b)
+
+
+cdef PinnedBatch _pin_locked(_BatchStorage b):
+    """``pin_batch(b)`` for a caller already in ``b``'s critical section (every TokenBatch method)."""
     cdef PinnedBatch pin = PinnedBatch.__new__(PinnedBatch)
-    # From here on nothing allocates, so no other thread can run until the pin is complete.
+    # From here on nothing allocates, so (with the GIL) no other thread can run until the pin is
+    # complete; free-threaded, the caller's critical section on the batch does the same.
     if b._columns is not None:
-        b._columns.pins += 1
+        quill_atomic_add_ssize(&b._columns.pins, 1)
         pin._columns_owner = b._columns
     if b._text_buffer is not None:
-        b._text_buffer.pins += 1
+        quill_atomic_add_ssize(&b._text_buffer.pins, 1)
         pin._text_owner = b._text_buffer
     pin.columns = b._columns_now()
     return pin

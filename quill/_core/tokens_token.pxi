@@ -62,14 +62,21 @@ cdef class Token:
         return self._get_text()
 
     cdef str _get_text(self):
-        if self._lazy_text:
-            self._text = PyUnicode_DecodeUTF8(
-                <const char *>(<_TextBuffer>self._text).data + self._text_start, self._text_len, NULL)
-            self._lazy_text = 0
-        return <str>self._text
+        # Free-threaded, two threads may ask at once: the swap from buffer to str (which drops
+        # the token's reference to the buffer) happens once, in the token's critical section.
+        with cython.critical_section(self):
+            if self._lazy_text:
+                self._text = PyUnicode_DecodeUTF8(
+                    <const char *>(<_TextBuffer>self._text).data + self._text_start, self._text_len, NULL)
+                self._lazy_text = 0
+            return <str>self._text
 
     cdef const unsigned char *_utf8(self, Py_ssize_t *size) except NULL:
         """The text's UTF-8 bytes (HAS_TEXT only); valid while the token lives."""
+        if QUILL_FREE_THREADED:
+            # Another thread's _get_text may drop the buffer at any moment: point into the str,
+            # which the token keeps for good once it has it.
+            return _utf8(self._get_text(), size)
         if self._lazy_text:
             size[0] = self._text_len
             return (<_TextBuffer>self._text).data + self._text_start
@@ -201,7 +208,7 @@ cdef class Token:
             return False
         if not self._flags & HAS_TEXT:
             return True
-        if not (self._lazy_text or o._lazy_text):
+        if not (QUILL_FREE_THREADED or self._lazy_text or o._lazy_text):
             return self._text == o._text
         a = self._utf8(&a_len)
         b = o._utf8(&b_len)

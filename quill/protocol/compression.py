@@ -20,15 +20,23 @@ from ..errors import DecodeError, IncompleteStreamError, LimitExceededError
 from .constants import ZSTD_LEVEL
 from .numbers import parse_real
 
+# The one place that picks the zstd implementation. Not zstandard: it publishes no free-threaded
+# wheels, and urllib3's own zstd extra moved to backports.zstd (the same API as the standard
+# library's, with cp313t/cp314t wheels); benchmarks/bench_zstd.py measures the three side by side.
 try:  # Python 3.14+
     from compression import zstd as _zstd
+
+    IMPLEMENTATION = "compression.zstd"
 except ImportError:  # older Pythons: the backport that urllib3's zstd extra installs
     try:
         from backports import zstd as _zstd
+
+        IMPLEMENTATION = "backports.zstd"
     except ImportError:  # pragma: no cover - depends on the environment
         _zstd = None
+        IMPLEMENTATION = None
 
-__all__ = ["available", "compress", "compress_stream", "StreamCompressor", "ZstdDecoder", "accepts_zstd", "coding_weights"]
+__all__ = ["IMPLEMENTATION", "available", "compress", "compress_stream", "StreamCompressor", "ZstdDecoder", "accepts_zstd", "coding_weights"]
 
 #: The largest zstd window a body may use: 8 MiB, as RFC 9659 sets for the ``zstd`` content
 #: coding. A frame that asks for more is refused, so its window costs no more memory than that.

@@ -17,12 +17,14 @@ _looked = False
 def _propagator():
     global _propagate, _looked
     if not _looked:
-        _looked = True
         try:
             from opentelemetry import propagate
         except ImportError:
             propagate = None
+        # _propagate first: a thread that sees _looked (free-threaded, or during the import
+        # above) reads the propagator, never the None before it
         _propagate = propagate
+        _looked = True
     return _propagate
 
 
