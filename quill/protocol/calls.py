@@ -145,6 +145,8 @@ def _check_config(config: dict) -> None:
         raise ValueError(f"tensor_chunk_size must be 1..2**32-1, got {config['tensor_chunk_size']!r}")
     if config["shared_memory"] not in ("auto", True, False):
         raise ValueError(f"shared_memory must be 'auto', True or False, got {config['shared_memory']!r}")
+    if type(config["shared_memory_bytes"]) is not int or config["shared_memory_bytes"] < 0:
+        raise ValueError(f"shared_memory_bytes must be a non-negative int, got {config['shared_memory_bytes']!r}")
     if config["enable_compression"] and not compression.available():
         raise ImportError("enable_compression=True needs zstd support: pip install 'urllib3[zstd]'")
 

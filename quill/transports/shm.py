@@ -134,11 +134,16 @@ class Arenas:
 
     def alive(self) -> bool:
         """False once the server closed the channel (it exited: every arena is void)."""
+        if not self._lock.acquire(blocking=False):
+            return True  # an exchange is under way: it finds out if the channel closed
         try:
             readable, _, _ = select.select([self._sock], [], [], 0)
+            # The server never speaks unasked: with no exchange under way, readable means closed.
+            return not readable
         except (OSError, ValueError):
             return False
-        return not readable  # the server never speaks unasked: readable means closed
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         self.pool.clear()
@@ -191,9 +196,11 @@ class _SharedMemory:
                 raise QuillConnectionError(f"shared memory at {offer['socket']}: {exc}") from exc
             return
         with self._lock:
-            if self._arenas is not None:
-                self._arenas.close()
-            self._arenas, self._offered = arenas, True
+            won = self._arenas is None  # calls that asked at once: the first answer's channel is kept
+            if won:
+                self._arenas, self._offered = arenas, True
+        if not won:
+            arenas.close()
 
     def _usable(self) -> Arenas | None:
         arenas = self._arenas
