@@ -50,9 +50,10 @@ def make_app() -> QuillApp:
         return ProblemDetails(status=422, title="Refused", detail=f"{tensor.size_bytes} bytes")
 
     @app.tensor(f"{SVC}/Slow")
-    def slow(tensor, context):
+    def slow(tensor, context):  # reads every page of its request, then waits
+        checksum = int(np.frombuffer(tensor.data, np.uint8)[::4096].sum())
         time.sleep(float(context.headers.get("x-sleep", "1")))
-        return tensor
+        return Tensor.from_numpy(np.array([checksum], dtype=np.int64)) if context.headers.get("x-sum") else tensor
 
     return app
 

@@ -215,7 +215,7 @@ class _SharedMemory:
     def _stage(self, request: Request) -> tuple[Request, _Staged] | None:
         """The request moved to shared memory, and its arenas; None to send it as it is."""
         tensor = request.tensor
-        arenas = self._usable()
+        arenas = self._arenas
         if tensor is None or arenas is None or tensor.size_bytes < MIN_BYTES:
             return None
         data = np.frombuffer(tensor.data, dtype=np.uint8)
@@ -347,7 +347,7 @@ class SharedMemoryTransport(_SharedMemory):
         self._offer_answer(response.status, body)
 
     def open(self, request: Request) -> Any:
-        if request.tensor is not None and self._offered is None:
+        if request.tensor is not None and self._usable() is None and self._offered is None:
             self._ask_offer()
         moved = self._stage(request)
         if moved is None:
@@ -392,7 +392,7 @@ class AsyncSharedMemoryTransport(_SharedMemory):
         self._offer_answer(response.status, body)
 
     async def open(self, request: Request) -> Any:
-        if request.tensor is not None and self._offered is None:
+        if request.tensor is not None and self._usable() is None and self._offered is None:
             await self._ask_offer()
         moved = self._stage(request)
         if moved is None:
