@@ -25,7 +25,6 @@ import argparse
 import multiprocessing as mp
 import os
 import pickle
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from multiprocessing import shared_memory
 from typing import Callable
 
 import numpy as np
+from bench_tensor_receive import interleaved
 
 from quill import QuillClient
 from quill.server import QuillApp, serve, unix_url
@@ -60,19 +60,6 @@ def make_app() -> QuillApp:
         return request
 
     return app
-
-
-def interleaved(ops: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds of each op, run once to warm up, then round-robin ``rounds`` times."""
-    for op in ops.values():
-        op()
-    times: dict[str, list[float]] = {name: [] for name in ops}
-    for _ in range(rounds):
-        for name, op in ops.items():
-            started = time.perf_counter()
-            op()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _mp_peer(conn) -> None:
