@@ -199,3 +199,29 @@ def test_bad_options_are_refused():
         QuillClient("http+unix://%2Ftmp%2Fx.sock", shared_memory="yes")
     with pytest.raises(ValueError, match="shared_memory_bytes"):
         QuillClient("http+unix://%2Ftmp%2Fx.sock", shared_memory_bytes=-1)
+
+
+@pytest.mark.sync_only
+def test_a_forked_child_opens_its_own_channel(url):
+    a = np.arange(MIB // 4, dtype=np.float32)
+    with QuillClient(url) as client:
+        assert client.call_tensor(SVC, "Double", Tensor.from_numpy(a)).to_numpy()[1] == 2
+        parent_session = transport(client)._arenas.session
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                answer = client.call_tensor(SVC, "Double", Tensor.from_numpy(a))
+                ok = np.array_equal(answer.to_numpy(), a * 2) and transport(client)._arenas.session != parent_session
+                os.write(write_end, b"ok" if ok else b"bad")
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        os.waitpid(pid, 0)
+        assert os.read(read_end, 16) == b"ok"
+        os.close(read_end)
+        # the parent's channel is untouched
+        assert client.call_tensor(SVC, "Double", Tensor.from_numpy(a)).to_numpy()[1] == 2
+        assert transport(client)._arenas.session == parent_session

@@ -65,6 +65,7 @@ class Arenas:
 
     def __init__(self, path: str, limit: int):
         self.path = path
+        self.pid = os.getpid()  # a forked child never speaks on its parent's channel
         self._lock = threading.Lock()
         self._ids: dict[int, int] = {}  # id(pooled buffer) -> arena number (the pool holds the buffers)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -204,6 +205,10 @@ class _SharedMemory:
 
     def _usable(self) -> Arenas | None:
         arenas = self._arenas
+        if arenas is not None and arenas.pid != os.getpid():  # a forked child: its own channel, later
+            with self._lock:
+                self._arenas, self._offered, self._sizes = None, None, {}
+            return None
         if arenas is not None and not arenas.alive():  # the server went away: ask again on the next call
             with self._lock:
                 if self._arenas is arenas:
