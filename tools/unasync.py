@@ -22,6 +22,7 @@ WORDS = {
     "AsyncTokenStream": "TokenStream",
     "AsyncTokenArrowExport": "TokenArrowExport",
     "AsyncHTTP11Transport": "HTTP11Transport",
+    "AsyncSharedMemoryTransport": "SharedMemoryTransport",
     "aio_http11": "http11",
     "_async_streams": "_sync_streams",
     "_async_client": "_sync_client",

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from .support import EXIT_OK, non_negative_float, positive_int, run_client_command
 
@@ -35,6 +35,33 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return run_client_command(action)
+
+
+def _unix_socket_echo(embedding: Any, rounds: int, say: Callable[[str], None]) -> dict[str, float]:
+    """The Echo of ``embedding`` on the demo served on a Unix socket, through shared memory
+    (docs/shared-memory.md) and in HTTP bodies: MB/s of each."""
+    import os
+    import tempfile
+
+    from ..client import QuillClient
+    from ..demo import SERVICE, create_demo_app
+    from ..server import serve_in_thread, unix_url
+
+    rates = {}
+    with tempfile.TemporaryDirectory() as folder, \
+            serve_in_thread(create_demo_app(), uds=os.path.join(folder, "demo.sock")) as path:
+        for key, shared in (("shm_tensor_mb_per_s", True), ("uds_tensor_mb_per_s", False)):
+            with QuillClient(unix_url(path), timeout_ms=60_000, shared_memory=shared) as client:
+                client.call_tensor(SERVICE, "Echo", embedding)  # the offer, the arenas
+                started = time.perf_counter()
+                for _ in range(rounds):
+                    echoed = client.call_tensor(SERVICE, "Echo", embedding)
+                rates[key] = 2 * rounds * embedding.size_bytes / (time.perf_counter() - started) / 1e6
+                if echoed != embedding:
+                    raise RuntimeError("the Unix-socket Echo changed the tensor")
+    say(f"  on a Unix socket: {rates['shm_tensor_mb_per_s']:,.0f} MB/s through shared memory, "
+        f"{rates['uds_tensor_mb_per_s']:,.0f} MB/s in HTTP bodies (identical: True)")
+    return rates
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:
@@ -134,6 +161,8 @@ def run_demo(
         say(f"\n> Echo      the {embedding.size_bytes / 2**20:.1f} MiB tensor there and back x{rounds}: "
             f"identical: {identical}")
         summary.update(tensor_mb_per_s=moved / echo_seconds / 1e6, tensor_identical=float(identical))
+        if sys.platform.startswith("linux"):
+            summary.update(_unix_socket_echo(embedding, rounds, say))
 
         payload = b"q" * 64
         latencies = []
@@ -150,5 +179,8 @@ def run_demo(
         f"(server paced at {token_delay * 1000:g} ms/token), first token after {summary['first_token_ms']:.1f} ms")
     say(f"  bulk generation      {summary['bulk_tokens_per_s']:,.0f} tokens/s")
     say(f"  tensor round trip    {summary['tensor_mb_per_s']:,.0f} MB/s (bytes sent + received per second)")
+    if "shm_tensor_mb_per_s" in summary:
+        say(f"  over a Unix socket   {summary['shm_tensor_mb_per_s']:,.0f} MB/s through shared memory, "
+            f"{summary['uds_tensor_mb_per_s']:,.0f} MB/s in HTTP bodies")
     say(f"  unary Echo latency   p50 {summary['unary_p50_ms']:.2f} ms, p99 {summary['unary_p99_ms']:.2f} ms")
     return summary

@@ -36,6 +36,8 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
                             "http+unix://<percent-encoded path>); removed when the server stops")
     serve.add_argument("--uds-mode", type=octal_mode, default=0o600, metavar="MODE",
                        help="file mode of the --uds socket, octal (default 600: only this user may connect)")
+    serve.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
+                       help="with --uds, do not offer shared-memory tensor calls (PATH.shm; docs/shared-memory.md)")
     serve.add_argument("--engine", choices=sorted(ENGINES), default=None,
                        help="the HTTP server: uvicorn (HTTP/1.1), hypercorn (HTTP/1.1 and HTTP/2) or granian "
                             "(HTTP/1.1 and HTTP/2, Rust I/O); default: the preferred one installed")
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         serve(app, args.host, args.port, uds=args.uds, uds_mode=args.uds_mode, tls=tls, engine=args.engine,
               log_level=args.log_level, access_log=args.access_log, graceful_timeout=args.graceful_timeout,
               on_listening=listening, workers=args.workers, head_timeout=args.head_timeout,
-              max_connections=args.max_connections)
+              max_connections=args.max_connections, shared_memory=args.shared_memory)
     except OSError as exc:
         if announced:
             error(f"the server failed: {exc.strerror or exc}")

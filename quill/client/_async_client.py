@@ -23,6 +23,7 @@ from ..protocol.requests import Request
 from ..protocol.retries import RetryState, TransportError, quill_error_for, resendable
 from ..tensor import Tensor
 from ..transports.aio_http11 import AsyncHTTP11Transport
+from ..transports.shm import AsyncSharedMemoryTransport, shared_memory_wanted
 from ._async_streams import AsyncMessageStream, AsyncTokenStream, read_body
 from ._error_body import ErrorBody
 from ._map import MapCall
@@ -48,6 +49,10 @@ class AsyncQuillClient:
     call wins) and shown nowhere: ``base_url``, ``repr`` and errors leave it out. Headers may be
     set from any thread; a call made after ``set_header()`` returns sends the new value.
     ``tensor_pool_bytes`` bounds the receive buffers kept for reuse (see :meth:`call_tensor`; 0: none).
+    ``shared_memory`` (Linux, ``http+unix://`` URLs): ``"auto"`` moves tensors of 64 KiB or more
+    through shared memory when the server offers it and sends HTTP bodies otherwise; True
+    requires it (QuillConnectionError when the server does not offer it); False never uses it.
+    ``shared_memory_bytes`` bounds the arenas (docs/shared-memory.md).
 
     >>> async with AsyncQuillClient("http://127.0.0.1:8080") as client:  # doctest: +SKIP
     ...     client.set_api_key("key-123")
@@ -75,6 +80,8 @@ class AsyncQuillClient:
         tensor_pool_bytes: int = 512 << 20,
         idempotent_methods: tuple = (),
         headers: Mapping[str, str] | None = None,
+        shared_memory: bool | str = "auto",
+        shared_memory_bytes: int = 1 << 30,
     ):
         config = dict(
             base_url=base_url, timeout_ms=timeout_ms, enable_compression=enable_compression,
@@ -82,13 +89,16 @@ class AsyncQuillClient:
             backoff_ms=backoff_ms, verify=verify, ca_file=ca_file, client_cert=client_cert,
             client_key=client_key, max_response_bytes=max_response_bytes, max_tensor_bytes=max_tensor_bytes,
             tensor_chunk_size=tensor_chunk_size, tensor_pool_bytes=tensor_pool_bytes,
-            idempotent_methods=tuple(idempotent_methods),
+            idempotent_methods=tuple(idempotent_methods), shared_memory=shared_memory,
+            shared_memory_bytes=shared_memory_bytes,
         )
         self._setup(config, headers or {})
 
     def _setup(self, config: dict, headers: Mapping[str, str]) -> None:
         self._core = ClientCore(config, headers)
-        self._transport = AsyncHTTP11Transport(self._core)
+        transport = AsyncHTTP11Transport(self._core)
+        self._transport = AsyncSharedMemoryTransport(self._core, transport) if shared_memory_wanted(self._core) \
+            else transport
 
     def __getstate__(self) -> dict:
         return {"config": dict(self._core.config), "headers": self._core.get_headers()}
@@ -196,7 +206,7 @@ class AsyncQuillClient:
         """Read a 2xx answer through its consumer, then release the connection."""
         ok = False
         try:
-            consumer = self._core.consumer(request, response.headers, out)
+            consumer = self._core.consumer(request, response.headers, out, getattr(response, "shared", None))
             if request.expect == "tensor":
                 ended = False
                 while not ended:
@@ -305,6 +315,21 @@ class AsyncQuillClient:
         >>> t = await client.call_tensor("demo.v1.Model", "Weights", b"", out=out)       # doctest: +SKIP
         """
         return await self._unary("tensor", service, method, request, timeout_ms, headers, idempotent, out)
+
+    async def empty(self, shape: Any, dtype: Any) -> Any:
+        """A numpy array (uninitialised) that lives in shared memory when the client uses it
+        (docs/shared-memory.md), else in ordinary memory: a Tensor over it is sent without a
+        copy. Do not write to it while a call that sends it is in flight.
+
+        >>> a = client.empty((1024, 1024), "float32"); a[:] = 1.0                   # doctest: +SKIP
+        >>> t = client.call_tensor("demo.v1.Model", "Echo", Tensor.from_numpy(a))   # doctest: +SKIP
+        """
+        empty = getattr(self._transport, "empty", None)
+        if empty is None:
+            import numpy as np
+
+            return np.empty(shape, dtype=dtype)
+        return await empty(shape, dtype)
 
     async def send_tensor(self, service: str, method: str, tensor: Tensor, *, timeout_ms: int | None = None,
                           headers: Mapping[str, str] | None = None, idempotent: bool | None = None) -> bytes:

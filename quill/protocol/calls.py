@@ -21,7 +21,7 @@ import threading
 from typing import Any, Iterable, Mapping
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
-from ..errors import EncodeError
+from ..errors import DecodeError, EncodeError
 from ..frames import MessageStreamDecoder, TokenStreamDecoder, encode_tensor_frames
 from ..tensor import Tensor
 from . import compression
@@ -33,6 +33,7 @@ from .requests import Body, CallInfo, Request, aframe_messages, as_buffer, buffe
     encode_json_request, frame_messages
 from .responses import BytesConsumer, FrameConsumer, JsonConsumer, TensorConsumer
 from .retries import RetryPolicy
+from .shm import DATA_HEADER, SHM_PATH, ShmTensorConsumer
 from .tls_files import check_client_files
 from .tracing import trace_headers
 
@@ -56,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "tensor_chunk_size": 64 * 1024,
     "tensor_pool_bytes": 512 << 20,
     "idempotent_methods": (),
+    "shared_memory": "auto",
+    "shared_memory_bytes": 1 << 30,
 }
 # The Content-Type of a request by its body, and its Accept by the call (docs/protocol.md,
 # "Call kinds"): the answer each call reads. send_tensor reads any answer as bytes.
@@ -142,6 +145,10 @@ def _check_config(config: dict) -> None:
     if not 1 <= config["tensor_chunk_size"] <= 0xFFFFFFFF:
         raise ValueError(f"tensor_chunk_size must be 1..2**32-1, got {config['tensor_chunk_size']!r}")
     check_client_files(config["ca_file"], config["client_cert"], config["client_key"])
+    if config["shared_memory"] not in ("auto", True, False):
+        raise ValueError(f"shared_memory must be 'auto', True or False, got {config['shared_memory']!r}")
+    if type(config["shared_memory_bytes"]) is not int or config["shared_memory_bytes"] < 0:
+        raise ValueError(f"shared_memory_bytes must be a non-negative int, got {config['shared_memory_bytes']!r}")
     if config["enable_compression"] and not compression.available():
         raise ImportError("enable_compression=True needs zstd support: pip install 'urllib3[zstd]'")
 
@@ -284,11 +291,16 @@ class ClientCore:
             header_list, key = header_list + trace, None
         marked = info.idempotent if idempotent is None else bool(idempotent)
         answer = "bytes" if expect in ("unary", "client_stream", "send_tensor") else expect
-        return Request("POST", info, header_list, key, body, timeout, marked, answer)
+        tensor = payload if isinstance(payload, Tensor) and expect in ("tensor", "send_tensor") else None
+        return Request("POST", info, header_list, key, body, timeout, marked, answer, tensor)
 
     def health_request(self, timeout_ms: int) -> Request:
         timeout = min(self.timeout_s(timeout_ms), self.timeout_ms / 1000.0)
         return self._get_request("health", "/health", timeout, "bytes")
+
+    def shm_request(self) -> Request:
+        """``GET /.well-known/quill/shm`` (docs/shared-memory.md), its answer read as JSON."""
+        return self._get_request("shared memory", SHM_PATH, self.timeout_s(HEALTH_TIMEOUT_MS), "json")
 
     def describe_request(self, timeout_ms: int | None, headers: Mapping[str, str] | None = None) -> Request:
         """``GET /.well-known/quill/methods``, its answer read as JSON."""
@@ -346,11 +358,16 @@ class ClientCore:
         return Body(chunks=lambda: compression.compress_stream(pieces()), encoding="zstd", rewindable=False)
 
     # -- answers ------------------------------------------------------------------------
-    def consumer(self, request: Request, headers: Mapping[str, str], out: Any = None) -> Any:
+    def consumer(self, request: Request, headers: Mapping[str, str], out: Any = None, shared: Any = None) -> Any:
         """The consumer that reads a 2xx answer to ``request`` (``headers``: lower-case names);
-        ``out`` is the destination buffer of a tensor answer (None: one from the receive pool)."""
+        ``out`` is the destination buffer of a tensor answer (None: one from the receive pool);
+        ``shared`` resolves the regions of an answer left in shared memory (the response's)."""
         call = request.call.describe()
         expect = request.expect
+        if expect == "tensor" and DATA_HEADER.lower() in headers:
+            if shared is None:
+                raise DecodeError(f"{call}: the answer is in shared memory ({DATA_HEADER}), which the call did not offer")
+            return ShmTensorConsumer(headers, call, shared, out)
         if expect == "bytes":
             return BytesConsumer(headers, self.config["max_response_bytes"], call)
         if expect == "json":

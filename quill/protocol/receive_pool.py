@@ -10,6 +10,11 @@ Tensor's memory never changes under its user, however long it is kept. Buffers a
 size class (eighths of a power of two: at most 12.5% larger than asked), at most ``limit`` bytes
 in all, lent or free; past that, tensors get fresh memory as without the pool.
 
+The same pool lends shared-memory arenas (:mod:`quill.transports.shm`): ``new_buffer(size)``
+makes a buffer (None when it cannot), ``on_drop(buffer)`` hears of each one the pool forgets,
+``lend`` answers None where ``allocate`` would give fresh memory, ``owner`` finds the buffer
+holding some memory, and ``retire`` forgets the buffer of a view that must never be lent again.
+
 >>> pool = ReceivePool(64 << 20)
 >>> first = pool.allocate(4 << 20); address = first.ctypes.data
 >>> pool.allocate(4 << 20).ctypes.data == address   # the first is in use: another buffer
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,15 +57,20 @@ def size_class(size: int) -> int:
 class ReceivePool:
     """Receive buffers of one client, at most ``limit`` bytes in all (0: no pool). Thread-safe."""
 
-    __slots__ = ("_limit", "_buffers", "_held", "_lock")
+    __slots__ = ("_limit", "_buffers", "_held", "_lock", "_new", "_on_drop", "_min")
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, *, new_buffer: Callable[[int], Any] | None = None,
+                 on_drop: Callable[[np.ndarray], None] | None = None, min_bytes: int = POOL_MIN_BYTES,
+                 what: str = "tensor_pool_bytes"):
         if not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"tensor_pool_bytes must be a non-negative int, got {limit!r}")
+            raise ValueError(f"{what} must be a non-negative int, got {limit!r}")
         self._limit = limit
         self._buffers: list = []  # least recently lent first
         self._held = 0
         self._lock = threading.Lock()
+        self._new = new_buffer or _fresh
+        self._on_drop = on_drop
+        self._min = min_bytes
 
     @property
     def held_bytes(self) -> int:
@@ -69,9 +80,15 @@ class ReceivePool:
     def allocate(self, size: int) -> np.ndarray:
         """A writable uint8 array of ``size`` bytes: a free pooled buffer's start, a new pooled
         buffer, or fresh memory (small sizes, or a pool whose buffers are all in use)."""
+        lent = self.lend(size)
+        return np.empty(size, dtype=np.uint8) if lent is None else lent
+
+    def lend(self, size: int) -> np.ndarray | None:
+        """A free pooled buffer's start, or a new pooled buffer, of ``size`` bytes; None for a size
+        below ``min_bytes`` or when the bound (or ``new_buffer``) allows no buffer."""
         wanted = size_class(size)
-        if size < POOL_MIN_BYTES or wanted > self._limit:
-            return np.empty(size, dtype=np.uint8)
+        if size < self._min or wanted > self._limit:
+            return None
         with self._lock:
             buffers = self._buffers
             for i in range(len(buffers)):
@@ -81,17 +98,51 @@ class ReceivePool:
             i = 0
             while self._held + wanted > self._limit and i < len(buffers):  # drop free ones, oldest first
                 if sys.getrefcount(buffers[i]) == _ONLY_THE_POOL:
-                    self._held -= buffers.pop(i).nbytes
+                    self._forget(i)
                 else:
                     i += 1
             if self._held + wanted > self._limit:
-                return np.empty(size, dtype=np.uint8)
-            buffers.append(np.empty(wanted, dtype=np.uint8))
+                return None
+            buffer = self._new(wanted)
+            if buffer is None:
+                return None
+            buffers.append(buffer)
+            del buffer
             self._held += wanted
             return buffers[-1][:size]
+
+    def _forget(self, i: int) -> None:
+        buffer = self._buffers.pop(i)
+        self._held -= buffer.nbytes
+        if self._on_drop is not None:
+            self._on_drop(buffer)
+
+    def owner(self, address: int, size: int) -> tuple[np.ndarray, int] | None:
+        """The pooled buffer holding the ``size`` bytes at ``address``, and their offset in it."""
+        with self._lock:
+            for buffer in self._buffers:
+                delta = address - buffer.__array_interface__["data"][0]
+                if 0 <= delta and delta + size <= buffer.nbytes:
+                    return buffer, delta
+        return None
+
+    def retire(self, view: np.ndarray) -> None:
+        """Forget the pooled buffer ``view`` is part of: it is never lent again."""
+        found = self.owner(view.__array_interface__["data"][0], view.nbytes)
+        if found is None:
+            return
+        with self._lock:
+            for i in range(len(self._buffers)):
+                if self._buffers[i] is found[0]:
+                    self._forget(i)
+                    return
 
     def clear(self) -> None:
         """Forget every buffer (those still in use live on with their tensors)."""
         with self._lock:
             self._buffers = []
             self._held = 0
+
+
+def _fresh(size: int) -> np.ndarray:
+    return np.empty(size, dtype=np.uint8)

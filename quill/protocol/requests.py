@@ -161,12 +161,14 @@ class Request:
     ``headers`` is a tuple of ``(name, value)`` pairs without framing headers; ``header_key`` is
     equal for requests whose headers are equal (transports cache their serialization by it).
     ``expect`` names what the answer is read as: bytes, json, messages, tokens or tensor.
+    ``tensor`` is the Tensor the body carries as tensor frames (None for other bodies): a
+    transport may move it another way (shared memory, :mod:`quill.transports.shm`).
     """
 
-    __slots__ = ("method", "call", "headers", "header_key", "body", "timeout", "idempotent", "expect")
+    __slots__ = ("method", "call", "headers", "header_key", "body", "timeout", "idempotent", "expect", "tensor")
 
     def __init__(self, method: str, call: CallInfo, headers: tuple, header_key: Any, body: Body | None,
-                 timeout: float, idempotent: bool, expect: str):
+                 timeout: float, idempotent: bool, expect: str, tensor: Any = None):
         self.method = method
         self.call = call
         self.headers = headers
@@ -175,6 +177,7 @@ class Request:
         self.timeout = timeout
         self.idempotent = idempotent
         self.expect = expect
+        self.tensor = tensor
 
     @property
     def target(self) -> bytes:

@@ -17,6 +17,7 @@ from ..metrics import UNMATCHED_METHOD, ServerMetrics
 from ..protocol.constants import JSON
 from ..protocol.kinds import DESCRIBE_PATH
 from ..protocol.problems import problem
+from ..protocol.shm import SHM_PATH
 from .auth import AuthHook
 from .context import Context
 from .cors import CorsPolicy
@@ -33,7 +34,7 @@ __all__ = ["QuillApp", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_PUBLIC_PATHS", "BUI
 logger = logging.getLogger("quill.server")
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-BUILTIN_PATHS = ("/health", "/ready", "/metrics", DESCRIBE_PATH)
+BUILTIN_PATHS = ("/health", "/ready", "/metrics", DESCRIBE_PATH, SHM_PATH)
 #: Paths a QuillApp with ``auth`` still answers without credentials (the health probes).
 DEFAULT_PUBLIC_PATHS = ("/health", "/ready")
 
@@ -96,6 +97,7 @@ class QuillApp:
         self._startup: list[Callable] = []
         self._shutdown: list[Callable] = []
         self._started_at = time.monotonic()
+        self._shm = None
 
     # -- registration ---------------------------------------------------------------
     def add_method(self, path: str, function: Callable, kind: str = "unary") -> None:
@@ -154,6 +156,12 @@ class QuillApp:
         """Run ``function`` (sync or async) at ASGI lifespan shutdown; usable as a decorator."""
         self._shutdown.append(function)
         return function
+
+    def attach_shared_memory(self, channel) -> None:
+        """Offer shared-memory tensor calls through ``channel`` (a
+        :class:`~quill.server.shm_channel.ShmChannel`; None: stop offering them). ``serve`` and
+        ``serve_in_thread`` do this on a Unix socket (docs/shared-memory.md)."""
+        self._shm = channel
 
     def methods(self) -> dict[str, str]:
         """Registered method paths and their kinds."""
@@ -221,6 +229,7 @@ class QuillApp:
         method_path = path[1:]
         route = self._routes.get(method_path)
         exchange = Exchange(scope, receive, send, method_path if route else UNMATCHED_METHOD, self.max_request_bytes)
+        exchange.shm_channel = self._shm
         started = time.perf_counter()
         self.metrics.request_started()
         try:
@@ -305,6 +314,12 @@ class QuillApp:
             return
         if path == DESCRIBE_PATH:
             await exchange.respond(200, self.describe(), JSON)
+            return
+        if path == SHM_PATH:
+            if self._shm is None:
+                await exchange.respond_problem(problem(404, "Not found", "this server offers no shared memory"))
+            else:
+                await exchange.respond(200, json.dumps(self._shm.announce()).encode(), JSON)
             return
         if path == "/health":
             ok = bool(self.healthy)

@@ -113,7 +113,10 @@ class Exchange:
 
     ``max_request_bytes`` bounds the body on the wire and after decompression (None: no limit).
     ``send_bytes`` is True when the engine announced :data:`SEND_BYTES_EXTENSION`.
+    ``shm_channel`` is the app's shared-memory channel (:mod:`quill.server.shm_channel`), if any.
     """
+
+    shm_channel: Any = None
 
     def __init__(self, scope: dict, receive: Callable, send: Callable, method_path: str,
                  max_request_bytes: int | None):

@@ -137,8 +137,10 @@ async def _answer_tokens_as_json(exchange: Exchange, items: AsyncIterator, check
 
 async def _serve_tensor(exchange: Exchange, route: Route) -> None:
     from ..tensor import Tensor
+    from .shm_calls import shared_call
 
-    request = await exchange.read_tensor_or_body()
+    shared = shared_call(exchange)
+    request = await (exchange.read_tensor_or_body() if shared is None else shared.read_request(exchange))
     result = await invoke(route.function, request, exchange.context)
     if isinstance(result, ProblemDetails):
         await exchange.respond_problem(result)
@@ -147,7 +149,8 @@ async def _serve_tensor(exchange: Exchange, route: Route) -> None:
             await exchange.respond(200, _tensor_json(result), JSON)
         else:
             check_answer_form(exchange.headers, route, "tensor")
-            await _send_tensor(exchange, result)
+            if shared is None or not await shared.answer(exchange, result):
+                await _send_tensor(exchange, result)
     else:
         body = bytes(as_body(result, route.path))
         if not wants_json(exchange.headers):

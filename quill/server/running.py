@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from typing import Any, Callable, Iterator
 
@@ -51,6 +52,30 @@ def load_app(spec: str) -> Any:
     return target
 
 
+@contextlib.contextmanager
+def _shared_memory(app: Any, uds: str | None, uds_mode: int, enabled: bool, workers: int = 1) -> Iterator[None]:
+    """Offer shared-memory tensor calls (docs/shared-memory.md) beside a Unix socket: on Linux, with
+    one worker process, for an app that takes them (a QuillApp); its channel is ``<uds>.shm``."""
+    attach = getattr(app, "attach_shared_memory", None)
+    if not (enabled and uds is not None and attach is not None and sys.platform.startswith("linux")):
+        yield
+        return
+    if workers > 1:
+        logger.info("quill: shared memory is offered with one worker only; serving HTTP bodies")
+        yield
+        return
+    from .shm_channel import ShmChannel
+
+    channel = ShmChannel(os.fspath(uds) + ".shm", mode=uds_mode)
+    channel.start()
+    attach(channel)
+    try:
+        yield
+    finally:
+        attach(None)
+        channel.close()
+
+
 def _listen(host: str, port: int, uds: str | None, uds_mode: int) -> socket.socket:
     return bind_unix(uds, uds_mode) if uds is not None else bind_tcp(host, port)
 
@@ -71,6 +96,7 @@ def serve(
     workers: int = 1,
     head_timeout: float = HEAD_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
+    shared_memory: bool = True,
 ) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully.
 
@@ -83,6 +109,8 @@ def serve(
     (:mod:`quill.server.engines`; default: the preferred one installed). A client whose request
     head is not complete ``head_timeout`` seconds after it connected is dropped; each worker holds
     at most ``max_connections`` open (the soft open-file limit is raised to fit, up to the hard one).
+    On a Unix socket (Linux, one worker) shared-memory tensor calls are offered unless
+    ``shared_memory=False`` (docs/shared-memory.md).
 
     >>> serve(app, "127.0.0.1", 8080, workers=4)  # doctest: +SKIP
     >>> serve(app, uds="/run/quill.sock")  # doctest: +SKIP
@@ -99,13 +127,14 @@ def serve(
     url = socket_url(sock, tls=tls is not None)
     announce = None if on_listening is None else lambda: on_listening(url)
     try:
-        if workers == 1:
-            server = prepare(app, sock, options, engine)
-            if announce is not None:
-                _call_in_thread(lambda: server.wait_started() and announce())
-            server.run()
-        else:
-            _run_workers(lambda: prepare(app, sock, options, engine), workers, announce)
+        with _shared_memory(app, uds, uds_mode, shared_memory, workers):
+            if workers == 1:
+                server = prepare(app, sock, options, engine)
+                if announce is not None:
+                    _call_in_thread(lambda: server.wait_started() and announce())
+                server.run()
+            else:
+                _run_workers(lambda: prepare(app, sock, options, engine), workers, announce)
     finally:
         if uds is not None:
             remove_unix_socket(uds)
@@ -243,6 +272,7 @@ def serve_in_thread(
     startup_timeout: float = 10.0,
     head_timeout: float = HEAD_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
+    shared_memory: bool = True,
 ) -> Iterator[str]:
     """Run ``app`` in a background thread; yields its base URL, or with ``uds`` the socket's path.
 
@@ -250,8 +280,8 @@ def serve_in_thread(
     that Unix socket path instead (:func:`~quill.server.sockets.unix_url` of the path is the URL
     :class:`~quill.client.QuillClient` takes: ``http+unix://<percent-encoded path>``). Leaving
     the block shuts the server down (in-flight streams get ``graceful_timeout`` seconds) and
-    removes the socket file. ``head_timeout`` and ``max_connections`` are those of :func:`serve`
-    (the open-file limit is left as it is).
+    removes the socket file. ``head_timeout``, ``max_connections`` and ``shared_memory`` are those
+    of :func:`serve` (the open-file limit is left as it is).
 
     >>> with serve_in_thread(app) as base_url:  # doctest: +SKIP
     ...     QuillClient(base_url).call("echo.v1.EchoService", "Echo", b"hi")
@@ -275,11 +305,14 @@ def serve_in_thread(
         except BaseException as exc:  # reported to the caller below
             failure.append(exc)
 
+    offer = _shared_memory(app, uds, uds_mode, shared_memory)
+    offer.__enter__()
     thread = threading.Thread(target=run, name="quill-server", daemon=True)
     thread.start()
     if not server.wait_started(startup_timeout):
         server.stop()
         thread.join(startup_timeout)
+        offer.__exit__(None, None, None)
         _close(sock, uds)
         raise RuntimeError("quill server failed to start") from (failure[0] if failure else None)
     try:
@@ -287,6 +320,7 @@ def serve_in_thread(
     finally:
         server.stop()
         thread.join(graceful_timeout + 5.0)
+        offer.__exit__(None, None, None)
         _close(sock, uds)
 
 

@@ -19,7 +19,12 @@ The interface, for the sync transport (the async one has the same methods as cor
     Close the connection now, from any thread; a pending read fails.
 ``close()``
     Close every pooled connection.
+``response.shared(region) -> buffer`` (optional)
+    The memory of a region named by an answer left in shared memory (only the shared-memory
+    transport's responses have it).
 
 - :mod:`quill.transports.http11`: sync HTTP/1.1 on a urllib3 connection pool (TCP, TLS, Unix sockets).
 - :mod:`quill.transports.aio_http11`: asyncio HTTP/1.1 with httptools (TCP, TLS, Unix sockets).
+- :mod:`quill.transports.shm`: tensors through shared memory over a Unix socket (Linux), wrapping
+  either of the two.
 """
