@@ -100,3 +100,51 @@ def serving(fault_rate: float = 0.0, **options) -> Iterator[tuple[CountingServic
     service = CountingService(fault_rate, **options)
     with serve_in_thread(service.faulty(service.app)) as url:
         yield service, url
+
+
+def texts_table(n: int):
+    """The rows the engine tests send: ``n`` texts, with their row number ``n``."""
+    import pyarrow as pa
+
+    return pa.table({"text": [f"row {i} of {n}" for i in range(n)], "n": list(range(n))})
+
+
+def first_time(marker: str) -> bool:
+    """True the first time any process asks about ``marker`` (a file created atomically)."""
+    import os
+
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+class FailOnce:
+    """A step whose first run (in any worker process) fails after its calls were made: a task the
+    engine runs again, whose calls have reached the server."""
+
+    def __init__(self, step, marker: str):
+        self.step, self.marker = step, marker
+
+    def __call__(self, data):
+        out = self.step(data)
+        if first_time(self.marker):
+            raise RuntimeError("the first attempt fails after its calls reached the server")
+        return out
+
+
+def spark_fail_first_attempt(step):
+    """For ``mapInArrow``: partition 0's first attempt (``TaskContext.attemptNumber() == 0``)
+    processes its batches, then fails."""
+
+    def run(batches):
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        out = list(step(batches))
+        if context.attemptNumber() == 0 and context.partitionId() == 0:
+            raise RuntimeError("the first attempt fails after its calls reached the server")
+        yield from out
+
+    return run
