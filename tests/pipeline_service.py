@@ -148,3 +148,21 @@ def spark_fail_first_attempt(step):
         yield from out
 
     return run
+
+
+def ray_dying_step(marker: str):
+    """A QuillStep class for Ray Data whose actor process dies (``os._exit``) the first time any
+    of them has made the calls of a batch, before it hands the batch back: Ray starts the actor
+    again and sends the batch anew."""
+    from quill.pipelines import QuillStep
+
+    class DyingStep(QuillStep):
+        def __call__(self, data):
+            out = super().__call__(data)
+            if first_time(marker):
+                import os
+
+                os._exit(1)
+            return out
+
+    return DyingStep
