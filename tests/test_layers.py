@@ -28,6 +28,7 @@ LAYER_OF = [
     ("quill.protocol", "protocol"),
     ("quill.transports", "transports"),
     ("quill.client", "client"),
+    ("quill.pipelines", "pipelines"),
     ("quill.server", "server"),
     ("quill.cli", "cli"),
     ("quill.demo", "apps"),
@@ -43,10 +44,11 @@ ALLOWED = {
     "protocol": BELOW_PROTOCOL,
     "transports": BELOW_PROTOCOL | {"protocol"},
     "client": BELOW_PROTOCOL | {"protocol", "transports"},
+    "pipelines": BELOW_PROTOCOL | {"protocol", "transports", "client"},
     "server": BELOW_PROTOCOL | {"protocol"},               # never the client, nor its transports
     "apps": BELOW_PROTOCOL | {"protocol", "server"},
     "facade": BELOW_PROTOCOL | {"protocol", "client"},
-    "cli": BELOW_PROTOCOL | {"protocol", "transports", "client", "server", "apps", "facade"},
+    "cli": BELOW_PROTOCOL | {"protocol", "transports", "client", "pipelines", "server", "apps", "facade"},
 }
 # The one upward edge, on purpose: the compiled frame parsers return Tensor objects, which live
 # in the pure-Python model (quill.tensor) so that their behaviour stays readable Python.

@@ -61,6 +61,14 @@ def add_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="let web pages of ORIGIN (scheme://host[:port], or '*' for any) call the server: "
                             "preflights answered, Access-Control-Allow-Origin sent (repeatable; default: none)")
+    serve.add_argument("--idempotency-ttl", type=positive_seconds, default=None, metavar="SECONDS",
+                       help="keep the answers of calls that carry an Idempotency-Key this long: a repeated key "
+                            "(per method and caller) gets the stored answer without running the handler again "
+                            "(default: off; each worker process keeps its own store)")
+    serve.add_argument("--idempotency-entries", type=positive_int, default=10_000, metavar="N",
+                       help="with --idempotency-ttl: answers kept at most (default 10000; the oldest go first)")
+    serve.add_argument("--idempotency-mb", type=non_negative_float, default=64.0, metavar="MB",
+                       help="with --idempotency-ttl: MiB of answers kept at most (default 64)")
     serve.add_argument("--workers", type=positive_int, default=1,
                        help="worker processes sharing the listening socket (default 1; more than 1 needs POSIX fork)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -89,7 +97,7 @@ def port_number(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``quill serve`` with parsed ``args``; the exit status."""
-    from ..server import ApiKeyAuth, BearerAuth, CorsPolicy, QuillApp, load_app, serve
+    from ..server import ApiKeyAuth, BearerAuth, CorsPolicy, IdempotencyStore, QuillApp, load_app, serve
     from ..server.engines import StartupFailed
     from ..server.running import WorkerDied
     from ..server.tls import TLSConfig, TLSFileError
@@ -132,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
             app.auth = hooks
         if args.public_metrics:
             app.public_paths = app.public_paths | {"/metrics"}
+        if args.idempotency_ttl is not None:
+            app.idempotency = IdempotencyStore(max_entries=args.idempotency_entries, ttl_seconds=args.idempotency_ttl,
+                                               max_bytes=max(1, int(args.idempotency_mb * 1024 * 1024)))
         if args.cors_origin:
             try:
                 app.cors = CorsPolicy([*(app.cors.origins if app.cors else ()), *args.cors_origin])
@@ -139,9 +150,9 @@ def run(args: argparse.Namespace) -> int:
                 error(f"--cors-origin: {exc}")
                 return EXIT_USAGE
     elif (args.bearer_token or args.api_key or args.max_request_mb is not None or args.public_metrics
-          or args.cors_origin):
-        error(f"{args.app} is not a QuillApp: --bearer-token, --api-key, --public-metrics, --max-request-mb and "
-              "--cors-origin do not apply")
+          or args.cors_origin or args.idempotency_ttl is not None):
+        error(f"{args.app} is not a QuillApp: --bearer-token, --api-key, --public-metrics, --max-request-mb, "
+              "--cors-origin and --idempotency-ttl do not apply")
         return EXIT_USAGE
 
     announced = []

@@ -68,6 +68,7 @@ from .auth import ApiKeyAuth, AuthHook, BearerAuth
 from .context import Context
 from .cors import CorsPolicy
 from .handlers import HANDLER_KINDS
+from .idempotency import IdempotencyStore
 from .running import load_app, serve, serve_in_thread
 from .sockets import unix_url
 from .tls import TLSConfig
@@ -79,6 +80,7 @@ __all__ = [
     "BearerAuth",
     "ApiKeyAuth",
     "CorsPolicy",
+    "IdempotencyStore",
     "serve_in_thread",
     "serve",
     "load_app",

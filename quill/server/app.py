@@ -18,6 +18,7 @@ from ..protocol.constants import JSON
 from ..protocol.kinds import DESCRIBE_PATH
 from ..protocol.problems import problem
 from ..protocol.shm import SHM_PATH
+from ..protocol.retries import IDEMPOTENCY_KEY
 from .auth import AuthHook
 from .context import Context
 from .cors import CorsPolicy
@@ -25,6 +26,7 @@ from .event_streams import request_from_query, takes_get
 from .discovery import check_call_kind, describe_routes
 from .exchange import Exchange
 from .handlers import HANDLER_KINDS, Route, invoke
+from .idempotency import IdempotencyStore, caller_identity
 from .kinds import SERVE_KIND
 from . import tracing
 from .problems import ClientGone, HttpProblem, problem_for
@@ -61,6 +63,10 @@ class QuillApp:
     pages may call the app; none by default. The :class:`~quill.server.cors.CorsPolicy` made of
     them is the ``cors`` attribute (None: CORS off).
 
+    ``idempotency`` is an optional :class:`~quill.server.idempotency.IdempotencyStore`: a POST
+    that repeats an ``Idempotency-Key`` (per method and caller) is answered from it without
+    running the handler again (docs/protocol.md, "Idempotency keys"). None: keys are ignored.
+
     >>> app = QuillApp()
     >>> @app.unary("echo.v1.EchoService/Echo")
     ... def echo(request, context):
@@ -76,6 +82,7 @@ class QuillApp:
         auth: AuthHook | Sequence[AuthHook] | None = None,
         public_paths: Iterable[str] = DEFAULT_PUBLIC_PATHS,
         cors_origins: Iterable[str] = (),
+        idempotency: IdempotencyStore | None = None,
     ):
         public_paths = tuple(public_paths)
         for path in public_paths:
@@ -88,6 +95,7 @@ class QuillApp:
         self.auth = auth
         origins = cors_origins if isinstance(cors_origins, str) else tuple(cors_origins)
         self.cors: CorsPolicy | None = CorsPolicy(origins) if origins != () else None
+        self.idempotency = idempotency
         self.metrics = ServerMetrics()
         #: ``GET /health`` answers 503 while this is False.
         self.healthy = True
@@ -265,7 +273,12 @@ class QuillApp:
             check_call_kind(exchange.headers, route)
             if get:
                 request_from_query(exchange)
-            await SERVE_KIND[route.kind](exchange, route)
+            serve = SERVE_KIND[route.kind]
+            if self.idempotency is not None and not get and IDEMPOTENCY_KEY in exchange.headers:
+                identity = caller_identity(exchange.headers, self._auth_header_names()) if self.auth else ""
+                await self.idempotency.serve(exchange, identity, lambda: serve(exchange, route))
+            else:
+                await serve(exchange, route)
         except ClientGone:
             logger.info("client left %s before sending its whole request", exchange.context.method_path)
         except Exception as exc:

@@ -243,7 +243,20 @@ class Exchange:
             if message["type"] == "http.disconnect":
                 return
 
+    async def receive_raw(self) -> dict:
+        """The next ASGI receive message as the engine gives it (no limit, no decoding)."""
+        return await self._receive()
+
     # -- sending --------------------------------------------------------------------
+    def replace_send(self, send: Callable) -> Callable:
+        """Send every ASGI message of the answer through ``send`` from now on; the previous one."""
+        previous, self._send = self._send, send
+        return previous
+
+    async def send_raw(self, message: dict) -> None:
+        """Send one ASGI message as it is (a recorded answer replayed)."""
+        await self._send(message)
+
     async def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
         self.status = status
         raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
