@@ -17,8 +17,8 @@ from ..metrics import UNMATCHED_METHOD, ServerMetrics
 from ..protocol.constants import JSON
 from ..protocol.kinds import DESCRIBE_PATH
 from ..protocol.problems import problem
-from ..protocol.shm import SHM_PATH
 from ..protocol.retries import IDEMPOTENCY_KEY
+from ..protocol.shm import SHM_PATH
 from .auth import AuthHook
 from .context import Context
 from .cors import CorsPolicy
