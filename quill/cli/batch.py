@@ -111,7 +111,8 @@ def run_batch(args: argparse.Namespace) -> int:
         try:
             try:
                 client = QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress,
-                                     max_connections=args.concurrency, status_retries=args.status_retries)
+                                     max_connections=args.concurrency, status_retries=args.status_retries,
+                                     http2=args.http2)
             except ValueError as exc:  # the URL: scheme, host, port
                 raise UsageError(f"bad server URL {redact_url(args.url)!r}: {exc}") from None
             return _run(client, source, output, args, headers)

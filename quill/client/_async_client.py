@@ -23,6 +23,7 @@ from ..protocol.requests import Request
 from ..protocol.retries import RetryState, TransportError, quill_error_for, resendable
 from ..tensor import Tensor
 from ..transports.aio_http11 import AsyncHTTP11Transport
+from ..transports.aio_http2 import AsyncHTTP2Transport
 from ._async_streams import AsyncMessageStream, AsyncTokenStream, read_body
 from ._error_body import ErrorBody
 from ._map import MapCall
@@ -48,6 +49,9 @@ class AsyncQuillClient:
     call wins) and shown nowhere: ``base_url``, ``repr`` and errors leave it out. Headers may be
     set from any thread; a call made after ``set_header()`` returns sends the new value.
     ``tensor_pool_bytes`` bounds the receive buffers kept for reuse (see :meth:`call_tensor`; 0: none).
+    ``http2=True`` speaks HTTP/2 (docs/http2.md): every call multiplexed over one connection, h2c
+    with prior knowledge for ``http://`` and Unix sockets, ALPN for ``https://`` (HTTP/1.1 if the
+    server picks it); it needs the compiled engine (libnghttp2, in every wheel).
 
     >>> async with AsyncQuillClient("http://127.0.0.1:8080") as client:  # doctest: +SKIP
     ...     client.set_api_key("key-123")
@@ -75,6 +79,7 @@ class AsyncQuillClient:
         tensor_pool_bytes: int = 512 << 20,
         idempotent_methods: tuple = (),
         headers: Mapping[str, str] | None = None,
+        http2: bool = False,
     ):
         config = dict(
             base_url=base_url, timeout_ms=timeout_ms, enable_compression=enable_compression,
@@ -82,13 +87,13 @@ class AsyncQuillClient:
             backoff_ms=backoff_ms, verify=verify, ca_file=ca_file, client_cert=client_cert,
             client_key=client_key, max_response_bytes=max_response_bytes, max_tensor_bytes=max_tensor_bytes,
             tensor_chunk_size=tensor_chunk_size, tensor_pool_bytes=tensor_pool_bytes,
-            idempotent_methods=tuple(idempotent_methods),
+            idempotent_methods=tuple(idempotent_methods), http2=bool(http2),
         )
         self._setup(config, headers or {})
 
     def _setup(self, config: dict, headers: Mapping[str, str]) -> None:
         self._core = ClientCore(config, headers)
-        self._transport = AsyncHTTP11Transport(self._core)
+        self._transport = (AsyncHTTP2Transport if config.get("http2") else AsyncHTTP11Transport)(self._core)
 
     def __getstate__(self) -> dict:
         return {"config": dict(self._core.config), "headers": self._core.get_headers()}

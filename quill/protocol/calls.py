@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "tensor_chunk_size": 64 * 1024,
     "tensor_pool_bytes": 512 << 20,
     "idempotent_methods": (),
+    "http2": False,
 }
 # The Content-Type of a request by its body, and its Accept by the call (docs/protocol.md,
 # "Call kinds"): the answer each call reads. send_tensor reads any answer as bytes.

@@ -175,10 +175,11 @@ class _Connection(asyncio.BufferedProtocol):
                 if pending != stream.pending:
                     stream.pending, stream.progress = pending, stream.progress + 1
                     _wake(stream)
-        if not engine.alive:
+        self.flush()  # a GOAWAY the engine queued goes out before the session counts as ended
+        if not engine.alive and not self.draining:
             self.fail(TransportError("response", sent=True,
                                      detail=f"HTTP/2 protocol error: {engine.last_error or 'session ended'}"))
-        self.flush()
+            self.close()
 
     def eof_received(self) -> bool:
         return False
