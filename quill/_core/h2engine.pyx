@@ -117,6 +117,7 @@ cdef extern from "nghttp2/nghttp2.h":
     ctypedef int (*on_data_chunk_recv_cb)(nghttp2_session *, uint8_t, int32_t, const uint8_t *, size_t,
                                           void *) noexcept
     ctypedef int (*on_stream_close_cb)(nghttp2_session *, int32_t, uint32_t, void *) noexcept
+    ctypedef int (*on_invalid_frame_recv_cb)(nghttp2_session *, const nghttp2_frame *, int, void *) noexcept
     ctypedef int (*error_cb2)(nghttp2_session *, int, const char *, size_t, void *) noexcept
 
     int nghttp2_session_callbacks_new(nghttp2_session_callbacks **callbacks_ptr)
@@ -127,6 +128,8 @@ cdef extern from "nghttp2/nghttp2.h":
     void nghttp2_session_callbacks_set_on_data_chunk_recv_callback(nghttp2_session_callbacks *,
                                                                    on_data_chunk_recv_cb)
     void nghttp2_session_callbacks_set_on_stream_close_callback(nghttp2_session_callbacks *, on_stream_close_cb)
+    void nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(nghttp2_session_callbacks *,
+                                                                      on_invalid_frame_recv_cb)
     void nghttp2_session_callbacks_set_error_callback2(nghttp2_session_callbacks *, error_cb2)
 
     int nghttp2_option_new(nghttp2_option **option_ptr)
@@ -242,6 +245,7 @@ cdef class H2Engine:
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, _on_data_chunk)
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, _on_stream_close)
         nghttp2_session_callbacks_set_error_callback2(callbacks, _on_error)
+        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks, _on_invalid_frame)
         if nghttp2_option_new(&option) != 0:
             nghttp2_session_callbacks_del(callbacks)
             raise MemoryError()
@@ -509,6 +513,17 @@ cdef int _on_error(nghttp2_session *session, int lib_error_code, const char *msg
     cdef H2Engine engine = <H2Engine>user_data
     try:
         engine.last_error = msg[:size].decode("utf-8", "replace")
+    except BaseException:
+        pass
+    return 0
+
+
+cdef int _on_invalid_frame(nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code,
+                           void *user_data) noexcept:
+    cdef H2Engine engine = <H2Engine>user_data
+    try:
+        engine.last_error = (f"invalid frame (type {frame.hd.type}) on stream {frame.hd.stream_id}: "
+                             f"{nghttp2_strerror(lib_error_code).decode()}")
     except BaseException:
         pass
     return 0

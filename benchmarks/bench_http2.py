@@ -1,0 +1,134 @@
+"""HTTP/2 against HTTP/1.1 on one server engine (granian, whose HTTP/2 is compiled): quill's
+clients with ``http2=True`` and without, and httpx with ``http2=True`` (the h2 library), in one run.
+
+* bulk: one 64 MiB tensor (``call_tensor``), and a message stream of 256 x 1 MiB (``call_stream``);
+  MB/s of each client, and each quill row over quill's HTTP/1.1 row of the same kind (sync/async);
+* small unary calls: 64 concurrent 100-byte echoes from AsyncQuillClient, over one HTTP/2
+  connection against 64 HTTP/1.1 connections; calls/s.
+
+Each figure is the median of ``--rounds`` rounds, the clients interleaved round by round.
+
+    python benchmarks/bench_http2.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Callable
+
+import bench_server
+import httpx
+
+from quill import AsyncQuillClient, QuillClient
+from quill.cli.bench_service import BENCH_SERVICE
+
+MIB = 1 << 20
+TENSOR, STREAM = b"%d" % (64 * MIB), b"256,%d" % MIB
+VOLUME = {"tensor": 64 * MIB, "stream": 256 * MIB}
+# identity: httpx offers zstd by default, and the server would compress the zeros to almost nothing
+HEADERS = {"Content-Type": "application/proto", "Prefer": "prism=classic", "Accept-Encoding": "identity"}
+ACCEPT = {"Tensor": "application/proto; frames=tensor", "Stream": "application/proto; frames=messages"}
+
+
+def interleaved(ops: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds of each op, after one warm-up run, round-robin ``rounds`` times."""
+    for op in ops.values():
+        op()
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(rounds):
+        for name, op in ops.items():
+            started = time.perf_counter()
+            op()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bulk_rows(url: str, rounds: int) -> None:
+    loop = asyncio.new_event_loop()
+    sync = {h2: QuillClient(url, timeout_ms=300_000, http2=h2) for h2 in (False, True)}
+    aio = {h2: AsyncQuillClient(url, timeout_ms=300_000, http2=h2) for h2 in (False, True)}
+    peer = httpx.Client(http1=False, http2=True, timeout=300)
+
+    async def stream_async(client: AsyncQuillClient) -> int:
+        return sum([len(m) async for m in await client.call_stream(BENCH_SERVICE, "Stream", STREAM)])
+
+    def httpx_read(method: str, body: bytes) -> int:
+        headers = {**HEADERS, "Accept": ACCEPT[method]}
+        with peer.stream("POST", f"{url}/{BENCH_SERVICE}/{method}", content=body, headers=headers) as response:
+            assert response.http_version == "HTTP/2" and response.status_code == 200, response.status_code
+            received = sum(len(piece) for piece in response.iter_raw())
+        assert received >= VOLUME[method.lower()], received
+        return received
+
+    ops: dict[str, Callable[[], object]] = {}
+    for h2 in (False, True):
+        name = "HTTP/2" if h2 else "HTTP/1.1"
+        ops[f"tensor sync {name}"] = lambda c=sync[h2]: c.call_tensor(BENCH_SERVICE, "Tensor", TENSOR)
+        ops[f"tensor async {name}"] = lambda c=aio[h2]: loop.run_until_complete(
+            c.call_tensor(BENCH_SERVICE, "Tensor", TENSOR))
+        ops[f"stream sync {name}"] = lambda c=sync[h2]: sum(len(m) for m in c.call_stream(BENCH_SERVICE, "Stream", STREAM))
+        ops[f"stream async {name}"] = lambda c=aio[h2]: loop.run_until_complete(stream_async(c))
+    ops["tensor httpx HTTP/2"] = lambda: httpx_read("Tensor", TENSOR)
+    ops["stream httpx HTTP/2"] = lambda: httpx_read("Stream", STREAM)
+    try:
+        seconds = interleaved(ops, rounds)
+    finally:
+        for client in sync.values():
+            client.close()
+        for client in aio.values():
+            loop.run_until_complete(client.aclose())
+        loop.close()
+        peer.close()
+    print("\n| workload | client | MB/s | HTTP/2 / HTTP/1.1 | quill / httpx h2 |\n| --- | --- | ---: | ---: | ---: |")
+    for kind, label in (("tensor", "tensor 64 MiB"), ("stream", "stream 256 x 1 MiB")):
+        rate = {name: VOLUME[kind] / value for name, value in seconds.items() if name.startswith(kind)}
+        httpx_rate = rate[f"{kind} httpx HTTP/2"]
+        for side in ("sync", "async"):
+            h1, h2 = rate[f"{kind} {side} HTTP/1.1"], rate[f"{kind} {side} HTTP/2"]
+            print(f"| {label} | quill {side} HTTP/1.1 | {h1 / 1e6:,.0f} | | {h1 / httpx_rate:.1f} |")
+            print(f"| {label} | quill {side} HTTP/2 | {h2 / 1e6:,.0f} | {h2 / h1:.2f} | {h2 / httpx_rate:.1f} |")
+        print(f"| {label} | httpx HTTP/2 | {httpx_rate / 1e6:,.0f} | | 1.0 |")
+
+
+def unary_rows(url: str, rounds: int, concurrency: int = 64, calls: int = 2048) -> None:
+    loop = asyncio.new_event_loop()
+    clients = {h2: AsyncQuillClient(url, http2=h2, max_connections=concurrency) for h2 in (False, True)}
+
+    async def burst(client: AsyncQuillClient) -> None:
+        async def worker() -> None:
+            for _ in range(calls // concurrency):
+                await client.call(BENCH_SERVICE, "Echo", b"x" * 100)
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+
+    try:
+        seconds = interleaved({f"h2={h2}": (lambda c=c: loop.run_until_complete(burst(c)))
+                               for h2, c in clients.items()}, rounds)
+    finally:
+        for client in clients.values():
+            loop.run_until_complete(client.aclose())
+        loop.close()
+    h1, h2 = calls / seconds["h2=False"], calls / seconds["h2=True"]
+    print(f"\n| {concurrency} concurrent 100 B unary calls (AsyncQuillClient) | calls/s |\n| --- | ---: |")
+    print(f"| HTTP/1.1, {concurrency} connections | {h1:,.0f} |\n| HTTP/2, one connection | {h2:,.0f} |")
+    print(f"| HTTP/2 / HTTP/1.1 | {h2 / h1:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    server, url = bench_server.start("--serve", "quill", "granian")
+    try:
+        print(f"granian, medians of {args.rounds} rounds")
+        bulk_rows(url, args.rounds)
+        unary_rows(url, args.rounds)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
