@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import time
 from typing import Callable
 
 import bench_server
 import httpx
+from bench_tensor_receive import interleaved
 
 from quill import AsyncQuillClient, QuillClient
 from quill.cli.bench_service import BENCH_SERVICE
@@ -31,19 +30,6 @@ VOLUME = {"tensor": 64 * MIB, "stream": 256 * MIB}
 # identity: httpx offers zstd by default, and the server would compress the zeros to almost nothing
 HEADERS = {"Content-Type": "application/proto", "Prefer": "prism=classic", "Accept-Encoding": "identity"}
 ACCEPT = {"Tensor": "application/proto; frames=tensor", "Stream": "application/proto; frames=messages"}
-
-
-def interleaved(ops: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds of each op, after one warm-up run, round-robin ``rounds`` times."""
-    for op in ops.values():
-        op()
-    times: dict[str, list[float]] = {name: [] for name in ops}
-    for _ in range(rounds):
-        for name, op in ops.items():
-            started = time.perf_counter()
-            op()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bulk_rows(url: str, rounds: int) -> None:

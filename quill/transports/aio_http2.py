@@ -24,14 +24,11 @@ import asyncio
 import collections
 import ssl
 import threading
-import warnings
 from typing import Any
-
-from urllib3.exceptions import InsecureRequestWarning
 
 from ..errors import FeatureUnavailableError, LimitExceededError, QuillConnectionError, QuillTimeoutError
 from ..protocol.retries import TransportError
-from .aio_http11 import AsyncHTTP11Response, AsyncHTTP11Transport
+from .aio_http11 import AsyncHTTP11Response, AsyncHTTP11Transport, connect, on_loop
 
 __all__ = ["AsyncHTTP2Transport", "AsyncHTTP2Response", "load_engine", "STREAM_WINDOW", "CONNECTION_WINDOW",
            "MAX_HEADER_LIST"]
@@ -411,17 +408,7 @@ class AsyncHTTP2Response:
 
     def abort(self) -> None:
         """Reset this stream now, from any thread: its pending read fails, other streams go on."""
-        loop = self._conn.loop
-        if loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._conn.cancel(self._stream)
-        else:
-            loop.call_soon_threadsafe(self._conn.cancel, self._stream)
+        on_loop(self._conn.loop, self._conn.cancel, self._stream)
 
 
 class AsyncHTTP2Transport:
@@ -473,30 +460,9 @@ class AsyncHTTP2Transport:
             return self._conn
 
     async def _connect(self, timeout: float) -> _Connection:
-        loop = asyncio.get_running_loop()
-        endpoint = self._endpoint
-        conn = _Connection(loop, self._h2)
-        try:
-            if endpoint.uds is not None:
-                connecting = loop.create_unix_connection(lambda: conn, endpoint.uds)
-            else:
-                connecting = loop.create_connection(lambda: conn, endpoint.host, endpoint.port, ssl=self._ssl,
-                                                    server_hostname=endpoint.host if self._ssl else None)
-            transport, _ = await asyncio.wait_for(connecting, timeout)
-        except asyncio.TimeoutError:
-            raise TransportError("connect", sent=False, detail="timed out", timeout=True) from None
-        except ssl.SSLError as exc:
-            raise TransportError("tls", sent=False, detail=str(exc)) from exc
-        except OSError as exc:
-            raise TransportError("connect", sent=False, detail=str(exc)) from exc
+        conn = _Connection(asyncio.get_running_loop(), self._h2)
+        transport = await connect(conn, self._endpoint, self._ssl, self._config["verify"], timeout)
         if self._ssl is not None:
-            if not self._config["verify"]:
-                warnings.warn(
-                    f"Unverified HTTPS request is being made to host '{endpoint.host}' (verify=False). "
-                    "Adding certificate verification is strongly advised.",
-                    InsecureRequestWarning,  # urllib3's, as the HTTP/1.1 transports warn
-                    stacklevel=6,
-                )
             chosen = transport.get_extra_info("ssl_object").selected_alpn_protocol()
             if chosen != "h2":
                 conn.lost = True
