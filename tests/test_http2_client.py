@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +41,7 @@ from quill.transports.aio_http2 import AsyncHTTP2Transport  # noqa: E402
 ECHO = "echo.v1.EchoService"
 LLM = "inference.v1.LLMService"
 CURL = shutil.which("curl")
+NGHTTPD = shutil.which("nghttpd") or (os.path.exists("/usr/sbin/nghttpd") and "/usr/sbin/nghttpd")
 
 
 def build_app():
@@ -132,6 +134,44 @@ def test_answers_match_curl_side_by_side(h2_url, client_kind):
     assert done.stdout[-1:] == b"2" and done.stdout[:-1] == body
     with make(client_kind, h2_url) as client:
         assert client.call(ECHO, "Echo", body) == done.stdout[:-1]
+
+
+def test_against_nghttpd_serving_static_files(tmp_path, h2_url, client_kind):
+    """nghttpd (nghttp2's server, Debian's nghttp2-server) serves discovery's answer as a file."""
+    if not NGHTTPD:
+        pytest.fail("nghttpd is not installed (.ci/run installs nghttp2-server)", pytrace=False)
+    with QuillClient(h2_url) as h1:
+        expected = h1.list_methods()
+        request = h1._core.describe_request(None, None)
+        response = h1._transport.open(request)
+        document = response.read_all(1 << 20, "discovery")
+        response.release(True)
+    (tmp_path / ".well-known" / "quill").mkdir(parents=True)
+    (tmp_path / ".well-known" / "quill" / "methods").write_bytes(document)
+    (tmp_path / "health").write_bytes(b"ok")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([NGHTTPD, "--no-tls", "-d", str(tmp_path), "--address", "127.0.0.1", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not _listening(port):
+            assert time.monotonic() < deadline and server.poll() is None, "nghttpd did not start"
+            time.sleep(0.05)
+        with make(client_kind, f"http://127.0.0.1:{port}") as client:
+            assert client.health_check()
+            assert client.list_methods() == expected
+            with pytest.raises(NotFoundError):
+                client.call(ECHO, "Echo", b"nghttpd has no such file")
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_sync_threads_share_one_connection(h2_url):
