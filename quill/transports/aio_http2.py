@@ -122,6 +122,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.lost = False
         self.draining = False  # GOAWAY came (or the session failed): no new streams here
         self._buffer = memoryview(bytearray(_READ_SIZE))
+        self._flush_scheduled = False
 
     @property
     def usable(self) -> bool:
@@ -172,7 +173,7 @@ class _Connection(asyncio.BufferedProtocol):
                 if pending != stream.pending:
                     stream.pending, stream.progress = pending, stream.progress + 1
                     _wake(stream)
-        self.flush()  # a GOAWAY the engine queued goes out before the session counts as ended
+        self.write_now()  # a GOAWAY the engine queued goes out before the session counts as ended
         if not engine.alive and not self.draining:
             self.fail(TransportError("response", sent=True,
                                      detail=f"HTTP/2 protocol error: {engine.last_error or 'session ended'}"))
@@ -244,8 +245,18 @@ class _Connection(asyncio.BufferedProtocol):
 
     # -- streams --------------------------------------------------------------------------------
     def flush(self) -> None:
+        """Write what the engine has to send, once per turn of the loop: the requests and window
+        updates of every task that ran in this turn go out in one write."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.write_now)
+
+    def write_now(self) -> None:
+        self._flush_scheduled = False
+        if self.lost or self.transport is None:
+            return
         data = self.engine.data_to_send()
-        if data and not self.lost:
+        if data:
             self.transport.write(data)
 
     def start(self, headers: list, has_body: bool) -> _Stream:
@@ -342,7 +353,7 @@ class _Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None and not self.lost:
             self.engine.terminate()
-            self.flush()
+            self.write_now()  # the GOAWAY, before the socket closes
             self.transport.close()
         self.lost = True
 
