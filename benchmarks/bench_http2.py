@@ -4,7 +4,8 @@ clients with ``http2=True`` and without, and httpx with ``http2=True`` (the h2 l
 * bulk: one 64 MiB tensor (``call_tensor``), and a message stream of 256 x 1 MiB (``call_stream``);
   MB/s of each client, and each quill row over quill's HTTP/1.1 row of the same kind (sync/async);
 * small unary calls: 64 concurrent 100-byte echoes from AsyncQuillClient, over one HTTP/2
-  connection against 64 HTTP/1.1 connections; calls/s.
+  connection against 64 HTTP/1.1 connections, and grpc.aio over one channel to bench_client.py's
+  grpcio server (C-core HTTP/2 both sides); calls/s.
 
 Each figure is the median of ``--rounds`` rounds, the clients interleaved round by round.
 
@@ -15,7 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Callable
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
 
 import bench_server
 import httpx
@@ -79,27 +85,40 @@ def bulk_rows(url: str, rounds: int) -> None:
         print(f"| {label} | httpx HTTP/2 | {httpx_rate / 1e6:,.0f} | | 1.0 |")
 
 
-def unary_rows(url: str, rounds: int, concurrency: int = 64, calls: int = 2048) -> None:
+def unary_rows(url: str, grpc_target: str, rounds: int, concurrency: int = 64, calls: int = 2048) -> None:
+    import grpc
+
     loop = asyncio.new_event_loop()
     clients = {h2: AsyncQuillClient(url, http2=h2, max_connections=concurrency) for h2 in (False, True)}
+    channel = loop.run_until_complete(_grpc_channel(grpc, grpc_target))  # one channel: one HTTP/2 connection
+    grpc_echo = channel.unary_unary(f"/{BENCH_SERVICE}/Echo")
 
-    async def burst(client: AsyncQuillClient) -> None:
+    async def burst(call: Callable[[], Any]) -> None:
         async def worker() -> None:
             for _ in range(calls // concurrency):
-                await client.call(BENCH_SERVICE, "Echo", b"x" * 100)
+                await call()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
 
+    payload = b"x" * 100
+    ops = {f"h2={h2}": (lambda c=c: loop.run_until_complete(burst(lambda: c.call(BENCH_SERVICE, "Echo", payload))))
+           for h2, c in clients.items()}
+    ops["grpc"] = lambda: loop.run_until_complete(burst(lambda: grpc_echo(payload)))
     try:
-        seconds = interleaved({f"h2={h2}": (lambda c=c: loop.run_until_complete(burst(c)))
-                               for h2, c in clients.items()}, rounds)
+        seconds = interleaved(ops, rounds)
     finally:
         for client in clients.values():
             loop.run_until_complete(client.aclose())
+        loop.run_until_complete(channel.close())
         loop.close()
-    h1, h2 = calls / seconds["h2=False"], calls / seconds["h2=True"]
-    print(f"\n| {concurrency} concurrent 100 B unary calls (AsyncQuillClient) | calls/s |\n| --- | ---: |")
-    print(f"| HTTP/1.1, {concurrency} connections | {h1:,.0f} |\n| HTTP/2, one connection | {h2:,.0f} |")
-    print(f"| HTTP/2 / HTTP/1.1 | {h2 / h1:.2f} |")
+    h1, h2, peer = (calls / seconds[key] for key in ("h2=False", "h2=True", "grpc"))
+    print(f"\n| {concurrency} concurrent 100 B unary calls | calls/s | quill HTTP/2 / this |\n| --- | ---: | ---: |")
+    print(f"| AsyncQuillClient HTTP/1.1, {concurrency} connections (granian) | {h1:,.0f} | {h2 / h1:.2f} |")
+    print(f"| AsyncQuillClient HTTP/2, one connection (granian) | {h2:,.0f} | 1.00 |")
+    print(f"| grpc.aio, one channel (grpcio server) | {peer:,.0f} | {h2 / peer:.2f} |")
+
+
+async def _grpc_channel(grpc: Any, target: str) -> Any:
+    return grpc.aio.insecure_channel(target)
 
 
 def main() -> None:
@@ -107,13 +126,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     server, url = bench_server.start("--serve", "quill", "granian")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        grpc_port = probe.getsockname()[1]
+    grpc_server = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).with_name("bench_client.py")),
+                                    "--serve-grpc", str(grpc_port)])
     try:
         print(f"granian, medians of {args.rounds} rounds")
         bulk_rows(url, args.rounds)
-        unary_rows(url, args.rounds)
+        time.sleep(1.0)  # the grpcio server binds within a second (as bench_aio.py waits)
+        unary_rows(url, f"127.0.0.1:{grpc_port}", args.rounds)
     finally:
-        server.terminate()
-        server.wait()
+        for process in (server, grpc_server):
+            process.terminate()
+            process.wait()
 
 
 if __name__ == "__main__":
