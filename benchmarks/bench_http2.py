@@ -3,6 +3,8 @@ clients with ``http2=True`` and without, and httpx with ``http2=True`` (the h2 l
 
 * bulk: one 64 MiB tensor (``call_tensor``), and a message stream of 256 x 1 MiB (``call_stream``);
   MB/s of each client, and each quill row over quill's HTTP/1.1 row of the same kind (sync/async);
+* many token streams: 256 concurrent token streams, over one HTTP/2 connection against 256
+  HTTP/1.1 connections; token events/s in all, and the slowest, median and fastest stream;
 * small unary calls: 64 concurrent 100-byte echoes from AsyncQuillClient, over one HTTP/2
   connection against 64 HTTP/1.1 connections, and grpc.aio over one channel to bench_client.py's
   grpcio server (C-core HTTP/2 both sides); calls/s.
@@ -18,12 +20,14 @@ import argparse
 import asyncio
 import pathlib
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from typing import Any, Callable
 
 import bench_server
+from bench_server import TOKEN_SERVICE
 import httpx
 from bench_tensor_receive import interleaved
 
@@ -85,6 +89,42 @@ def bulk_rows(url: str, rounds: int) -> None:
         print(f"| {label} | httpx HTTP/2 | {httpx_rate / 1e6:,.0f} | | 1.0 |")
 
 
+def token_rows(url: str, rounds: int, streams: int = 256, per_stream: int = 3200) -> None:
+    """``streams`` concurrent token streams (bench_server's Tokens, 32 tokens a batch), each read for
+    ``per_stream`` tokens, then closed; token events/s in all, and the spread of per-stream rates."""
+    loop = asyncio.new_event_loop()
+    clients = {h2: AsyncQuillClient(url, http2=h2, max_connections=streams, timeout_ms=300_000) for h2 in (False, True)}
+
+    async def one(client: AsyncQuillClient, rates: list[float]) -> None:
+        started, received = time.perf_counter(), 0
+        async with await client.stream_tokens(TOKEN_SERVICE, "Tokens", b"") as stream:
+            async for batch in stream:
+                received += len(batch)
+                if received >= per_stream:
+                    break
+        rates.append(received / (time.perf_counter() - started))
+
+    spreads: dict[bool, list[list[float]]] = {False: [], True: []}
+
+    def run(h2: bool) -> None:
+        rates: list[float] = []
+        loop.run_until_complete(asyncio.gather(*[one(clients[h2], rates) for _ in range(streams)]))
+        spreads[h2].append(sorted(rates))
+
+    try:
+        seconds = interleaved({f"h2={h2}": (lambda h2=h2: run(h2)) for h2 in (False, True)}, rounds)
+    finally:
+        for client in clients.values():
+            loop.run_until_complete(client.aclose())
+        loop.close()
+    print(f"\n| {streams} concurrent token streams, {per_stream} tokens each | token events/s in all "
+          f"| per stream: slowest / median / fastest (tokens/s, median round) |\n| --- | ---: | ---: |")
+    for h2, label in ((False, f"HTTP/1.1, {streams} connections"), (True, "HTTP/2, one connection")):
+        rates = spreads[h2][len(spreads[h2]) // 2]
+        print(f"| {label} | {streams * per_stream / seconds[f'h2={h2}']:,.0f} "
+              f"| {rates[0]:,.0f} / {statistics.median(rates):,.0f} / {rates[-1]:,.0f} |")
+
+
 def unary_rows(url: str, grpc_target: str, rounds: int, concurrency: int = 64, calls: int = 2048) -> None:
     import grpc
 
@@ -134,6 +174,7 @@ def main() -> None:
     try:
         print(f"granian, medians of {args.rounds} rounds")
         bulk_rows(url, args.rounds)
+        token_rows(url, args.rounds)
         time.sleep(1.0)  # the grpcio server binds within a second (as bench_aio.py waits)
         unary_rows(url, f"127.0.0.1:{grpc_port}", args.rounds)
     finally:
