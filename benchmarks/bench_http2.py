@@ -108,7 +108,10 @@ def token_rows(url: str, rounds: int, streams: int = 256, per_stream: int = 3200
 
     def run(h2: bool) -> None:
         rates: list[float] = []
-        loop.run_until_complete(asyncio.gather(*[one(clients[h2], rates) for _ in range(streams)]))
+        async def every() -> None:
+            await asyncio.gather(*[one(clients[h2], rates) for _ in range(streams)])
+
+        loop.run_until_complete(every())
         spreads[h2].append(sorted(rates))
 
     try:
