@@ -26,6 +26,7 @@ __all__ = [
     "StreamCancelledError",
     "QuillConnectionError",
     "QuillTimeoutError",
+    "FeatureUnavailableError",
     "RpcError",
     "BadRequestError",
     "UnauthorizedError",
@@ -89,6 +90,11 @@ class QuillConnectionError(QuillError, ConnectionError):
 
 class QuillTimeoutError(QuillError, TimeoutError):
     """A call did not complete within its timeout."""
+
+
+class FeatureUnavailableError(QuillError, ImportError):
+    """An optional part of quill that this installation lacks (for example HTTP/2, whose engine
+    is built only where libnghttp2 was found); the message names what is missing."""
 
 
 class ProblemDetails:

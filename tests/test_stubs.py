@@ -15,7 +15,11 @@ pytest.importorskip("mypy.stubtest")
 
 TESTS = pathlib.Path(__file__).parent
 CORE = pathlib.Path(quill._core.__file__).parent
-MODULES = sorted(f"quill._core.{path.stem}" for path in CORE.glob("*.pyi"))
+#: Built only where their C library is found at build time (setup.py): stubbed, maybe not compiled.
+OPTIONAL = {"h2engine"}
+COMPILED = {path.name.split(".")[0] for path in CORE.iterdir() if path.suffix in (".so", ".pyd")}
+MODULES = sorted(f"quill._core.{path.stem}" for path in CORE.glob("*.pyi")
+                 if path.stem in COMPILED or path.stem not in OPTIONAL)
 # mypy finds an installed quill in site-packages (py.typed), but not through the import hook of an
 # editable install: there it runs from the checkout, whose root it searches first.
 ROOT = CORE.parents[1]
@@ -23,8 +27,7 @@ RUN_IN = None if str(ROOT) in site.getsitepackages() else ROOT
 
 
 def test_every_compiled_module_has_a_stub():
-    compiled = {path.name.split(".")[0] for path in CORE.iterdir() if path.suffix in (".so", ".pyd")}
-    assert compiled == {name.rsplit(".", 1)[1] for name in MODULES}
+    assert COMPILED == {name.rsplit(".", 1)[1] for name in MODULES}
 
 
 def test_stubs_match_the_compiled_modules(tmp_path):

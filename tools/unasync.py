@@ -24,6 +24,8 @@ WORDS = {
     "AsyncHTTP11Transport": "HTTP11Transport",
     "AsyncSharedMemoryTransport": "SharedMemoryTransport",
     "aio_http11": "http11",
+    "AsyncHTTP2Transport": "HTTP2Transport",
+    "aio_http2": "http2",
     "_async_streams": "_sync_streams",
     "_async_client": "_sync_client",
     "AsyncMapResults": "MapResults",

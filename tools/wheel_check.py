@@ -3,7 +3,9 @@
 1. ``python -m build``: the sdist, then the wheel built from the unpacked sdist (so the sdist is
    proven to carry what the build needs);
 2. ``auditwheel repair --plat manylinux_2_28_<arch>``, then ``auditwheel show``, which must find the
-   repaired wheel consistent with its tag. manylinux_2_28 (glibc 2.28, AlmaLinux 8) is the policy
+   repaired wheel consistent with its tag, and carrying the HTTP/2 engine with its own copy of
+   libnghttp2 (the build runs with ``QUILL_REQUIRE_NGHTTP2=1``; each test environment checks
+   that the engine loads the copy in ``quill_rpc.libs``, not the system's). manylinux_2_28 (glibc 2.28, AlmaLinux 8) is the policy
    cibuildwheel builds for in .github/workflows/wheels.yml: its default, maintained image, and
    the glibc that numpy's own current Linux wheels need anyway (manylinux2014's CentOS 7 image
    is past its end of life);
@@ -32,6 +34,7 @@ import sys
 import tarfile
 import time
 import tomllib
+import zipfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 POLICY = "manylinux_2_28"
@@ -60,7 +63,9 @@ def build(workdir):
     """The sdist and the wheel built from it; returns (sdist, wheel)."""
     dist = workdir / "dist"
     say("build: the sdist, then the wheel from the unpacked sdist")
-    run(sys.executable, "-m", "build", "--outdir", dist, REPO, stdout=subprocess.DEVNULL)
+    # The HTTP/2 engine must be in the wheel: its absence fails the build instead of a warning.
+    run(sys.executable, "-m", "build", "--outdir", dist, REPO, stdout=subprocess.DEVNULL,
+        env={**os.environ, "QUILL_REQUIRE_NGHTTP2": "1"})
     (sdist,) = dist.glob("quill_rpc-*.tar.gz")
     (wheel,) = dist.glob("quill_rpc-*.whl")
     return sdist, wheel
@@ -83,6 +88,13 @@ def repair(wheel, workdir):
     if consistent is None or (int(consistent[2]), int(consistent[3])) > (2, 28):
         raise SystemExit(f"auditwheel show does not find {repaired.name} consistent with {POLICY}")
     say(f"{repaired.name}: auditwheel show: consistent with {consistent[1]}")
+    with zipfile.ZipFile(repaired) as archive:
+        names = archive.namelist()
+    engine = [n for n in names if re.fullmatch(r"quill/_core/h2engine\..*\.so", n)]
+    bundled = [n for n in names if re.fullmatch(r"quill_rpc\.libs/libnghttp2[-.].*\.so.*", n)]
+    if not engine or not bundled:
+        raise SystemExit(f"{repaired.name} lacks the HTTP/2 engine ({engine}) or its bundled libnghttp2 ({bundled})")
+    say(f"{repaired.name}: carries {engine[0]} and its own {bundled[0]}")
     return repaired
 
 
@@ -138,6 +150,10 @@ def test_in_venv(venv, tools, wheel, tree, pytest_args, extra_requirements=()):
     env = fresh_venv(venv, tools)
     python = venv / "bin" / "python"
     run(python, "-m", "pip", "install", "-q", f"{wheel}[test]", *extra_requirements, env=env)
+    # The HTTP/2 engine loads the libnghttp2 the wheel carries, whatever the system has.
+    run(python, "-c", "import quill._core.h2engine; maps = open('/proc/self/maps').read(); "
+        "assert 'quill_rpc.libs/libnghttp2' in maps, 'the engine did not load the bundled libnghttp2'",
+        env=env, cwd=venv)
     versions = subprocess.run([python, "-c", "import numpy, quill; print(quill.__file__, numpy.__version__)"],
                               cwd=venv, env=env, check=True, capture_output=True, text=True).stdout.split()
     if not versions[0].startswith(str(venv)):

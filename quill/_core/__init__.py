@@ -7,6 +7,7 @@
 ``casts``          float16/bfloat16 kernels with runtime CPU dispatch
 ``arrow``          Arrow C data / C stream export (PyCapsule interface)
 ``arrow_import``   checked import of Arrow C data from any producer
+``h2engine``       a sans-IO HTTP/2 client engine on libnghttp2 (built only where it is found)
 =================  ==========================================================================
 
 Users import the public names from :mod:`quill`, :mod:`quill.frames` and :mod:`quill.tensor`;

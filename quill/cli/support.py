@@ -132,11 +132,15 @@ def check_names(service: str, method: str) -> None:
 def make_client(args: argparse.Namespace, **options: Any):
     """The QuillClient of a command's URL and client options (``options``: more keyword arguments)."""
     from ..client import QuillClient
+    from ..errors import FeatureUnavailableError
     from ..protocol.calls import redact_url
 
     tls = tls_options(args)
     try:
-        return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress, **tls, **options)
+        return QuillClient(args.url, timeout_ms=args.timeout_ms, enable_compression=args.compress, http2=args.http2,
+                           **tls, **options)
+    except FeatureUnavailableError as exc:  # --http2 on a build without the HTTP/2 engine
+        raise UsageError(str(exc)) from None
     except ValueError as exc:  # the URL: scheme, host, port
         raise UsageError(f"bad server URL {redact_url(args.url)!r}: {exc}") from None
 
@@ -178,6 +182,8 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-ms", type=positive_int, default=30_000, help="per-call timeout (default 30000)")
     parser.add_argument("--compress", action="store_true",
                         help="zstd-compress request bodies of 1 KiB or more and accept zstd answers")
+    parser.add_argument("--http2", action="store_true",
+                        help="speak HTTP/2 (h2c with prior knowledge for http://, ALPN for https://)")
     add_tls_options(parser)
 
 

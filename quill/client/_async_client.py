@@ -23,6 +23,7 @@ from ..protocol.requests import Request
 from ..protocol.retries import RetryState, TransportError, quill_error_for, resendable
 from ..tensor import Tensor
 from ..transports.aio_http11 import AsyncHTTP11Transport
+from ..transports.aio_http2 import AsyncHTTP2Transport
 from ..transports.shm import AsyncSharedMemoryTransport, shared_memory_wanted
 from ._async_streams import AsyncMessageStream, AsyncTokenStream, read_body
 from ._error_body import ErrorBody
@@ -53,6 +54,9 @@ class AsyncQuillClient:
     through shared memory when the server offers it and sends HTTP bodies otherwise; True
     requires it (QuillConnectionError when the server does not offer it); False never uses it.
     ``shared_memory_bytes`` bounds the arenas (docs/shared-memory.md).
+    ``http2=True`` speaks HTTP/2 (docs/http2.md): every call multiplexed over one connection, h2c
+    with prior knowledge for ``http://`` and Unix sockets, ALPN for ``https://`` (HTTP/1.1 if the
+    server picks it); it needs the compiled engine (libnghttp2, in every wheel).
 
     >>> async with AsyncQuillClient("http://127.0.0.1:8080") as client:  # doctest: +SKIP
     ...     client.set_api_key("key-123")
@@ -82,6 +86,7 @@ class AsyncQuillClient:
         headers: Mapping[str, str] | None = None,
         shared_memory: bool | str = "auto",
         shared_memory_bytes: int = 1 << 30,
+        http2: bool = False,
     ):
         config = dict(
             base_url=base_url, timeout_ms=timeout_ms, enable_compression=enable_compression,
@@ -90,13 +95,13 @@ class AsyncQuillClient:
             client_key=client_key, max_response_bytes=max_response_bytes, max_tensor_bytes=max_tensor_bytes,
             tensor_chunk_size=tensor_chunk_size, tensor_pool_bytes=tensor_pool_bytes,
             idempotent_methods=tuple(idempotent_methods), shared_memory=shared_memory,
-            shared_memory_bytes=shared_memory_bytes,
+            shared_memory_bytes=shared_memory_bytes, http2=bool(http2),
         )
         self._setup(config, headers or {})
 
     def _setup(self, config: dict, headers: Mapping[str, str]) -> None:
         self._core = ClientCore(config, headers)
-        transport = AsyncHTTP11Transport(self._core)
+        transport = (AsyncHTTP2Transport if config.get("http2") else AsyncHTTP11Transport)(self._core)
         self._transport = AsyncSharedMemoryTransport(self._core, transport) if shared_memory_wanted(self._core) \
             else transport
 

@@ -24,6 +24,7 @@ from ..protocol.requests import Request
 from ..protocol.retries import RetryState, TransportError, quill_error_for, resendable
 from ..tensor import Tensor
 from ..transports.http11 import HTTP11Transport
+from ..transports.http2 import HTTP2Transport
 from ..transports.shm import SharedMemoryTransport, shared_memory_wanted
 from ._sync_streams import MessageStream, TokenStream, read_body
 from ._error_body import ErrorBody
@@ -54,6 +55,9 @@ class QuillClient:
     through shared memory when the server offers it and sends HTTP bodies otherwise; True
     requires it (QuillConnectionError when the server does not offer it); False never uses it.
     ``shared_memory_bytes`` bounds the arenas (docs/shared-memory.md).
+    ``http2=True`` speaks HTTP/2 (docs/http2.md): every call multiplexed over one connection, h2c
+    with prior knowledge for ``http://`` and Unix sockets, ALPN for ``https://`` (HTTP/1.1 if the
+    server picks it); it needs the compiled engine (libnghttp2, in every wheel).
 
     >>> with QuillClient("http://127.0.0.1:8080") as client:  # doctest: +SKIP
     ...     client.set_api_key("key-123")
@@ -83,6 +87,7 @@ class QuillClient:
         headers: Mapping[str, str] | None = None,
         shared_memory: bool | str = "auto",
         shared_memory_bytes: int = 1 << 30,
+        http2: bool = False,
     ):
         config = dict(
             base_url=base_url, timeout_ms=timeout_ms, enable_compression=enable_compression,
@@ -91,13 +96,13 @@ class QuillClient:
             client_key=client_key, max_response_bytes=max_response_bytes, max_tensor_bytes=max_tensor_bytes,
             tensor_chunk_size=tensor_chunk_size, tensor_pool_bytes=tensor_pool_bytes,
             idempotent_methods=tuple(idempotent_methods), shared_memory=shared_memory,
-            shared_memory_bytes=shared_memory_bytes,
+            shared_memory_bytes=shared_memory_bytes, http2=bool(http2),
         )
         self._setup(config, headers or {})
 
     def _setup(self, config: dict, headers: Mapping[str, str]) -> None:
         self._core = ClientCore(config, headers)
-        transport = HTTP11Transport(self._core)
+        transport = (HTTP2Transport if config.get("http2") else HTTP11Transport)(self._core)
         self._transport = SharedMemoryTransport(self._core, transport) if shared_memory_wanted(self._core) \
             else transport
 

@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "idempotent_methods": (),
     "shared_memory": "auto",
     "shared_memory_bytes": 1 << 30,
+    "http2": False,
 }
 # The Content-Type of a request by its body, and its Accept by the call (docs/protocol.md,
 # "Call kinds"): the answer each call reads. send_tensor reads any answer as bytes.

@@ -27,4 +27,7 @@ The interface, for the sync transport (the async one has the same methods as cor
 - :mod:`quill.transports.aio_http11`: asyncio HTTP/1.1 with httptools (TCP, TLS, Unix sockets).
 - :mod:`quill.transports.shm`: tensors through shared memory over a Unix socket (Linux), wrapping
   either of the two.
+- :mod:`quill.transports.aio_http2`: asyncio HTTP/2 on the compiled libnghttp2 engine, every call
+  multiplexed over one connection (h2c, TLS with ALPN; ``http2=True``).
+- :mod:`quill.transports.http2`: sync HTTP/2, the asyncio one on a loop in a daemon thread.
 """
