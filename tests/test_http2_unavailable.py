@@ -15,7 +15,12 @@ from quill.errors import FeatureUnavailableError
 @pytest.fixture
 def no_engine(monkeypatch):
     """quill._core.h2engine as a build without libnghttp2 leaves it: not importable."""
+    import quill._core
+
     monkeypatch.setitem(sys.modules, "quill._core.h2engine", None)
+    # once imported, the module is also an attribute of its package, which `from .._core import
+    # h2engine` finds before sys.modules
+    monkeypatch.delattr(quill._core, "h2engine", raising=False)
 
 
 @pytest.mark.parametrize("client_class", [QuillClient, AsyncQuillClient])
