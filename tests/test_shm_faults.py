@@ -31,7 +31,10 @@ from quill.tensor import Tensor  # noqa: E402
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="shared memory is Linux only")
 MIB = 1 << 20
 HERE = os.path.dirname(os.path.abspath(__file__))
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), HERE])}
+# the tests' helpers (shm_servers.py) importable; quill comes from where this interpreter has it
+# (CI runs these tests from the sdist's tree against an installed wheel, so never the tree's quill/)
+# `python -c` children run in this folder (their sys.path starts with the working directory)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))}
 
 
 def test_a_client_killed_mid_call_leaves_nothing_behind():
@@ -48,7 +51,7 @@ def test_a_client_killed_mid_call_leaves_nothing_behind():
             client = QuillClient({url!r}, shared_memory=True)
             client.call_tensor({SVC!r}, "Slow", Tensor.from_numpy(np.ones(64 << 20, np.uint8)),
                                headers={{"x-sleep": "1.5"}})
-            """)], env=ENV)
+            """)], env=ENV, cwd=HERE)
         try:
             assert wait_until(lambda: open_fds() >= fds + 3, 20)  # channel, arenas, HTTP connection
             assert wait_until(lambda: rss_bytes() > rss + 8 * MIB, 10)  # the handler read the tensor
@@ -122,5 +125,5 @@ def test_a_small_dev_shm_does_not_limit_shared_memory():
         pytest.skip(f"no mount namespace here: {probe.stderr.decode().strip()}")
     result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
                              f'{mount} && exec "$0" -c "$1"', sys.executable, script],
-                            env=ENV, capture_output=True, text=True, timeout=300)
+                            env=ENV, cwd=HERE, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
