@@ -25,6 +25,7 @@ The interface, for the sync transport (the async one has the same methods as cor
 
 - :mod:`quill.transports.http11`: sync HTTP/1.1 on a urllib3 connection pool (TCP, TLS, Unix sockets).
 - :mod:`quill.transports.aio_http11`: asyncio HTTP/1.1 with httptools (TCP, TLS, Unix sockets).
+- :mod:`quill.transports.aio_connect`: the asyncio transports' connect and any-thread call.
 - :mod:`quill.transports.shm`: tensors through shared memory over a Unix socket (Linux), wrapping
   either of the two.
 - :mod:`quill.transports.aio_http2`: asyncio HTTP/2 on the compiled libnghttp2 engine, every call

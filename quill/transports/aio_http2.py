@@ -28,7 +28,8 @@ from typing import Any
 
 from ..errors import FeatureUnavailableError, LimitExceededError, QuillConnectionError, QuillTimeoutError
 from ..protocol.retries import TransportError
-from .aio_http11 import AsyncHTTP11Response, AsyncHTTP11Transport, connect, on_loop
+from .aio_connect import connect, on_loop
+from .aio_http11 import AsyncHTTP11Response, AsyncHTTP11Transport
 
 __all__ = ["AsyncHTTP2Transport", "AsyncHTTP2Response", "load_engine", "STREAM_WINDOW", "CONNECTION_WINDOW",
            "MAX_HEADER_LIST"]
