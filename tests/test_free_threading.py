@@ -28,9 +28,10 @@ from quill._core.frames import (
     encode_token_batch_frame,
 )
 from quill._core.tokens import Token, TokenBatch, TokenBatchBuilder
-from quill.errors import QuillError
 
-SECONDS = float(os.environ.get("QUILL_STRESS_SECONDS", "0.5"))
+sys.path.insert(0, os.path.dirname(__file__))
+from thread_runs import run_together  # noqa: E402
+
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 COMPILED = ["quill._core." + name for name in ("arrow", "arrow_import", "casts", "frames", "tensor", "tokens")]
 
@@ -38,24 +39,7 @@ COMPILED = ["quill._core." + name for name in ("arrow", "arrow_import", "casts",
 def run_threads(count, worker):
     """Run ``worker(index, deadline)`` on ``count`` threads started together; re-raise the first
     failure; return the workers' results in order."""
-    barrier = threading.Barrier(count)
-    results, failures = [None] * count, []
-
-    def run(index):
-        try:
-            barrier.wait()
-            results[index] = worker(index, time.monotonic() + SECONDS)
-        except BaseException as exc:   # re-raised below, with its traceback
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
-    return results
+    return run_together([lambda deadline, index=index: worker(index, deadline) for index in range(count)])
 
 
 def model_token(i):

@@ -14,7 +14,6 @@ import pickle
 import random
 import sys
 import sysconfig
-import threading
 import time
 
 import numpy as np
@@ -36,10 +35,12 @@ from quill._core.frames import (
 from quill._core.tensor import buffers_equal
 from quill._core.tokens import Token, TokenBatch, pin_batch
 from quill.errors import QuillError
+
+sys.path.insert(0, os.path.dirname(__file__))
+from thread_runs import SECONDS, run_together  # noqa: E402
 from quill.frames import encode_end_stream
 from quill.tensor import Tensor
 
-SECONDS = float(os.environ.get("QUILL_STRESS_SECONDS", "0.5"))
 PERIOD = 61           # token i of every batch here is periodic_token(i)
 MAX_TOKENS = 60000    # the mutator clears a batch past this (65,535 is the wire limit)
 NOGIL_TOKENS = 4096   # encode/decode release the GIL from this many tokens
@@ -56,22 +57,7 @@ def frequent_thread_switches():
 def race(*workers):
     """Run each ``worker(deadline)`` in its own thread until the deadline; re-raise the first
     failure. Returns how many loop iterations the workers reported, in order."""
-    deadline = time.monotonic() + SECONDS
-    results, failures = [None] * len(workers), []
-
-    def run(index, worker):
-        try:
-            results[index] = worker(deadline)
-        except BaseException as exc:   # reported below, with its traceback
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i, w)) for i, w in enumerate(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+    results = run_together(workers)
     # The figures of a long run (docs/bad-inputs.md): pytest -s shows them.
     print(f"\n{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}: {SECONDS:g} s, "
           f"loop iterations per thread {results}")
