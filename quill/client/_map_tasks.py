@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 from ._map import END, NOTHING, MapCall, MapWindow, check_concurrency
 
-__all__ = ["AsyncMapResults"]
+__all__ = ["AsyncMapResults", "Tasks"]
 
 
 class AsyncMapResults:
@@ -28,7 +28,8 @@ class AsyncMapResults:
                  return_exceptions: bool, progress: Callable[[int, int], Any] | None):
         concurrency = check_concurrency(concurrency, client._core.config["max_connections"])
         self._window = MapWindow(iter(requests), concurrency, ordered, return_exceptions, progress)
-        self._tasks = _Tasks(client, call, concurrency)
+        self._outcomes: asyncio.Queue = asyncio.Queue()
+        self._tasks = Tasks(client, call, concurrency, self._outcomes.put_nowait)
 
     def __aiter__(self) -> "AsyncMapResults":
         return self
@@ -39,7 +40,7 @@ class AsyncMapResults:
             raise StopAsyncIteration
         try:
             while (result := window.step(tasks.start)) is NOTHING:
-                window.finish(*await tasks.next_outcome())
+                window.finish(*await self._outcomes.get())
         except BaseException:
             await tasks.aclose()
             raise
@@ -64,15 +65,18 @@ class AsyncMapResults:
             tasks.cancel()
 
 
-class _Tasks:
-    """The tasks of a map. They hold this, never the AsyncMapResults, so that dropping the
-    results cancels them at once."""
+class Tasks:
+    """The tasks of a map, on the loop that runs them: each request's call, ``concurrency`` at
+    once, each outcome handed to ``deliver((index, value, failed))`` on that loop. They hold this,
+    never the results object, so that dropping the results cancels them at once. The thread
+    runner of ``QuillClient.map`` (``_map_threads``) drives one on a loop thread of its own."""
 
-    def __init__(self, client: Any, call: MapCall, concurrency: int):
+    def __init__(self, client: Any, call: MapCall, concurrency: int,
+                 deliver: Callable[[tuple[int, Any, bool]], Any]):
         self._client = client
         self._call = call
         self._slots = asyncio.Semaphore(concurrency)
-        self._outcomes: asyncio.Queue = asyncio.Queue()
+        self._deliver = deliver
         self._running: set[asyncio.Task] = set()
         self.closed = False
 
@@ -80,10 +84,6 @@ class _Tasks:
         task = asyncio.ensure_future(self._run(index, request))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-
-    async def next_outcome(self) -> tuple[int, Any, bool]:
-        """Wait for the next (index, value, failed) a task delivers."""
-        return await self._outcomes.get()
 
     async def _run(self, index: int, request: Any) -> None:
         async with self._slots:
@@ -95,7 +95,7 @@ class _Tasks:
                 value, failed = exc, True  # not ours: the call itself was cancelled
             except Exception as exc:
                 value, failed = exc, True
-        self._outcomes.put_nowait((index, value, failed))
+        self._deliver((index, value, failed))
 
     async def _one(self, request: Any) -> Any:
         name, streaming, args, options = self._call.arguments(request)

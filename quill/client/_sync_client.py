@@ -98,19 +98,20 @@ class QuillClient:
             idempotent_methods=tuple(idempotent_methods), shared_memory=shared_memory,
             shared_memory_bytes=shared_memory_bytes, http2=bool(http2),
         )
-        self._setup(config, headers or {})
+        self._setup(ClientCore(config, headers or {}))
 
-    def _setup(self, config: dict, headers: Mapping[str, str]) -> None:
-        self._core = ClientCore(config, headers)
-        transport = (HTTP2Transport if config.get("http2") else HTTP11Transport)(self._core)
-        self._transport = SharedMemoryTransport(self._core, transport) if shared_memory_wanted(self._core) \
-            else transport
+    def _setup(self, core: ClientCore) -> None:
+        """Use ``core`` (config, headers, receive pool) and open a transport of this client's kind
+        on it (``QuillClient.map`` runs its calls through an async client set up on its core)."""
+        self._core = core
+        transport = (HTTP2Transport if core.config.get("http2") else HTTP11Transport)(core)
+        self._transport = SharedMemoryTransport(core, transport) if shared_memory_wanted(core) else transport
 
     def __getstate__(self) -> dict:
         return {"config": dict(self._core.config), "headers": self._core.get_headers()}
 
     def __setstate__(self, state: dict) -> None:
-        self._setup(state["config"], state["headers"])
+        self._setup(ClientCore(state["config"], state["headers"]))
 
     def close(self) -> None:
         """Close every pooled connection and drop the receive pool; later calls raise
