@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable
 
 from ..client import AsyncQuillClient
+from ..client._loop_thread import LoopThread
 from ..client._map import MapCall
 from ._columns import STEP_KINDS
 
@@ -56,9 +57,7 @@ class Runtime:
     def __init__(self, url: str, concurrency: int, rate: float | None, tokens_per_s: float | None,
                  client_options: dict):
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="quill-step", daemon=True)
-        self._thread.start()
+        self._thread = LoopThread("quill-step")  # uvloop's loop where it is installed
         self.concurrency = concurrency
         self.calls = None if rate is None else TokenBucket(rate)
         self.tokens = None if tokens_per_s is None else TokenBucket(tokens_per_s)
@@ -73,7 +72,7 @@ class Runtime:
 
     def submit(self, coroutine: Any) -> Any:
         """Run ``coroutine`` on the loop and wait for its result from this (another) thread."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        return self._thread.submit(coroutine)
 
     def run(self, service: str, method: str, kind: str, payloads: list, keys: list[str], timeout_s: float,
             headers: dict[str, str]) -> tuple[list, list]:
