@@ -1,8 +1,7 @@
 """An event loop running in a daemon thread of its own, for sync code that drives async calls
 (``QuillClient.map``, the pipelines' ``QuillStep``). It is uvloop's loop where uvloop is
-installed (a dependency of quill on CPython outside Windows): at 32 calls in flight an
-:class:`~quill.client.AsyncQuillClient` spends about a tenth less CPU per call on it than on
-asyncio's own loop (benchmarks/bench_pipelines.py).
+installed (a dependency of quill on CPython outside Windows), whose callbacks, timers and
+socket writes are compiled; asyncio's own loop elsewhere.
 
 >>> thread = LoopThread("quill-example")
 >>> async def two(): return 2
