@@ -293,7 +293,7 @@ def test_leaving_early_starts_no_more_unary_calls(client, counts):
 
 
 @pytest.mark.sync_only
-def test_no_worker_thread_outlives_the_map(client):
+def test_no_worker_thread_outlives_the_map(client, counts):
     def map_threads():
         return [t for t in threading.enumerate() if t.name.startswith("quill-map")]
 
@@ -302,6 +302,8 @@ def test_no_worker_thread_outlives_the_map(client):
     next(results)
     results.close()
     assert wait_until(lambda: not map_threads(), timeout=10), map_threads()
+    # the server has seen every stream end (else they would end during the next test, in its counts)
+    assert wait_until(lambda: counts.in_flight == 0, WAIT)
 
 
 @runs_once
@@ -319,7 +321,9 @@ def test_cancelling_the_consuming_task_cancels_every_call(served, counts):
 
             task = asyncio.create_task(consume())
             await asyncio.wait_for(started.wait(), WAIT)
+            deadline = time.monotonic() + WAIT
             while counts.in_flight < 5:
+                assert time.monotonic() < deadline, f"only {counts.in_flight} calls in flight"
                 await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
