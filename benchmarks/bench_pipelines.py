@@ -312,7 +312,7 @@ def main() -> None:
         finally:
             service.stop()
             os.sched_setaffinity(0, cores)
-    engines = [(skip, engine) for skip, engine in ((args.skip_ray, ray_rows), (args.skip_spark, spark_rows)) if not skip]
+    engines = [engine for skip, engine in ((args.skip_ray, ray_rows), (args.skip_spark, spark_rows)) if not skip]
     if not engines:
         return
     service = Service(args.model_ms)
