@@ -307,6 +307,22 @@ def test_no_worker_thread_outlives_the_map(client, counts):
 
 
 @runs_once
+def test_the_sync_map_s_loop_is_uvloop_s_where_installed_and_its_thread_ends_when_stopped():
+    from quill.client._loop_thread import LoopThread
+
+    uvloop = pytest.importorskip("uvloop")  # a dependency of quill on CPython outside Windows
+    thread = LoopThread("quill-map-test")
+
+    async def running_loop():
+        return asyncio.get_running_loop()
+
+    assert isinstance(thread.submit(running_loop()), uvloop.Loop)
+    thread.stop()
+    assert not thread.is_alive() and thread.loop.is_closed()
+    thread.call_soon(print, "never")  # a closed loop: nothing runs, nothing raises
+
+
+@runs_once
 def test_cancelling_the_consuming_task_cancels_every_call(served, counts):
     """Only the async client has tasks: cancel the one iterating, its calls go with it."""
     _, url = served
