@@ -4,8 +4,9 @@ A map runs one method over an iterable of requests. :class:`MapCall` says which 
 each request goes through (its *kind*); :class:`MapWindow` reads the input as slots free up,
 keeps at most ``2 * concurrency`` requests between read and handed out (in flight, queued or
 finished and waiting for the consumer), puts results back in input order (or hands them out as
-they complete) and counts progress. The thread runner (``_map_threads``) and the task runner
-(``_map_tasks``) drive it; neither holds more than the window does.
+they complete) and counts progress. The sync runner (``_map_threads``: the iterating thread,
+tasks on a loop thread) and the task runner (``_map_tasks``) drive it; neither holds more than
+the window does.
 
 >>> window = MapWindow(iter([b"a", b"b"]), concurrency=1, ordered=True, return_exceptions=False)
 >>> window.take()
