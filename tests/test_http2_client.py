@@ -187,7 +187,7 @@ def test_sync_threads_share_one_connection(h2_url):
         for thread in threads:
             thread.join(60)
         assert results == {i: b"t%d" % i for i in range(32)}
-        assert client._transport._async._conn.engine.alive
+        assert [conn.engine.alive for conn in client._transport._async._conns] == [True]
 
 
 def test_async_calls_multiplex_over_one_connection(h2_url, monkeypatch):
@@ -336,3 +336,50 @@ def test_protocol_violations_fail_the_call(frame, client_kind):
     with HostileH2Server(violate) as server, make(client_kind, server.url, timeout_ms=5000, retries=0) as client:
         with pytest.raises(QuillConnectionError, match="HTTP/2 protocol error|connection"):
             client.call(ECHO, "Echo", b"x")
+
+
+def _after(frame_for):
+    """A script that answers whole, then sends ``frame_for(stream_id)`` on the stream it closed."""
+    def script(conn, sock, stream_id, headers, body):
+        answer(conn, stream_id, body)
+        sock.sendall(conn.data_to_send() + frame_for(stream_id))
+    return script
+
+
+def _reset_then(frame_for):
+    """A script that resets the stream itself (RST_STREAM), then sends ``frame_for(stream_id)`` on it."""
+    def script(conn, sock, stream_id, headers, body):
+        conn.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/proto")])
+        conn.reset_stream(stream_id, error_code=2)
+        sock.sendall(conn.data_to_send() + frame_for(stream_id))
+    return script
+
+
+_STATUS_200 = b"\x88"  # HPACK: the static table's ":status: 200"
+_CLOSED_STREAM_FRAMES = {
+    "data-after-end-stream": _after(lambda sid: raw_frame(0x0, 1, sid, b"late")),
+    # 3 x 24 MiB, past the client's 64 MiB connection window: ignored bytes count as consumed
+    "data-past-the-window-after-end-stream": _after(lambda sid: raw_frame(0x0, 0, sid, b"z" * (1 << 20)) * 24),
+    "headers-after-end-stream": _after(lambda sid: raw_frame(0x1, 0x5, sid, _STATUS_200)),
+    "data-after-rst-stream": _reset_then(lambda sid: raw_frame(0x0, 1, sid, b"late")),
+    "headers-after-rst-stream": _reset_then(lambda sid: raw_frame(0x1, 0x5, sid, _STATUS_200)),
+}
+
+
+@pytest.mark.parametrize("case", list(_CLOSED_STREAM_FRAMES))
+def test_frames_on_a_stream_the_server_closed(case, client_kind):
+    """RFC 9113 section 5.1: DATA or HEADERS on a stream the server itself ended (END_STREAM) or
+    reset is a STREAM_CLOSED error. The answer already whole stays whole, a reset call fails with
+    its reset, the late frame never reaches a call, and the client goes on (on a new connection
+    where the engine ended the first): no hang, no mixed-up answer."""
+    with HostileH2Server(_CLOSED_STREAM_FRAMES[case]) as server, \
+            make(client_kind, server.url, timeout_ms=5000, retries=0) as client:
+        for index in range(3):
+            started = time.monotonic()
+            if "rst-stream" in case:
+                with pytest.raises(QuillConnectionError, match="RST_STREAM INTERNAL_ERROR"):
+                    client.call(ECHO, "Echo", b"x")
+            else:
+                body = b"answer %d" % index
+                assert client.call(ECHO, "Echo", body) == body
+            assert time.monotonic() - started < 4

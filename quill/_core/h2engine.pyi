@@ -3,7 +3,7 @@
 from typing import Any, final
 
 __all__ = ["H2Engine", "HEADERS", "DATA", "END", "CLOSED", "HEADERS_TOO_LARGE", "GOAWAY", "SETTINGS",
-           "CANCEL", "NGHTTP2_VERSION_TEXT"]
+           "PING_ACK", "CANCEL", "NGHTTP2_VERSION_TEXT"]
 
 HEADERS: int
 DATA: int
@@ -12,6 +12,7 @@ CLOSED: int
 HEADERS_TOO_LARGE: int
 GOAWAY: int
 SETTINGS: int
+PING_ACK: int
 CANCEL: int
 NGHTTP2_VERSION_TEXT: str
 
@@ -39,4 +40,5 @@ class H2Engine:
     def reset(self, stream_id: int, error_code: int = ...) -> None: ...
     def consume(self, stream_id: int, size: int) -> None: ...
     def forget(self, stream_id: int) -> None: ...
+    def ping(self) -> None: ...
     def terminate(self, error_code: int = ...) -> None: ...
