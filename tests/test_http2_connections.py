@@ -20,6 +20,7 @@ from h2_hostile import HostileH2Server, answer  # noqa: E402
 from quill.client import AsyncQuillClient, QuillClient  # noqa: E402
 from quill.errors import QuillConnectionError, QuillTimeoutError  # noqa: E402
 from quill.server import QuillApp, engines, serve_in_thread  # noqa: E402
+from quill.transports.aio_http2 import AsyncHTTP2Transport  # noqa: E402
 
 ECHO = "echo.v1.EchoService"
 
@@ -125,17 +126,18 @@ def test_real_servers_get_a_second_connection_only_when_allowed(engine, monkeypa
         running["now"] -= 1
         return bytes(request)
 
+    connects = []
+    original = AsyncHTTP2Transport._connect
+
+    async def counting(self, timeout):
+        connects.append(1)
+        return await original(self, timeout)
+
+    monkeypatch.setattr(AsyncHTTP2Transport, "_connect", counting)
     with serve_in_thread(app, engine=engine) as url:
         for connections, most in ((1, 4), (2, 8)):
             running["most"] = 0
-            connects = []
-            original = type(AsyncQuillClient(url, http2=True)._transport)._connect
-
-            async def counting(self, timeout, original=original):
-                connects.append(1)
-                return await original(self, timeout)
-
-            monkeypatch.setattr(type(AsyncQuillClient(url, http2=True)._transport), "_connect", counting)
+            connects.clear()
 
             async def main():
                 async with AsyncQuillClient(url, http2=True, http2_connections=connections) as client:
@@ -143,8 +145,7 @@ def test_real_servers_get_a_second_connection_only_when_allowed(engine, monkeypa
 
             assert asyncio.run(main()) == [b"q%d" % i for i in range(16)]
             assert len(connects) == connections, engine
-            assert running["most"] == most, (engine, connections)  # the server saw them side by side
-            monkeypatch.setattr(type(AsyncQuillClient(url, http2=True)._transport), "_connect", original)
+            assert running["most"] == most, (engine, connections)  # the server ran them side by side
 
 
 # ----------------------------------------------------------------------------------------
