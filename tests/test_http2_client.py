@@ -6,8 +6,10 @@ misbehaviour ends in a clear error or a timeout, never a hang or a silent trunca
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -36,6 +38,7 @@ from quill.errors import (  # noqa: E402
 from quill.server import serve_in_thread  # noqa: E402
 from quill.server.tls import TLSConfig  # noqa: E402
 from quill.tensor import Tensor  # noqa: E402
+from quill.transports import aio_http2  # noqa: E402
 from quill.transports.aio_http2 import AsyncHTTP2Transport  # noqa: E402
 
 ECHO = "echo.v1.EchoService"
@@ -134,6 +137,50 @@ def test_answers_match_curl_side_by_side(h2_url, client_kind):
     assert done.stdout[-1:] == b"2" and done.stdout[:-1] == body
     with make(client_kind, h2_url) as client:
         assert client.call(ECHO, "Echo", body) == done.stdout[:-1]
+
+
+H2LOAD = shutil.which("h2load")  # Debian's nghttp2-client; .ci/run installs it
+
+
+def test_h2load_sends_what_quill_sends_and_gets_the_same_answers(h2_url, tmp_path, monkeypatch):
+    """h2load (nghttp2's load client) replays the exact header list quill's HTTP/2 client sent for
+    a call, 200 times over one connection; its status counts and DATA bytes match quill's own 200."""
+    if H2LOAD is None:
+        pytest.fail("h2load is not installed (.ci/run installs nghttp2-client)", pytrace=False)
+    sent = []
+    original = aio_http2.request_headers
+
+    def capture(cache, endpoint, request):
+        sent.append(original(cache, endpoint, request))
+        return sent[-1]
+
+    monkeypatch.setattr(aio_http2, "request_headers", capture)
+    for method, body in (("Echo", b"replayed by h2load"), ("Missing", b"no such method")):
+        async def main():
+            async with AsyncQuillClient(h2_url, http2=True) as client:
+                return await asyncio.gather(*[client.call(ECHO, method, body) for _ in range(200)],
+                                            return_exceptions=True)
+
+        sent.clear()
+        answers = asyncio.run(main())
+        statuses = collections.Counter(200 if isinstance(a, bytes) else a.status for a in answers)
+        fields = dict(sent[0])
+        assert all(dict(headers) == fields for headers in sent)  # one request, 200 times
+        (tmp_path / "body").write_bytes(body)
+        command = [H2LOAD, "-n", "200", "-c", "1", "-m", "10", "-d", str(tmp_path / "body")]
+        for name, value in sent[0]:
+            if not name.startswith(b":") and name != b"content-length":  # h2load frames the body itself
+                command += ["-H", f"{name.decode()}: {value.decode()}"]
+        done = subprocess.run(command + [h2_url + fields[b":path"].decode()], capture_output=True, text=True,
+                              timeout=120)
+        assert "200 done" in done.stdout and "0 errored, 0 timeout" in done.stdout, done.stdout  # 4xx: "failed"
+        codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", done.stdout).groups()
+        assert [int(n) for n in codes] == [sum(n for s, n in statuses.items() if s // 100 == c) for c in (2, 3, 4, 5)]
+        if method == "Echo":
+            data = int(re.search(r"B \((\d+)\) data", done.stdout).group(1))
+            assert answers == [body] * 200 and data == 200 * len(body)
+        else:
+            assert statuses == {404: 200}
 
 
 def test_against_nghttpd_serving_static_files(tmp_path, h2_url, client_kind):
