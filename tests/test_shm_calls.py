@@ -1,9 +1,12 @@
 """Tensor calls over the shared-memory transport, over both clients, checked against numpy: every
 dtype and shape, answers computed, echoed, viewed and larger than the request, bytes and
-Problem answers, ``out=``, ``empty()``, fallbacks to HTTP bodies, lifetimes and reuse."""
+Problem answers, ``out=``, ``empty()``, fallbacks to HTTP bodies, lifetimes and reuse. The tests
+on the ``url`` server run with the wrapper on HTTP/1.1 (the default engine) and on HTTP/2
+(``http2=True``, h2c over the Unix socket to hypercorn and to granian)."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import sys
@@ -23,18 +26,45 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sh
 MIB = 1 << 20
 
 
+PROTOCOLS = {"http1": {}, "http2-hypercorn": {"engine": "hypercorn"}, "http2-granian": {"engine": "granian"}}
+
+
+def protocol(request) -> str:
+    """The ``url`` server's protocol of this test ("http1" when it has none)."""
+    callspec = getattr(request.node, "callspec", None)
+    return callspec.params.get("url", "http1") if callspec is not None else "http1"
+
+
 @pytest.fixture(autouse=True)
 def client_kind(request, monkeypatch):
     from client_kinds import CLIENTS
 
-    monkeypatch.setattr(request.module, "QuillClient", CLIENTS[request.param])
+    client = CLIENTS[request.param]
+    if protocol(request) != "http1":
+        client = functools.partial(client, http2=True)
+    monkeypatch.setattr(request.module, "QuillClient", client)
     return request.param
 
 
-@pytest.fixture(scope="module")
-def url():
-    with shm_server() as base_url:
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def url(request):
+    if request.param != "http1":
+        pytest.importorskip("quill._core.h2engine", reason="quill was built without libnghttp2 (HTTP/2 engine)")
+    with shm_server(**PROTOCOLS[request.param]) as base_url:
         yield base_url
+
+
+def test_the_wrapper_sits_on_the_protocol_asked_for(url, request):
+    a = np.arange(MIB // 4, dtype=np.float32)
+    with QuillClient(url, shared_memory=True) as client:
+        answer = client.call_tensor(SVC, "Double", Tensor.from_numpy(a))
+        assert np.array_equal(answer.to_numpy(), a * 2) and transport(client)._arenas.region_of(answer._bytes)
+        inner = transport(client)._inner
+        expected = "HTTP11Transport" if protocol(request) == "http1" else "HTTP2Transport"
+        assert type(inner).__name__.endswith(expected)
+        if expected == "HTTP2Transport":
+            conns = getattr(inner, "_async", inner)._conns  # the sync one runs the async one on its loop
+            assert [conn.engine.alive for conn in conns] == [True]
 
 
 def transport(client):
@@ -50,6 +80,7 @@ def arena_bytes(client) -> int:
 DTYPES = ["float32", "float64", "float16", "bfloat16", "int8", "int32", "int64", "uint8", "bool"]
 
 
+@pytest.mark.parametrize("url", ["http1"], indirect=True)  # the layout matrix: the protocol under it is not its concern
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(MIB // 4,), (64, 1025, 3), (300000,)])
 def test_every_dtype_and_shape_round_trips_through_shared_memory(url, dtype, shape):
