@@ -6,7 +6,6 @@ on the ``url`` server run with the wrapper on HTTP/1.1 (the default engine) and 
 
 from __future__ import annotations
 
-import functools
 import gc
 import os
 import sys
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from client_kinds import PROTOCOLS, protocol_of  # noqa: E402
 from shm_servers import SVC, shm_server  # noqa: E402
 
 from quill.client import QuillClient  # noqa: E402
@@ -26,30 +26,16 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sh
 MIB = 1 << 20
 
 
-PROTOCOLS = {"http1": {}, "http2-hypercorn": {"engine": "hypercorn"}, "http2-granian": {"engine": "granian"}}
-
-
-def protocol(request) -> str:
-    """The ``url`` server's protocol of this test ("http1" when it has none)."""
-    callspec = getattr(request.node, "callspec", None)
-    return callspec.params.get("url", "http1") if callspec is not None else "http1"
-
-
 @pytest.fixture(autouse=True)
 def client_kind(request, monkeypatch):
-    from client_kinds import CLIENTS
+    from client_kinds import client_for
 
-    client = CLIENTS[request.param]
-    if protocol(request) != "http1":
-        client = functools.partial(client, http2=True)
-    monkeypatch.setattr(request.module, "QuillClient", client)
+    monkeypatch.setattr(request.module, "QuillClient", client_for(request))
     return request.param
 
 
 @pytest.fixture(scope="module", params=list(PROTOCOLS))
 def url(request):
-    if request.param != "http1":
-        pytest.importorskip("quill._core.h2engine", reason="quill was built without libnghttp2 (HTTP/2 engine)")
     with shm_server(**PROTOCOLS[request.param]) as base_url:
         yield base_url
 
@@ -60,7 +46,7 @@ def test_the_wrapper_sits_on_the_protocol_asked_for(url, request):
         answer = client.call_tensor(SVC, "Double", Tensor.from_numpy(a))
         assert np.array_equal(answer.to_numpy(), a * 2) and transport(client)._arenas.region_of(answer._bytes)
         inner = transport(client)._inner
-        expected = "HTTP11Transport" if protocol(request) == "http1" else "HTTP2Transport"
+        expected = "HTTP11Transport" if protocol_of(request) == "http1" else "HTTP2Transport"
         assert type(inner).__name__.endswith(expected)
         if expected == "HTTP2Transport":
             conns = getattr(inner, "_async", inner)._conns  # the sync one runs the async one on its loop

@@ -333,6 +333,7 @@ class _Connection(asyncio.BufferedProtocol):
                 for chunk in chunks:
                     if not await self._send_chunk(stream, chunk, timeout):
                         return
+                    self.write_now()  # out before the next chunk is asked for: producing it may block this thread
             engine.send_data(stream.id, b"", True)
             self.flush()
         finally:
