@@ -297,6 +297,12 @@ cdef class H2Engine:
             nghttp2_session_terminate_session(self.session, NGHTTP2_PROTOCOL_ERROR)
         return events
 
+    def take_events(self) -> list:
+        """Events that writing made (:meth:`data_to_send`: a stream closed by the RST_STREAM the
+        engine itself sent, for a response that broke HTTP's rules); usually none."""
+        events, self.events = self.events, []
+        return events
+
     def data_to_send(self) -> bytes:
         """Every byte the engine has to write now (frames, acknowledgements, window updates)."""
         cdef const uint8_t *chunk

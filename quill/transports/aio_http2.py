@@ -131,6 +131,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.draining = False  # GOAWAY came (or the session failed): no new streams here
         self._buffer = memoryview(bytearray(_READ_SIZE))
         self._flush_scheduled = False
+        self._own_resets = False  # the CLOSED events being handled come from resets the engine sent
 
     @property
     def usable(self) -> bool:
@@ -148,9 +149,11 @@ class _Connection(asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        engine = self.engine
         self.heard = self.loop.time()
-        events = engine.receive(self._buffer[:nbytes])
+        self._dispatch(self.engine.receive(self._buffer[:nbytes]))
+
+    def _dispatch(self, events: list) -> None:
+        engine = self.engine
         h2, streams = self.h2, self.streams
         for event in events:
             kind = event[0]
@@ -224,8 +227,10 @@ class _Connection(asyncio.BufferedProtocol):
             return
         name = _ERROR_NAMES.get(code, str(code))
         stage = "body" if stream.head_done else "response"
-        stream.error = TransportError(stage, sent=code != _REFUSED_STREAM or stream.head_done,
-                                      detail=f"stream reset by the server (RST_STREAM {name})")
+        detail = (f"malformed HTTP/2 response (its DATA and content-length disagree, or a header is invalid): "
+                  f"the client reset the stream (RST_STREAM {name})") if self._own_resets \
+            else f"stream reset by the server (RST_STREAM {name})"
+        stream.error = TransportError(stage, sent=code != _REFUSED_STREAM or stream.head_done, detail=detail)
 
     def _goaway(self, last_stream_id: int, code: int) -> None:
         self.draining = True
@@ -304,6 +309,13 @@ class _Connection(asyncio.BufferedProtocol):
         data = self.engine.data_to_send()
         if data:
             self.transport.write(data)
+        events = self.engine.take_events()
+        if events:  # a stream the engine reset as it wrote (a response that broke HTTP's rules)
+            self._own_resets = True
+            try:
+                self._dispatch(events)
+            finally:
+                self._own_resets = False
 
     def start(self, headers: list, has_body: bool) -> _Stream:
         stream = _Stream(self.engine.submit(headers, has_body))
