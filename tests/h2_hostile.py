@@ -7,6 +7,7 @@ connection. ``settings`` go out in the server's first SETTINGS frame. ``answer_p
 a server that drops every PING it receives unanswered (a dead peer, as the keepalive sees it);
 ``pings`` counts the PINGs received; ``max_open`` is the most request streams open at once on one
 connection (h2 itself refuses a client that opens more than the server's MAX_CONCURRENT_STREAMS).
+:func:`count_connects` counts the connections quill's HTTP/2 clients open (to any server).
 """
 
 from __future__ import annotations
@@ -136,3 +137,18 @@ def answer(conn, stream_id: int, body: bytes, status: int = 200, headers=()) -> 
     conn.send_headers(stream_id, [(b":status", str(status).encode()), (b"content-type", b"application/proto"),
                                   (b"content-length", str(len(body)).encode()), *headers])
     conn.send_data(stream_id, body, end_stream=True)
+
+
+def count_connects(monkeypatch) -> list:
+    """A list that gets an item each time an HTTP/2 client of quill opens a connection."""
+    from quill.transports.aio_http2 import AsyncHTTP2Transport
+
+    connects: list = []
+    original = AsyncHTTP2Transport._connect
+
+    async def counting(self, timeout):
+        connects.append(1)
+        return await original(self, timeout)
+
+    monkeypatch.setattr(AsyncHTTP2Transport, "_connect", counting)
+    return connects

@@ -24,7 +24,7 @@ pytest.importorskip("quill._core.h2engine", reason="quill was built without libn
 
 sys.path.insert(0, os.path.dirname(__file__))
 from certificates import make_certificates  # noqa: E402
-from h2_hostile import HostileH2Server, answer, raw_frame  # noqa: E402
+from h2_hostile import HostileH2Server, answer, count_connects, raw_frame  # noqa: E402
 
 from quill.client import AsyncQuillClient, QuillClient  # noqa: E402
 from quill.demo import create_demo_app  # noqa: E402
@@ -39,7 +39,6 @@ from quill.server import serve_in_thread  # noqa: E402
 from quill.server.tls import TLSConfig  # noqa: E402
 from quill.tensor import Tensor  # noqa: E402
 from quill.transports import aio_http2  # noqa: E402
-from quill.transports.aio_http2 import AsyncHTTP2Transport  # noqa: E402
 
 ECHO = "echo.v1.EchoService"
 LLM = "inference.v1.LLMService"
@@ -238,14 +237,7 @@ def test_sync_threads_share_one_connection(h2_url):
 
 
 def test_async_calls_multiplex_over_one_connection(h2_url, monkeypatch):
-    connects = []
-    original = AsyncHTTP2Transport._connect
-
-    async def counting(self, timeout):
-        connects.append(1)
-        return await original(self, timeout)
-
-    monkeypatch.setattr(AsyncHTTP2Transport, "_connect", counting)
+    connects = count_connects(monkeypatch)
 
     async def main():
         async with AsyncQuillClient(h2_url, http2=True) as client:

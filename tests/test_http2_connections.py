@@ -15,12 +15,11 @@ import pytest
 pytest.importorskip("quill._core.h2engine", reason="quill was built without libnghttp2 (HTTP/2 engine)")
 
 sys.path.insert(0, os.path.dirname(__file__))
-from h2_hostile import HostileH2Server, answer  # noqa: E402
+from h2_hostile import HostileH2Server, answer, count_connects  # noqa: E402
 
 from quill.client import AsyncQuillClient, QuillClient  # noqa: E402
 from quill.errors import QuillConnectionError, QuillTimeoutError  # noqa: E402
 from quill.server import QuillApp, engines, serve_in_thread  # noqa: E402
-from quill.transports.aio_http2 import AsyncHTTP2Transport  # noqa: E402
 
 ECHO = "echo.v1.EchoService"
 
@@ -126,14 +125,7 @@ def test_real_servers_get_a_second_connection_only_when_allowed(engine, monkeypa
         running["now"] -= 1
         return bytes(request)
 
-    connects = []
-    original = AsyncHTTP2Transport._connect
-
-    async def counting(self, timeout):
-        connects.append(1)
-        return await original(self, timeout)
-
-    monkeypatch.setattr(AsyncHTTP2Transport, "_connect", counting)
+    connects = count_connects(monkeypatch)
     with serve_in_thread(app, engine=engine) as url:
         for connections, most in ((1, 4), (2, 8)):
             running["most"] = 0
