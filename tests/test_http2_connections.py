@@ -16,6 +16,7 @@ pytest.importorskip("quill._core.h2engine", reason="quill was built without libn
 
 sys.path.insert(0, os.path.dirname(__file__))
 from h2_hostile import HostileH2Server, answer, count_connects  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from quill.client import AsyncQuillClient, QuillClient  # noqa: E402
 from quill.errors import QuillConnectionError, QuillTimeoutError  # noqa: E402
@@ -86,7 +87,7 @@ def test_queue_timeout_names_the_limit_and_the_option():
 
     with HostileH2Server(never, settings={3: 1}) as server:
         async def main():
-            async with AsyncQuillClient(server.url, http2=True, http2_connections=2, timeout_ms=600,
+            async with AsyncQuillClient(server.url, http2=True, http2_connections=2, timeout_ms=2000,
                                         retries=0) as client:
                 return await asyncio.gather(*[client.call(ECHO, "Echo", b"x") for _ in range(3)],
                                             return_exceptions=True)
@@ -121,7 +122,7 @@ def test_real_servers_get_a_second_connection_only_when_allowed(engine, monkeypa
     async def echo(request, context):
         running["now"] += 1
         running["most"] = max(running["most"], running["now"])
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # long enough that every call of a burst is running at once
         running["now"] -= 1
         return bytes(request)
 
@@ -145,11 +146,11 @@ def test_real_servers_get_a_second_connection_only_when_allowed(engine, monkeypa
 # ----------------------------------------------------------------------------------------
 def test_keepalive_pings_an_idle_connection_and_keeps_it(client_kind):
     with HostileH2Server(lambda conn, sock, sid, headers, body: answer(conn, sid, body)) as server:
-        with make(client_kind, server.url, http2_keepalive_ms=50, http2_keepalive_timeout_ms=500) as client:
+        with make(client_kind, server.url, http2_keepalive_ms=50, http2_keepalive_timeout_ms=10_000) as client:
             assert client.call(ECHO, "Echo", b"before") == b"before"
-            time.sleep(0.6)
+            assert wait_until(lambda: server.pings >= 3, 10)  # one each 50 ms of quiet, each answered
             assert client.call(ECHO, "Echo", b"after") == b"after"
-        assert server.pings >= 3 and server.connections == 1
+        assert server.connections == 1
 
 
 def test_no_pings_without_the_option(client_kind):
@@ -185,6 +186,8 @@ def test_a_dead_idle_connection_is_replaced(client_kind):
     with HostileH2Server(once, answer_pings=False) as server:
         with make(client_kind, server.url, http2_keepalive_ms=50, http2_keepalive_timeout_ms=100) as client:
             assert client.call(ECHO, "Echo", b"one") == b"one"
-            time.sleep(0.5)  # the first connection's PING went unanswered: it was closed
+            transport = getattr(client, "_client", client)._transport  # the async client is wrapped
+            transport = getattr(transport, "_async", transport)  # the sync one runs the async one
+            assert wait_until(lambda: all(conn.lost for conn in transport._conns), 10)  # PING unanswered: closed
             assert client.call(ECHO, "Echo", b"two") == b"two"  # on a new connection, no error
         assert server.connections == 2 and answered == [b"one", b"two"]
