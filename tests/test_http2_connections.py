@@ -82,13 +82,15 @@ def test_sync_client_threads_spread_over_connections():
 
 
 def test_queue_timeout_names_the_limit_and_the_option():
-    def never(conn, sock, stream_id, headers, body):
-        pass  # holds its stream open: no answer
+    def hold(conn, sock, stream_id, headers, body):
+        if body == b"settings first":
+            answer(conn, stream_id, body)  # any other stream is held open: no answer
 
-    with HostileH2Server(never, settings={3: 1}) as server:
+    with HostileH2Server(hold, settings={3: 1}) as server:
         async def main():
             async with AsyncQuillClient(server.url, http2=True, http2_connections=2, timeout_ms=2000,
                                         retries=0) as client:
+                await client.call(ECHO, "Echo", b"settings first")  # the server's limit is known after it
                 return await asyncio.gather(*[client.call(ECHO, "Echo", b"x") for _ in range(3)],
                                             return_exceptions=True)
 
