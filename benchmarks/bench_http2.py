@@ -7,7 +7,10 @@ clients with ``http2=True`` and without, and httpx with ``http2=True`` (the h2 l
   HTTP/1.1 connections; token events/s in all, and the slowest, median and fastest stream;
 * small unary calls: 64 concurrent 100-byte echoes from AsyncQuillClient, over one HTTP/2
   connection against 64 HTTP/1.1 connections, and grpc.aio over one channel to bench_client.py's
-  grpcio server (C-core HTTP/2 both sides); calls/s.
+  grpcio server (C-core HTTP/2 both sides); calls/s. Beside them h2load (nghttp2's C load client,
+  ``-c 1 -m 64``: one connection, 64 streams at once) sends the same request, with the header list
+  quill's client sent, to the same granian server: its requests/s (as h2load reports it) is what
+  the server side allows, the ceiling for any client.
 
 Each figure is the median of ``--rounds`` rounds, the clients interleaved round by round.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import pathlib
+import re
 import socket
 import statistics
 import subprocess
@@ -146,6 +150,10 @@ def unary_rows(url: str, grpc_target: str, rounds: int, concurrency: int = 64, c
     ops = {f"h2={h2}": (lambda c=c: loop.run_until_complete(burst(lambda: c.call(BENCH_SERVICE, "Echo", payload))))
            for h2, c in clients.items()}
     ops["grpc"] = lambda: loop.run_until_complete(burst(lambda: grpc_echo(payload)))
+    h2load_rates: list[float] = []
+    h2load = _h2load_command(url, clients[True], loop, payload, concurrency, calls)
+    if h2load is not None:
+        ops["h2load"] = lambda: h2load_rates.append(_h2load_rate(h2load))
     try:
         seconds = interleaved(ops, rounds)
     finally:
@@ -158,6 +166,49 @@ def unary_rows(url: str, grpc_target: str, rounds: int, concurrency: int = 64, c
     print(f"| AsyncQuillClient HTTP/1.1, {concurrency} connections (granian) | {h1:,.0f} | {h2 / h1:.2f} |")
     print(f"| AsyncQuillClient HTTP/2, one connection (granian) | {h2:,.0f} | 1.00 |")
     print(f"| grpc.aio, one channel (grpcio server) | {peer:,.0f} | {h2 / peer:.2f} |")
+    if h2load_rates:
+        rate = statistics.median(h2load_rates[1:])  # the first was the warm-up
+        print(f"| h2load -c 1 -m {concurrency}, one connection (granian): the server side | {rate:,.0f} | {h2 / rate:.2f} |")
+    else:
+        print("| h2load: not installed (apt-get install nghttp2-client) | | |")
+
+
+def _h2load_command(url: str, client: AsyncQuillClient, loop: Any, payload: bytes, concurrency: int,
+                    calls: int) -> list[str] | None:
+    """h2load sending ``payload`` to Echo with the header list ``client`` sends (captured from one call)."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    from quill.transports import aio_http2
+
+    if shutil.which("h2load") is None:
+        return None
+    sent: list = []
+    original = aio_http2.request_headers
+    aio_http2.request_headers = lambda *args: sent.append(original(*args)) or sent[-1]
+    try:
+        loop.run_until_complete(client.call(BENCH_SERVICE, "Echo", payload))
+    finally:
+        aio_http2.request_headers = original
+    body = tempfile.NamedTemporaryFile(prefix="bench-h2load-", delete=False)
+    body.write(payload)
+    body.close()
+    atexit.register(os.unlink, body.name)
+    command = ["h2load", "-n", str(calls), "-c", "1", "-m", str(concurrency), "-d", body.name]
+    for name, value in sent[0]:
+        if not name.startswith(b":") and name != b"content-length":  # h2load frames the body itself
+            command += ["-H", f"{name.decode()}: {value.decode()}"]
+    return command + [url + dict(sent[0])[b":path"].decode()]
+
+
+def _h2load_rate(command: list[str]) -> float:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    calls = command[command.index("-n") + 1]
+    if f"{calls} succeeded, 0 failed" not in done.stdout:
+        raise RuntimeError(f"h2load: not every request succeeded:\n{done.stdout}")
+    return float(re.search(r"finished in [^,]+, ([\d.]+) req/s", done.stdout).group(1))
 
 
 async def _grpc_channel(grpc: Any, target: str) -> Any:
@@ -167,6 +218,7 @@ async def _grpc_channel(grpc: Any, target: str) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", choices=["bulk", "tokens", "unary"], help="run one table")
     args = parser.parse_args()
     server, url = bench_server.start("--serve", "quill", "granian")
     with socket.socket() as probe:
@@ -176,10 +228,13 @@ def main() -> None:
                                     "--serve-grpc", str(grpc_port)])
     try:
         print(f"granian, medians of {args.rounds} rounds")
-        bulk_rows(url, args.rounds)
-        token_rows(url, args.rounds)
-        time.sleep(1.0)  # the grpcio server binds within a second (as bench_aio.py waits)
-        unary_rows(url, f"127.0.0.1:{grpc_port}", args.rounds)
+        if args.only in (None, "bulk"):
+            bulk_rows(url, args.rounds)
+        if args.only in (None, "tokens"):
+            token_rows(url, args.rounds)
+        if args.only in (None, "unary"):
+            time.sleep(1.0)  # the grpcio server binds within a second (as bench_aio.py waits)
+            unary_rows(url, f"127.0.0.1:{grpc_port}", args.rounds)
     finally:
         for process in (server, grpc_server):
             process.terminate()

@@ -8,11 +8,17 @@ exceptions are the async client's own, so a test's ``pytest.raises`` checks the 
 Test modules opt in with an autouse fixture (``use_client_kind``); tests that exercise what only
 the sync client has (fork, a patched sync transport) carry ``@pytest.mark.sync_only`` and are
 generated once, for the sync client.
+
+A module whose tests run against a real server runs them over HTTP/2 as well: its server fixture
+takes ``params=list(PROTOCOLS)`` and serves with ``PROTOCOLS[request.param]`` (HTTP/1.1 on the
+default engine, h2c on hypercorn and on granian), and its ``client_kind`` fixture installs
+``client_for(request)``, the client with ``http2=True`` where the test's server speaks HTTP/2.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 from typing import Any
@@ -130,3 +136,25 @@ async def _make(args: tuple, kwargs: dict) -> AsyncQuillClient:
 
 
 CLIENTS = {"sync": QuillClient, "async": BlockingAsyncClient}
+#: The protocols of a real-server fixture, each with its ``serve_in_thread`` options.
+PROTOCOLS = {"http1": {}, "http2-hypercorn": {"engine": "hypercorn"}, "http2-granian": {"engine": "granian"}}
+
+
+def protocol_of(request: Any) -> str:
+    """The protocol of the server fixture parametrized over PROTOCOLS in this test ("http1" if none)."""
+    callspec = getattr(request.node, "callspec", None)
+    for value in (callspec.params.values() if callspec is not None else ()):
+        if isinstance(value, str) and value in PROTOCOLS:
+            return value
+    return "http1"
+
+
+def client_for(request: Any) -> Any:
+    """The client class of this test's ``client_kind``, speaking HTTP/2 where its server does."""
+    client = CLIENTS[request.param]
+    if protocol_of(request) == "http1":
+        return client
+    import pytest
+
+    pytest.importorskip("quill._core.h2engine", reason="quill was built without libnghttp2 (HTTP/2 engine)")
+    return functools.partial(client, http2=True)

@@ -3,7 +3,11 @@
 :class:`HostileH2Server` accepts connections on loopback; for each request it receives it calls
 ``script(conn, sock, stream_id, headers, body)``, which answers (or misbehaves) with the h2
 connection ``conn`` and may write raw bytes to ``sock``. A script returning False closes the
-connection. ``settings`` go out in the server's first SETTINGS frame.
+connection. ``settings`` go out in the server's first SETTINGS frame. ``answer_pings=False`` makes
+a server that drops every PING it receives unanswered (a dead peer, as the keepalive sees it);
+``pings`` counts the PINGs received; ``max_open`` is the most request streams open at once on one
+connection (h2 itself refuses a client that opens more than the server's MAX_CONCURRENT_STREAMS).
+:func:`count_connects` counts the connections quill's HTTP/2 clients open (to any server).
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ def raw_frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
 
 
 class HostileH2Server:
-    def __init__(self, script: Callable, settings: dict | None = None):
+    def __init__(self, script: Callable, settings: dict | None = None, answer_pings: bool = True):
         self.script = script
         self.settings = settings or {}
+        self.answer_pings = answer_pings
         self.connections = 0
-        self.max_open = 0  # the most request streams open at once on one connection
+        self.max_open = 0
+        self.pings = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self._threads: list[threading.Thread] = []
@@ -55,15 +61,18 @@ class HostileH2Server:
         conn.initiate_connection()
         sock.sendall(conn.data_to_send())
         requests: dict[int, list] = {}
+        drop_pings = None if self.answer_pings else _PingFilter(self)
         try:
             while True:
                 data = sock.recv(65536)
                 if not data:
                     return
-                for event in conn.receive_data(data):
+                for event in conn.receive_data(data if drop_pings is None else drop_pings(data)):
                     if isinstance(event, h2.events.RequestReceived):
                         requests[event.stream_id] = [event.headers, b""]
-                        self.max_open = max(self.max_open, len(requests))
+                        self.max_open = max(self.max_open, conn.open_inbound_streams)
+                    elif isinstance(event, h2.events.PingReceived):
+                        self.pings += 1
                     elif isinstance(event, h2.events.DataReceived):
                         requests[event.stream_id][1] += event.data
                         conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -96,8 +105,50 @@ class HostileH2Server:
         self.close()
 
 
+class _PingFilter:
+    """Takes the PING frames out of a client's bytes (after its 24-byte preface), counting them."""
+
+    def __init__(self, server: HostileH2Server):
+        self.server = server
+        self.buffer = b""
+        self.preface = 24
+
+    def __call__(self, data: bytes) -> bytes:
+        self.buffer += data
+        kept = []
+        if self.preface:
+            taken = min(self.preface, len(self.buffer))
+            kept.append(self.buffer[:taken])
+            self.buffer, self.preface = self.buffer[taken:], self.preface - taken
+        while len(self.buffer) >= 9:
+            size = 9 + int.from_bytes(self.buffer[:3], "big")
+            if len(self.buffer) < size:
+                break
+            frame, self.buffer = self.buffer[:size], self.buffer[size:]
+            if frame[3] == 0x6:  # PING
+                self.server.pings += 1
+            else:
+                kept.append(frame)
+        return b"".join(kept)
+
+
 def answer(conn, stream_id: int, body: bytes, status: int = 200, headers=()) -> None:
     """A whole, well-formed answer."""
     conn.send_headers(stream_id, [(b":status", str(status).encode()), (b"content-type", b"application/proto"),
                                   (b"content-length", str(len(body)).encode()), *headers])
     conn.send_data(stream_id, body, end_stream=True)
+
+
+def count_connects(monkeypatch) -> list:
+    """A list that gets an item each time an HTTP/2 client of quill opens a connection."""
+    from quill.transports.aio_http2 import AsyncHTTP2Transport
+
+    connects: list = []
+    original = AsyncHTTP2Transport._connect
+
+    async def counting(self, timeout):
+        connects.append(1)
+        return await original(self, timeout)
+
+    monkeypatch.setattr(AsyncHTTP2Transport, "_connect", counting)
+    return connects

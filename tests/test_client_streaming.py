@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from client_kinds import PROTOCOLS  # noqa: E402
 from client_servers import (  # noqa: E402
     LAST_CHUNK,
     ScriptedServer,
@@ -36,9 +37,9 @@ from quill.client import QuillClient  # noqa: E402
 def client_kind(request, monkeypatch):
     """Every test here runs over both clients: ``QuillClient`` in this module is the sync client or
     the async one behind a blocking facade (tests/client_kinds.py)."""
-    from client_kinds import CLIENTS
+    from client_kinds import client_for
 
-    monkeypatch.setattr(request.module, "QuillClient", CLIENTS[request.param])
+    monkeypatch.setattr(request.module, "QuillClient", client_for(request))
     return request.param
 from quill.errors import (  # noqa: E402
     DecodeError,
@@ -125,10 +126,10 @@ def build_app() -> QuillApp:
     return app
 
 
-@pytest.fixture(scope="module")
-def served():
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def served(request):
     app = build_app()
-    with serve_in_thread(app) as url:
+    with serve_in_thread(app, **PROTOCOLS[request.param]) as url:
         yield app, url
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from client_kinds import PROTOCOLS  # noqa: E402
 from client_servers import ScriptedServer, response  # noqa: E402
 
 from quill import MethodInfo, WrongKindError  # noqa: E402
@@ -26,15 +27,15 @@ from test_discovery_server import EXPECTED_DOCUMENT, SVC, build_app  # noqa: E40
 @pytest.fixture(autouse=True)
 def client_kind(request, monkeypatch):
     """Every test here runs over both clients (tests/client_kinds.py)."""
-    from client_kinds import CLIENTS
+    from client_kinds import client_for
 
-    monkeypatch.setattr(request.module, "QuillClient", CLIENTS[request.param])
+    monkeypatch.setattr(request.module, "QuillClient", client_for(request))
     return request.param
 
 
-@pytest.fixture(scope="module")
-def url():
-    with serve_in_thread(build_app()) as base_url:
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def url(request):
+    with serve_in_thread(build_app(), **PROTOCOLS[request.param]) as base_url:
         yield base_url
 
 

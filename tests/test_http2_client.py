@@ -6,8 +6,10 @@ misbehaviour ends in a clear error or a timeout, never a hang or a silent trunca
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,7 +24,7 @@ pytest.importorskip("quill._core.h2engine", reason="quill was built without libn
 
 sys.path.insert(0, os.path.dirname(__file__))
 from certificates import make_certificates  # noqa: E402
-from h2_hostile import HostileH2Server, answer, raw_frame  # noqa: E402
+from h2_hostile import HostileH2Server, answer, count_connects, raw_frame  # noqa: E402
 
 from quill.client import AsyncQuillClient, QuillClient  # noqa: E402
 from quill.demo import create_demo_app  # noqa: E402
@@ -36,7 +38,7 @@ from quill.errors import (  # noqa: E402
 from quill.server import serve_in_thread  # noqa: E402
 from quill.server.tls import TLSConfig  # noqa: E402
 from quill.tensor import Tensor  # noqa: E402
-from quill.transports.aio_http2 import AsyncHTTP2Transport  # noqa: E402
+from quill.transports import aio_http2  # noqa: E402
 
 ECHO = "echo.v1.EchoService"
 LLM = "inference.v1.LLMService"
@@ -136,6 +138,50 @@ def test_answers_match_curl_side_by_side(h2_url, client_kind):
         assert client.call(ECHO, "Echo", body) == done.stdout[:-1]
 
 
+H2LOAD = shutil.which("h2load")  # Debian's nghttp2-client; .ci/run installs it
+
+
+def test_h2load_sends_what_quill_sends_and_gets_the_same_answers(h2_url, tmp_path, monkeypatch):
+    """h2load (nghttp2's load client) replays the exact header list quill's HTTP/2 client sent for
+    a call, 200 times over one connection; its status counts and DATA bytes match quill's own 200."""
+    if H2LOAD is None:
+        pytest.fail("h2load is not installed (.ci/run installs nghttp2-client)", pytrace=False)
+    sent = []
+    original = aio_http2.request_headers
+
+    def capture(cache, endpoint, request):
+        sent.append(original(cache, endpoint, request))
+        return sent[-1]
+
+    monkeypatch.setattr(aio_http2, "request_headers", capture)
+    for method, body in (("Echo", b"replayed by h2load"), ("Missing", b"no such method")):
+        async def main():
+            async with AsyncQuillClient(h2_url, http2=True) as client:
+                return await asyncio.gather(*[client.call(ECHO, method, body) for _ in range(200)],
+                                            return_exceptions=True)
+
+        sent.clear()
+        answers = asyncio.run(main())
+        statuses = collections.Counter(200 if isinstance(a, bytes) else a.status for a in answers)
+        fields = dict(sent[0])
+        assert all(dict(headers) == fields for headers in sent)  # one request, 200 times
+        (tmp_path / "body").write_bytes(body)
+        command = [H2LOAD, "-n", "200", "-c", "1", "-m", "10", "-d", str(tmp_path / "body")]
+        for name, value in sent[0]:
+            if not name.startswith(b":") and name != b"content-length":  # h2load frames the body itself
+                command += ["-H", f"{name.decode()}: {value.decode()}"]
+        done = subprocess.run(command + [h2_url + fields[b":path"].decode()], capture_output=True, text=True,
+                              timeout=120)
+        assert "200 done" in done.stdout and "0 errored, 0 timeout" in done.stdout, done.stdout  # 4xx: "failed"
+        codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", done.stdout).groups()
+        assert [int(n) for n in codes] == [sum(n for s, n in statuses.items() if s // 100 == c) for c in (2, 3, 4, 5)]
+        if method == "Echo":
+            data = int(re.search(r"B \((\d+)\) data", done.stdout).group(1))
+            assert answers == [body] * 200 and data == 200 * len(body)
+        else:
+            assert statuses == {404: 200}
+
+
 def test_against_nghttpd_serving_static_files(tmp_path, h2_url, client_kind):
     """nghttpd (nghttp2's server, Debian's nghttp2-server) serves discovery's answer as a file."""
     if not NGHTTPD:
@@ -187,18 +233,11 @@ def test_sync_threads_share_one_connection(h2_url):
         for thread in threads:
             thread.join(60)
         assert results == {i: b"t%d" % i for i in range(32)}
-        assert client._transport._async._conn.engine.alive
+        assert [conn.engine.alive for conn in client._transport._async._conns] == [True]
 
 
 def test_async_calls_multiplex_over_one_connection(h2_url, monkeypatch):
-    connects = []
-    original = AsyncHTTP2Transport._connect
-
-    async def counting(self, timeout):
-        connects.append(1)
-        return await original(self, timeout)
-
-    monkeypatch.setattr(AsyncHTTP2Transport, "_connect", counting)
+    connects = count_connects(monkeypatch)
 
     async def main():
         async with AsyncQuillClient(h2_url, http2=True) as client:
@@ -336,3 +375,50 @@ def test_protocol_violations_fail_the_call(frame, client_kind):
     with HostileH2Server(violate) as server, make(client_kind, server.url, timeout_ms=5000, retries=0) as client:
         with pytest.raises(QuillConnectionError, match="HTTP/2 protocol error|connection"):
             client.call(ECHO, "Echo", b"x")
+
+
+def _after(frame_for):
+    """A script that answers whole, then sends ``frame_for(stream_id)`` on the stream it closed."""
+    def script(conn, sock, stream_id, headers, body):
+        answer(conn, stream_id, body)
+        sock.sendall(conn.data_to_send() + frame_for(stream_id))
+    return script
+
+
+def _reset_then(frame_for):
+    """A script that resets the stream itself (RST_STREAM), then sends ``frame_for(stream_id)`` on it."""
+    def script(conn, sock, stream_id, headers, body):
+        conn.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/proto")])
+        conn.reset_stream(stream_id, error_code=2)
+        sock.sendall(conn.data_to_send() + frame_for(stream_id))
+    return script
+
+
+_STATUS_200 = b"\x88"  # HPACK: the static table's ":status: 200"
+_CLOSED_STREAM_FRAMES = {
+    "data-after-end-stream": _after(lambda sid: raw_frame(0x0, 1, sid, b"late")),
+    # 3 x 24 MiB, past the client's 64 MiB connection window: ignored bytes count as consumed
+    "data-past-the-window-after-end-stream": _after(lambda sid: raw_frame(0x0, 0, sid, b"z" * (1 << 20)) * 24),
+    "headers-after-end-stream": _after(lambda sid: raw_frame(0x1, 0x5, sid, _STATUS_200)),
+    "data-after-rst-stream": _reset_then(lambda sid: raw_frame(0x0, 1, sid, b"late")),
+    "headers-after-rst-stream": _reset_then(lambda sid: raw_frame(0x1, 0x5, sid, _STATUS_200)),
+}
+
+
+@pytest.mark.parametrize("case", list(_CLOSED_STREAM_FRAMES))
+def test_frames_on_a_stream_the_server_closed(case, client_kind):
+    """RFC 9113 section 5.1: DATA or HEADERS on a stream the server itself ended (END_STREAM) or
+    reset is a STREAM_CLOSED error. The answer already whole stays whole, a reset call fails with
+    its reset, the late frame never reaches a call, and the client goes on (on a new connection
+    where the engine ended the first): no hang, no mixed-up answer."""
+    with HostileH2Server(_CLOSED_STREAM_FRAMES[case]) as server, \
+            make(client_kind, server.url, timeout_ms=5000, retries=0) as client:
+        for index in range(3):
+            started = time.monotonic()
+            if "rst-stream" in case:
+                with pytest.raises(QuillConnectionError, match="RST_STREAM INTERNAL_ERROR"):
+                    client.call(ECHO, "Echo", b"x")
+            else:
+                body = b"answer %d" % index
+                assert client.call(ECHO, "Echo", body) == body
+            assert time.monotonic() - started < 4

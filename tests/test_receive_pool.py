@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from client_kinds import PROTOCOLS  # noqa: E402
 from quill.client import QuillClient  # noqa: E402
 from quill.server import QuillApp, serve_in_thread  # noqa: E402
 from quill.tensor import Tensor  # noqa: E402
@@ -23,14 +24,14 @@ MIB = 1 << 20
 @pytest.fixture(autouse=True)
 def client_kind(request, monkeypatch):
     """Every test here runs over both clients (tests/client_kinds.py), unless marked sync_only."""
-    from client_kinds import CLIENTS
+    from client_kinds import client_for
 
-    monkeypatch.setattr(request.module, "QuillClient", CLIENTS[request.param])
+    monkeypatch.setattr(request.module, "QuillClient", client_for(request))
     return request.param
 
 
-@pytest.fixture(scope="module")
-def url():
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def url(request):
     app = QuillApp()
 
     @app.tensor(f"{SVC}/Fill")
@@ -38,7 +39,7 @@ def url():
         size, value = (int(x) for x in bytes(request).split(b","))
         return Tensor.from_numpy(np.full(size, value, dtype=np.uint8))
 
-    with serve_in_thread(app) as served:
+    with serve_in_thread(app, **PROTOCOLS[request.param]) as served:
         yield served
 
 

@@ -1,6 +1,8 @@
 """Tensor calls over the shared-memory transport, over both clients, checked against numpy: every
 dtype and shape, answers computed, echoed, viewed and larger than the request, bytes and
-Problem answers, ``out=``, ``empty()``, fallbacks to HTTP bodies, lifetimes and reuse."""
+Problem answers, ``out=``, ``empty()``, fallbacks to HTTP bodies, lifetimes and reuse. The tests
+on the ``url`` server run with the wrapper on HTTP/1.1 (the default engine) and on HTTP/2
+(``http2=True``, h2c over the Unix socket to hypercorn and to granian)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from client_kinds import PROTOCOLS, protocol_of  # noqa: E402
 from shm_servers import SVC, shm_server  # noqa: E402
 
 from quill.client import QuillClient  # noqa: E402
@@ -25,16 +28,29 @@ MIB = 1 << 20
 
 @pytest.fixture(autouse=True)
 def client_kind(request, monkeypatch):
-    from client_kinds import CLIENTS
+    from client_kinds import client_for
 
-    monkeypatch.setattr(request.module, "QuillClient", CLIENTS[request.param])
+    monkeypatch.setattr(request.module, "QuillClient", client_for(request))
     return request.param
 
 
-@pytest.fixture(scope="module")
-def url():
-    with shm_server() as base_url:
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def url(request):
+    with shm_server(**PROTOCOLS[request.param]) as base_url:
         yield base_url
+
+
+def test_the_wrapper_sits_on_the_protocol_asked_for(url, request):
+    a = np.arange(MIB // 4, dtype=np.float32)
+    with QuillClient(url, shared_memory=True) as client:
+        answer = client.call_tensor(SVC, "Double", Tensor.from_numpy(a))
+        assert np.array_equal(answer.to_numpy(), a * 2) and transport(client)._arenas.region_of(answer._bytes)
+        inner = transport(client)._inner
+        expected = "HTTP11Transport" if protocol_of(request) == "http1" else "HTTP2Transport"
+        assert type(inner).__name__.endswith(expected)
+        if expected == "HTTP2Transport":
+            conns = getattr(inner, "_async", inner)._conns  # the sync one runs the async one on its loop
+            assert [conn.engine.alive for conn in conns] == [True]
 
 
 def transport(client):
@@ -50,6 +66,7 @@ def arena_bytes(client) -> int:
 DTYPES = ["float32", "float64", "float16", "bfloat16", "int8", "int32", "int64", "uint8", "bool"]
 
 
+@pytest.mark.parametrize("url", ["http1"], indirect=True)  # the layout matrix: the protocol under it is not its concern
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(MIB // 4,), (64, 1025, 3), (300000,)])
 def test_every_dtype_and_shape_round_trips_through_shared_memory(url, dtype, shape):

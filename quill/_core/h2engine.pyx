@@ -16,6 +16,7 @@ which returns the events they made) and writes out what it has to send
 ``(GOAWAY, last_stream_id, code)``     the peer is closing: streams above ``last_stream_id`` were
                                        never processed
 ``(SETTINGS, 0)``                      the peer's SETTINGS arrived (see :attr:`max_concurrent_streams`)
+``(PING_ACK, 0)``                      the peer acknowledged a PING sent by :meth:`ping`
 =====================================  ============================================================
 
 Window updates are not automatic: the connection and the stream get their window back as the
@@ -95,12 +96,14 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE
         NGHTTP2_FLAG_NONE
         NGHTTP2_FLAG_END_STREAM
+        NGHTTP2_FLAG_ACK
         NGHTTP2_DATA_FLAG_EOF
         NGHTTP2_NV_FLAG_NONE
         NGHTTP2_DATA
         NGHTTP2_HEADERS
         NGHTTP2_SETTINGS
         NGHTTP2_GOAWAY
+        NGHTTP2_PING
         NGHTTP2_SETTINGS_ENABLE_PUSH
         NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
         NGHTTP2_SETTINGS_MAX_FRAME_SIZE
@@ -154,6 +157,7 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_session_resume_data(nghttp2_session *session, int32_t stream_id)
     int nghttp2_session_consume_connection(nghttp2_session *session, size_t size)
     int nghttp2_session_consume_stream(nghttp2_session *session, int32_t stream_id, size_t size)
+    int nghttp2_submit_ping(nghttp2_session *session, uint8_t flags, const uint8_t *opaque_data)
     int nghttp2_session_terminate_session(nghttp2_session *session, uint32_t error_code)
     uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int id)
     int32_t nghttp2_session_get_stream_remote_window_size(nghttp2_session *session, int32_t stream_id)
@@ -164,7 +168,7 @@ cdef extern from "nghttp2/nghttp2ver.h":
     const char *NGHTTP2_VERSION
 
 __all__ = ["H2Engine", "HEADERS", "DATA", "END", "CLOSED", "HEADERS_TOO_LARGE", "GOAWAY", "SETTINGS",
-           "CANCEL", "NGHTTP2_VERSION_TEXT"]
+           "PING_ACK", "CANCEL", "NGHTTP2_VERSION_TEXT"]
 
 HEADERS = 1
 DATA = 2
@@ -173,6 +177,7 @@ CLOSED = 4
 HEADERS_TOO_LARGE = 5
 GOAWAY = 6
 SETTINGS = 7
+PING_ACK = 8
 CANCEL = NGHTTP2_CANCEL
 NGHTTP2_VERSION_TEXT = NGHTTP2_VERSION.decode()
 
@@ -290,6 +295,12 @@ cdef class H2Engine:
         if done < 0:
             self.last_error = self.last_error or nghttp2_strerror(<int>done).decode()
             nghttp2_session_terminate_session(self.session, NGHTTP2_PROTOCOL_ERROR)
+        return events
+
+    def take_events(self) -> list:
+        """Events that writing made (:meth:`data_to_send`: a stream closed by the RST_STREAM the
+        engine itself sent, for a response that broke HTTP's rules); usually none."""
+        events, self.events = self.events, []
         return events
 
     def data_to_send(self) -> bytes:
@@ -410,6 +421,10 @@ cdef class H2Engine:
         if incoming is not None and incoming.unconsumed:
             nghttp2_session_consume_connection(self.session, incoming.unconsumed)
 
+    def ping(self) -> None:
+        """Queue a PING (keepalive); the peer's answer comes as a ``(PING_ACK, 0)`` event."""
+        _check(nghttp2_submit_ping(self.session, NGHTTP2_FLAG_NONE, NULL), "PING")
+
     def terminate(self, uint32_t error_code=NGHTTP2_NO_ERROR) -> None:
         """Queue GOAWAY and end the session (write :meth:`data_to_send` before closing the socket)."""
         nghttp2_session_terminate_session(self.session, error_code)
@@ -472,6 +487,8 @@ cdef int _on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, vo
             engine.events.append((GOAWAY, frame.goaway.last_stream_id, frame.goaway.error_code))
         elif frame.hd.type == NGHTTP2_SETTINGS:
             engine.events.append((SETTINGS, 0))
+        elif frame.hd.type == NGHTTP2_PING and frame.hd.flags & NGHTTP2_FLAG_ACK:
+            engine.events.append((PING_ACK, 0))
         return 0
     except BaseException as exc:
         engine.callback_error = exc

@@ -57,6 +57,10 @@ class AsyncQuillClient:
     ``http2=True`` speaks HTTP/2 (docs/http2.md): every call multiplexed over one connection, h2c
     with prior knowledge for ``http://`` and Unix sockets, ALPN for ``https://`` (HTTP/1.1 if the
     server picks it); it needs the compiled engine (libnghttp2, in every wheel).
+    ``http2_connections`` (default 1) lets calls that find every connection at the server's
+    ``SETTINGS_MAX_CONCURRENT_STREAMS`` open another, up to that many (beyond, they queue).
+    ``http2_keepalive_ms`` (default None: off) sends a PING on a connection idle that long; with no
+    ACK within ``http2_keepalive_timeout_ms`` (20 s) it is dead: its calls fail (QuillConnectionError).
 
     >>> async with AsyncQuillClient("http://127.0.0.1:8080") as client:  # doctest: +SKIP
     ...     client.set_api_key("key-123")
@@ -87,6 +91,9 @@ class AsyncQuillClient:
         shared_memory: bool | str = "auto",
         shared_memory_bytes: int = 1 << 30,
         http2: bool = False,
+        http2_connections: int = 1,
+        http2_keepalive_ms: float | None = None,
+        http2_keepalive_timeout_ms: float = 20000,
     ):
         config = dict(
             base_url=base_url, timeout_ms=timeout_ms, enable_compression=enable_compression,
@@ -95,7 +102,8 @@ class AsyncQuillClient:
             client_key=client_key, max_response_bytes=max_response_bytes, max_tensor_bytes=max_tensor_bytes,
             tensor_chunk_size=tensor_chunk_size, tensor_pool_bytes=tensor_pool_bytes,
             idempotent_methods=tuple(idempotent_methods), shared_memory=shared_memory,
-            shared_memory_bytes=shared_memory_bytes, http2=bool(http2),
+            shared_memory_bytes=shared_memory_bytes, http2=bool(http2), http2_connections=http2_connections,
+            http2_keepalive_ms=http2_keepalive_ms, http2_keepalive_timeout_ms=http2_keepalive_timeout_ms,
         )
         self._setup(ClientCore(config, headers or {}))
 

@@ -87,6 +87,8 @@ class Tasks:
 
     async def _run(self, index: int, request: Any) -> None:
         async with self._slots:
+            if self.closed:  # closed while this one waited: a slot freed by a cancelled call starts nothing
+                return
             try:
                 value, failed = await self._one(request), False
             except asyncio.CancelledError as exc:

@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "shared_memory": "auto",
     "shared_memory_bytes": 1 << 30,
     "http2": False,
+    "http2_connections": 1,
+    "http2_keepalive_ms": None,
+    "http2_keepalive_timeout_ms": 20000,
 }
 # The Content-Type of a request by its body, and its Accept by the call (docs/protocol.md,
 # "Call kinds"): the answer each call reads. send_tensor reads any answer as bytes.
@@ -150,6 +153,14 @@ def _check_config(config: dict) -> None:
         raise ValueError(f"shared_memory must be 'auto', True or False, got {config['shared_memory']!r}")
     if type(config["shared_memory_bytes"]) is not int or config["shared_memory_bytes"] < 0:
         raise ValueError(f"shared_memory_bytes must be a non-negative int, got {config['shared_memory_bytes']!r}")
+    if type(config["http2_connections"]) is not int or config["http2_connections"] < 1:
+        raise ValueError(f"http2_connections must be an int of at least 1, got {config['http2_connections']!r}")
+    for name in ("http2_keepalive_ms", "http2_keepalive_timeout_ms"):
+        value = config[name]
+        if (value is not None or name == "http2_keepalive_timeout_ms") and (
+                type(value) not in (int, float) or not 0 < value < float("inf")):
+            raise ValueError(f"{name} must be a positive number of milliseconds"
+                             f"{' or None' if name == 'http2_keepalive_ms' else ''}, got {value!r}")
     if config["enable_compression"] and not compression.available():
         raise ImportError("enable_compression=True needs zstd support: pip install 'urllib3[zstd]'")
 

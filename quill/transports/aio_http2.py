@@ -6,7 +6,10 @@ Same interface as :mod:`quill.transports.aio_http11`; failures leave as
 :class:`~quill.protocol.retries.TransportError`.
 
 - Streams beyond the server's ``SETTINGS_MAX_CONCURRENT_STREAMS`` wait for a free one (at most the
-  call's timeout); a second connection is opened only after the first ends or is drained (GOAWAY).
+  call's timeout); with ``http2_connections=N`` a call that finds every open connection at its limit
+  opens another, up to N. Otherwise a new connection replaces one that ended or is drained (GOAWAY).
+- ``http2_keepalive_ms``: a connection that heard nothing for that long sends a PING; without its
+  ACK within ``http2_keepalive_timeout_ms`` the connection counts as dead and its calls fail.
 - Each stream's receive window is 16 MiB, the connection's 64 MiB, and the windows are given back
   as the consumer reads: what is buffered unread is bounded by them.
 - ``abort()`` (from any thread) resets one stream (RST_STREAM); the others go on.
@@ -111,7 +114,7 @@ class _Stream:
 class _Connection(asyncio.BufferedProtocol):
     """One HTTP/2 connection: the engine, the socket, and the streams open on it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, h2: Any):
+    def __init__(self, loop: asyncio.AbstractEventLoop, h2: Any, slot_waiters: collections.deque):
         self.loop = loop
         self.h2 = h2
         self.engine = h2.H2Engine(stream_window=STREAM_WINDOW, connection_window=CONNECTION_WINDOW,
@@ -119,11 +122,16 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport: Any = None
         self.streams: dict[int, _Stream] = {}
         self.active = 0  # streams holding a slot (opened, not yet released)
-        self.slot_waiters: collections.deque = collections.deque()
+        self.slot_waiters = slot_waiters  # the transport's: a slot freed on any connection wakes a waiter
+        self.settled = loop.create_future()  # the server's first SETTINGS came (or the connection failed)
+        self.heard = loop.time()  # when bytes last arrived (the keepalive's idle clock)
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._ping = (0.0, 0.0)  # keepalive: (idle seconds before a PING, seconds to wait for its ACK)
         self.lost = False
         self.draining = False  # GOAWAY came (or the session failed): no new streams here
         self._buffer = memoryview(bytearray(_READ_SIZE))
         self._flush_scheduled = False
+        self._own_resets = False  # the CLOSED events being handled come from resets the engine sent
 
     @property
     def usable(self) -> bool:
@@ -141,8 +149,11 @@ class _Connection(asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.heard = self.loop.time()
+        self._dispatch(self.engine.receive(self._buffer[:nbytes]))
+
+    def _dispatch(self, events: list) -> None:
         engine = self.engine
-        events = engine.receive(self._buffer[:nbytes])
         h2, streams = self.h2, self.streams
         for event in events:
             kind = event[0]
@@ -165,7 +176,11 @@ class _Connection(asyncio.BufferedProtocol):
             elif kind == h2.GOAWAY:
                 self._goaway(event[1], event[2])
             elif kind == h2.SETTINGS:
+                if not self.settled.done():
+                    self.settled.set_result(None)
                 self.wake_slots(all_of_them=True)
+            elif kind == h2.PING_ACK:
+                self._ping_acked()
             if stream is not None:
                 _wake(stream)
         for stream in streams.values():
@@ -212,8 +227,10 @@ class _Connection(asyncio.BufferedProtocol):
             return
         name = _ERROR_NAMES.get(code, str(code))
         stage = "body" if stream.head_done else "response"
-        stream.error = TransportError(stage, sent=code != _REFUSED_STREAM or stream.head_done,
-                                      detail=f"stream reset by the server (RST_STREAM {name})")
+        detail = (f"malformed HTTP/2 response (its DATA and content-length disagree, or a header is invalid): "
+                  f"the client reset the stream (RST_STREAM {name})") if self._own_resets \
+            else f"stream reset by the server (RST_STREAM {name})"
+        stream.error = TransportError(stage, sent=code != _REFUSED_STREAM or stream.head_done, detail=detail)
 
     def _goaway(self, last_stream_id: int, code: int) -> None:
         self.draining = True
@@ -229,6 +246,8 @@ class _Connection(asyncio.BufferedProtocol):
     def fail(self, error: TransportError) -> None:
         """The connection is gone (or its session failed): every stream not whole fails."""
         self.draining = True
+        if not self.settled.done():
+            self.settled.set_result(None)
         for stream in self.streams.values():
             if not stream.ended and stream.error is None:
                 stream.error = TransportError("body" if stream.head_done else error.stage, sent=error.sent,
@@ -243,6 +262,37 @@ class _Connection(asyncio.BufferedProtocol):
                 waiter.set_result(None)
                 if not all_of_them:
                     return
+
+    # -- keepalive ------------------------------------------------------------------------------
+    def keep_alive(self, interval: float, timeout: float) -> None:
+        """PING after ``interval`` s without a byte from the server; no ACK within ``timeout``: dead."""
+        self._ping = (interval, timeout)
+        self._keepalive = self.loop.call_later(interval, self._idle_check)
+
+    def _idle_check(self) -> None:
+        interval, timeout = self._ping
+        idle = self.loop.time() - self.heard
+        if self.lost:
+            return
+        if idle < interval:
+            self._keepalive = self.loop.call_later(interval - idle, self._idle_check)
+            return
+        self.engine.ping()
+        self.write_now()
+        self._keepalive = self.loop.call_later(timeout, self._no_ack)
+
+    def _ping_acked(self) -> None:
+        if self._keepalive is not None and not self.lost:
+            self._keepalive.cancel()
+            self._keepalive = self.loop.call_later(self._ping[0], self._idle_check)
+
+    def _no_ack(self) -> None:
+        if self.lost:
+            return
+        interval, timeout = self._ping
+        self.fail(TransportError("response", sent=True, detail=f"no answer to a keepalive PING within {timeout:g} s "
+                                 f"(sent after {interval:g} s without a byte from the server): connection dead"))
+        self.close()
 
     # -- streams --------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -259,6 +309,13 @@ class _Connection(asyncio.BufferedProtocol):
         data = self.engine.data_to_send()
         if data:
             self.transport.write(data)
+        events = self.engine.take_events()
+        if events:  # a stream the engine reset as it wrote (a response that broke HTTP's rules)
+            self._own_resets = True
+            try:
+                self._dispatch(events)
+            finally:
+                self._own_resets = False
 
     def start(self, headers: list, has_body: bool) -> _Stream:
         stream = _Stream(self.engine.submit(headers, has_body))
@@ -288,6 +345,7 @@ class _Connection(asyncio.BufferedProtocol):
                 for chunk in chunks:
                     if not await self._send_chunk(stream, chunk, timeout):
                         return
+                    self.write_now()  # out before the next chunk is asked for: producing it may block this thread
             engine.send_data(stream.id, b"", True)
             self.flush()
         finally:
@@ -352,6 +410,8 @@ class _Connection(asyncio.BufferedProtocol):
             self.close()
 
     def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         if self.transport is not None and not self.lost:
             self.engine.terminate()
             self.write_now()  # the GOAWAY, before the socket closes
@@ -424,7 +484,7 @@ class AsyncHTTP2Response:
 
 
 class AsyncHTTP2Transport:
-    """Asyncio HTTP/2 over one multiplexed connection per event loop (see the module)."""
+    """Asyncio HTTP/2 over multiplexed connections (one unless ``http2_connections``) per event loop."""
 
     def __init__(self, core: Any):
         self._h2 = load_engine()
@@ -433,7 +493,8 @@ class AsyncHTTP2Transport:
         self._heads: dict = {}
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: _Connection | None = None
+        self._conns: list[_Connection] = []
+        self._slot_waiters: collections.deque = collections.deque()
         self._connect_lock: asyncio.Lock | None = None
         self._fallback: AsyncHTTP11Transport | None = None
         self._ssl = self._ssl_context() if self._endpoint.scheme == "https" else None
@@ -452,27 +513,34 @@ class AsyncHTTP2Transport:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             with self._lock:
-                self._loop, self._conn, self._connect_lock = loop, None, asyncio.Lock()
+                self._loop, self._conns, self._connect_lock = loop, [], asyncio.Lock()
+                self._slot_waiters = collections.deque()
         return loop
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in self._conns:
+            conn.close()
+        self._conns = []
         if self._fallback is not None:
             await self._fallback.aclose()
 
-    async def _connection(self, timeout: float) -> _Connection:
+    async def _connection(self, timeout: float) -> _Connection | None:
+        """A connection with a free stream: an open one, else a new one while there are fewer than
+        ``http2_connections``; None when every one allowed is at its server's limit."""
         async with self._connect_lock:
-            conn = self._conn
-            if conn is not None and conn.usable:
-                return conn
-            self._conn = await self._connect(timeout)
-            return self._conn
+            conns = self._conns = [conn for conn in self._conns if conn.usable]
+            for conn in conns:
+                if conn.active < conn.limit():
+                    return conn
+            if len(conns) >= self._config["http2_connections"]:
+                return None
+            conn = await self._connect(timeout)
+            conns.append(conn)
+            return conn
 
     async def _connect(self, timeout: float) -> _Connection:
-        conn = _Connection(asyncio.get_running_loop(), self._h2)
+        conn = _Connection(asyncio.get_running_loop(), self._h2, self._slot_waiters)
         transport = await connect(conn, self._endpoint, self._ssl, self._config["verify"], timeout)
         if self._ssl is not None:
             chosen = transport.get_extra_info("ssl_object").selected_alpn_protocol()
@@ -481,6 +549,17 @@ class AsyncHTTP2Transport:
                 transport.close()
                 self._fallback = AsyncHTTP11Transport(self._core)
                 raise _FallBack()
+        if self._config["http2_keepalive_ms"] is not None:
+            conn.keep_alive(self._config["http2_keepalive_ms"] / 1000, self._config["http2_keepalive_timeout_ms"] / 1000)
+        if self._conns:  # another is at its limit: learn this one's before streams land on it
+            try:
+                await asyncio.wait_for(asyncio.shield(conn.settled), timeout)
+            except asyncio.TimeoutError:
+                conn.close()
+                raise TransportError("connect", sent=False, timeout=True, detail="no HTTP/2 SETTINGS from the "
+                                     f"server within {timeout:g} s of connecting") from None
+            if not conn.usable:
+                raise TransportError("connect", sent=False, detail="the connection ended before the server's SETTINGS")
         return conn
 
     async def _slot(self, request: Any) -> _Connection:
@@ -489,21 +568,24 @@ class AsyncHTTP2Transport:
         deadline = loop.time() + request.timeout
         while True:
             conn = await self._connection(max(deadline - loop.time(), 0.001))
-            if conn.active < conn.limit():
+            if conn is not None:
                 conn.active += 1
                 return conn
             remaining = deadline - loop.time()
             waiter = loop.create_future()
-            conn.slot_waiters.append(waiter)
+            self._slot_waiters.append(waiter)
             timer = loop.call_later(max(remaining, 0), lambda: waiter.done() or waiter.set_result(None))
             try:
                 await waiter
             finally:
                 timer.cancel()
             if loop.time() >= deadline:
+                count = len(self._conns)
+                limits = ", ".join(str(conn.limit()) for conn in self._conns)
                 raise QuillTimeoutError(
-                    f"{request.call.describe()}: no free HTTP/2 stream within {request.timeout:g} s "
-                    f"(the server allows {conn.limit()} at a time on one connection)")
+                    f"{request.call.describe()}: no free HTTP/2 stream within {request.timeout:g} s (the server "
+                    f"allows {limits} at a time on {'one connection' if count == 1 else f'each of {count} connections'}"
+                    f"; http2_connections={self._config['http2_connections']})")
 
     async def open(self, request: Any) -> Any:
         if self._closed:
